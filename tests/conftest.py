@@ -1,0 +1,129 @@
+"""Shared fixtures of the test suite.
+
+* The GLIP parity fixture (`/work/shared/fixtures/glip_parity_tiny`, found next to the repository
+  as `<repo>/../shared/...`): its config, the converted model and the recorded official outputs.
+* `tiny_config`: a factory for very small random configs, so model-level tests run in
+  milliseconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import glipv2
+from glipv2 import GLIPv2, GLIPv2Config
+from glipv2.convert import ConversionReport, convert_state_dict, load_official_checkpoint
+from glipv2.modeling.text_encoder import load_tokenizer
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+FIXTURE_DIR = SHARED_DIR / "fixtures" / "glip_parity_tiny"
+REFERENCE_DIR = SHARED_DIR / "reference"
+
+# The BertConfig fields a GLIPv2Config's `text_encoder` dict carries.
+BERT_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+             "type_vocab_size", "layer_norm_eps", "pad_token_id")
+
+# A BERT small enough that the text side costs nothing (vocab kept: the real tokenizer is used).
+TINY_BERT: dict[str, Any] = {
+    "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12, "pad_token_id": 0,
+}
+
+
+def build_fixture_config(fixture_dir: Path) -> GLIPv2Config:
+    """The GLIPv2Config describing the fixture's tiny official model (see FIXTURE.md, "Config"):
+    GLIP-T with a 32-wide Swin, 64-channel FPN and head, 2 head blocks, and the fixture's BERT."""
+    bert = json.loads((fixture_dir / "tiny_bert_config.json").read_text())
+    return glipv2.get_config(
+        "glip_t", swin_embed_dim=32, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 2, 4, 8),
+        fpn_channels=64, head_channels=64, num_head_blocks=2, text_encoder={k: bert[k] for k in BERT_KEYS},
+    )
+
+
+def make_tiny_config(**overrides: Any) -> GLIPv2Config:
+    """A very small random GLIP-T-shaped config (~1.8 M parameters, of which 1 M is the word
+    embedding): Swin 16 wide with 2 blocks per stage (so shifted windows are exercised), 32-channel
+    FPN/head, 2 head blocks, 4-head 64-dim fusion and a 32-wide, 2-layer BERT."""
+    base: dict[str, Any] = dict(
+        swin_embed_dim=16, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 1, 2, 2), fpn_channels=32,
+        head_channels=32, num_head_blocks=2, fusion_embed_dim=64, fusion_num_heads=4,
+        text_encoder=dict(TINY_BERT),
+    )
+    base.update(overrides)
+    return glipv2.get_config("glip_t", **base)
+
+
+# --- parity fixture ---------------------------------------------------------------------------
+@dataclass
+class Conversion:
+    """The converted fixture checkpoint: our state dict and the converter's report."""
+
+    state_dict: dict[str, torch.Tensor]
+    report: ConversionReport
+    official_keys: list[str]
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    """Folder of the official-code parity fixture; tests needing it are skipped when absent."""
+    if not (FIXTURE_DIR / "glip_tiny_random.pth").is_file():
+        pytest.skip(f"GLIP parity fixture not found at {FIXTURE_DIR} (expected next to the repository, "
+                    "in ../shared/fixtures/glip_parity_tiny)")
+    return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Folder with the official state-dict shape listings (`*_state_dict_shapes.tsv`)."""
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference shape listings not found at {REFERENCE_DIR}")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def fixture_config(fixture_dir: Path) -> GLIPv2Config:
+    return build_fixture_config(fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def fixture_conversion(fixture_dir: Path, fixture_config: GLIPv2Config) -> Conversion:
+    official = load_official_checkpoint(fixture_dir / "glip_tiny_random.pth")
+    state, report = convert_state_dict(official, GLIPv2(fixture_config), fixture_config)
+    return Conversion(state, report, list(official))
+
+
+@pytest.fixture(scope="session")
+def fixture_model(fixture_config: GLIPv2Config, fixture_conversion: Conversion) -> GLIPv2:
+    """Our model with the fixture's official weights, in eval mode."""
+    model = GLIPv2(fixture_config)
+    model.load_state_dict(fixture_conversion.state_dict, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def fixture_outputs(fixture_dir: Path) -> dict[str, Any]:
+    """The official model's recorded inputs and intermediates (FIXTURE.md, "outputs.pt keys")."""
+    return torch.load(fixture_dir / "outputs.pt", weights_only=True)
+
+
+# --- tiny random models -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., GLIPv2Config]:
+    """Factory: `tiny_config(**overrides) -> GLIPv2Config` (see `make_tiny_config`)."""
+    return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer() -> Any:
+    """The bert-base-uncased tokenizer (served offline from the MiniLM package's identical vocab)."""
+    return load_tokenizer("bert-base-uncased")
