@@ -193,6 +193,7 @@ def main() -> int:
     flops = {name: total for name, (total, _) in counted.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     peaks: dict[str, float] = {name: 0.0 for name in models}
+    growth: dict[str, float] = {name: 0.0 for name in models}
     matmul: list[float] = []
     for r in range(args.rounds):
         matmul.append(matmul_gflops())
@@ -203,16 +204,21 @@ def main() -> int:
                 elapsed = time.perf_counter() - t0
             times[name].append(elapsed)
             peaks[name] = max(peaks[name], mem["peak"] / 2**30)
+            growth[name] = max(growth[name], (mem["peak"] - mem["base"]) / 2**30)
             print(f"round {r + 1}: {name:15s} {elapsed:6.2f} s  (matmul peak now {matmul[-1]:.0f} GFLOP/s)",
                   flush=True)
 
     peak = statistics.median(matmul)
     print(f"\nfp32 matmul 2048² peak: median {peak:.0f} GFLOP/s (rounds: {', '.join(f'{m:.0f}' for m in matmul)})")
-    print(f"{'model':15s} {'median s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS GiB':>13s}")
+    print("peak RSS: of the whole process (every model loaded) during that model's forward; "
+          "+fwd: its rise over the RSS before the forward")
+    print(f"{'model':15s} {'median s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS GiB':>13s} "
+          f"{'+fwd GiB':>9s}")
     for name in models:
         med = statistics.median(times[name])
         rate = flops[name] / 1e9 / med
-        print(f"{name:15s} {med:9.2f} {flops[name] / 1e9:8.0f} {rate:8.1f} {rate / peak:8.0%} {peaks[name]:13.2f}")
+        print(f"{name:15s} {med:9.2f} {flops[name] / 1e9:8.0f} {rate:8.1f} {rate / peak:8.0%} {peaks[name]:13.2f} "
+              f"{growth[name]:9.2f}")
     if "grounding_dino" in models:
         ratios = [a / b for a, b in zip(times["glip_t"], times["grounding_dino"])]
         print(f"ratio glip_t / grounding_dino (per round, interleaved): "

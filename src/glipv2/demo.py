@@ -38,23 +38,21 @@ def run_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
     model: GLIPv2 = build_model(model_name).eval()
     build_s = time.perf_counter() - t0
     pixel_values, image_sizes = pad_batch([image_to_tensor(demo_image())], model.config.size_divisibility)
-    enc = model.tokenizer([DEMO_CAPTION], return_tensors="pt", return_offsets_mapping=True,
-                          padding="max_length" if model.config.pad_to_max_query_len else "longest",
-                          max_length=model.config.max_query_len, truncation=True)
+    text = model.tokenize(DEMO_CAPTION)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model(pixel_values, enc["input_ids"], enc["attention_mask"], image_sizes)
+        out = model(pixel_values, text.input_ids, text.attention_mask, image_sizes)
     forward_s = time.perf_counter() - t0
 
     print(f"model {model_name}: {model.num_parameters() / 1e6:.2f} M parameters (built in {build_s:.1f} s)")
-    print(f"input {tuple(pixel_values.shape)}, prompt {DEMO_CAPTION!r} -> {enc['input_ids'].shape[1]} token slots")
+    print(f"input {tuple(pixel_values.shape)}, prompt {DEMO_CAPTION!r} -> {text.input_ids.shape[1]} token slots")
     print(f"forward pass: {forward_s:.2f} s")
     for level, (s, a) in enumerate(zip(out.logits, out.anchors)):
         print(f"  P{level + 3}: region-word logits {tuple(s.shape)}, anchors {tuple(a.shape)}")
     print(f"  P̊ {tuple(out.token_features.shape)} -> P {tuple(out.fused_token_features.shape)}")
 
     # best-scoring location per phrase (mean sigmoid over the phrase's tokens), decoded to a box
-    offsets = enc["offset_mapping"][0].tolist()
+    offsets = text.offsets[0].tolist()
     caption = DEMO_CAPTION
     summary: dict[str, object] = {}
     scores = torch.cat([s[0].sigmoid() for s in out.logits])  # (ΣHW, T)

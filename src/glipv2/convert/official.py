@@ -29,7 +29,6 @@ _FIXED_RULES: list[tuple[str, str]] = [
     (r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)", "mlm_head.{tail}"),
     (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "anchor_generator.cell_anchor_{tail}"),
 ]
-_MLM_TRANSFORM = re.compile(r"mlm_head\.transform\.(dense|LayerNorm)")
 
 # Present in official files but carrying nothing a glipv2 model stores.
 _IGNORED = [

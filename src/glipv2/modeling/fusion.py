@@ -48,8 +48,9 @@ class BiMultiHeadAttention(nn.Module):
         value_l = self._heads(self.values_l_proj(l))
         scores = (q @ k.transpose(-1, -2)).clamp(-CLAMP, CLAMP)  # (B, h, N, T)
 
-        # image -> text: each token attends over all image positions
-        attn_l = scores.transpose(-1, -2).softmax(dim=-1)
+        # image -> text: each token attends over all image positions (softmax over N in place of
+        # a transposed copy of the (N, T) scores)
+        attn_l = scores.softmax(dim=2)
         # text -> image: each image position attends over the real tokens only
         pad = (text_mask == 0)[:, None, None, :]
         attn_v = scores.masked_fill(pad, float("-inf")).softmax(dim=-1)
@@ -57,7 +58,7 @@ class BiMultiHeadAttention(nn.Module):
             attn_v = F.dropout(attn_v, self.dropout)
             attn_l = F.dropout(attn_l, self.dropout)
         out_v = (attn_v @ value_l).transpose(1, 2).reshape(b, n, -1)
-        out_l = (attn_l @ value_v).transpose(1, 2).reshape(b, l.shape[1], -1)
+        out_l = (attn_l.transpose(-1, -2) @ value_v).transpose(1, 2).reshape(b, l.shape[1], -1)
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from ..processing.text import TokenizedPrompts, tokenize_prompts
 from .anchors import AnchorGenerator
 from .backbone import build_backbone
 from .config import GLIPv2Config
@@ -68,6 +69,11 @@ class GLIPv2(nn.Module):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.tokenizer_source)
         return self._tokenizer
+
+    def tokenize(self, prompts: str | list[str]) -> TokenizedPrompts:
+        """Tokenize prompts with this model's tokenizer and padding policy (official: 256 slots)."""
+        return tokenize_prompts(self.tokenizer, prompts, self.config.max_query_len,
+                                self.config.pad_to_max_query_len)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
