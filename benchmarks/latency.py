@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -109,12 +109,23 @@ def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, fl
              "fusion blocks": [b.fusion for b in model.head.blocks if b.fusion is not None],
              "head BERT layers": [b.text_layer for b in model.head.blocks if b.text_layer is not None],
              "DyConv blocks": [b.dyconv for b in model.head.blocks]}
+    for name in [*parts, "  of which deformable convs"]:
+        spent[name] = 0.0  # fixes the print order
+
+    def start(module: torch.nn.Module, _args: Any) -> None:
+        starts[id(module)] = time.perf_counter()
+
+    def stop_for(name: str) -> Callable[..., None]:
+        def stop(module: torch.nn.Module, _args: Any, _out: Any) -> None:
+            spent[name] += time.perf_counter() - starts[id(module)]
+
+        return stop
+
     handles = []
     for name, modules in parts.items():
         for m in modules:
-            handles.append(m.register_forward_pre_hook(lambda mod, _a: starts.__setitem__(id(mod), time.perf_counter())))
-            handles.append(m.register_forward_hook(
-                lambda mod, _a, _o, name=name: spent.__setitem__(name, spent[name] + time.perf_counter() - starts[id(mod)])))
+            handles.append(m.register_forward_pre_hook(start))
+            handles.append(m.register_forward_hook(stop_for(name)))
     original = dyconv_module.deform_conv2d
 
     def timed(*args: Any, **kw: Any) -> torch.Tensor:

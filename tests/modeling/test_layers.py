@@ -4,6 +4,7 @@ explicit loops or closed forms), so a failure names the piece that is wrong."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from glipv2 import GLIPv2, GLIPv2Config
 from glipv2.modeling.anchors import MAX_LOG_SCALE, AnchorGenerator, cell_anchor, decode_boxes, encode_boxes
 from glipv2.modeling.dyconv import Conv3x3GN, DynamicReLU, reread_as
 from glipv2.modeling.fusion import BiAttentionBlock
@@ -265,3 +267,32 @@ def test_fusion_ignores_padded_tokens_on_the_image_side() -> None:
         v2, _ = block(visual, real_changed, mask)
     assert not torch.allclose(v0[0][0], v2[0][0], atol=1e-4)
     torch.testing.assert_close(v0[0][1], v2[0][1])  # sample 1's text did not change
+
+
+# --- prediction layers ------------------------------------------------------------------------------
+def test_prediction_layers_use_log_scale_biases_and_level_scales(tiny_config: Callable[..., GLIPv2Config]) -> None:
+    """The parity fixture leaves log_scale = 0, bias_lang = 0 and every level scale = 1, so it cannot
+    tell whether they are applied. Here they are set to non-trivial values and S, the box regression
+    and the centerness are recomputed from the tower outputs O, P by the official formulas:
+    S = O·Linear(P̂/2)ᵀ / exp(log_scale) + P̂·bias_lang + bias0 with P̂ = P/|P|, boxes = scale_l·conv(O)."""
+    torch.manual_seed(0)
+    model = GLIPv2(tiny_config()).eval()
+    head = model.head
+    with torch.no_grad():
+        head.log_scale.fill_(0.7)
+        head.bias_lang.normal_()
+        head.bias0.fill_(-2.0)
+        for level, scale in enumerate(head.scales):
+            scale.scale.fill_(0.5 + level)
+        ids = torch.tensor([[101, 2417, 4418, 1012, 2630, 102, 0, 0]])
+        out = model(torch.randn(1, 3, 64, 64), ids, (ids != 0).long())
+        p_hat = F.normalize(out.fused_token_features, dim=-1)
+        tokens = head.token_projection(p_hat / 2)
+        bias = p_hat @ head.bias_lang + head.bias0
+    for level, o in enumerate(out.fused_region_features):
+        regions = o.flatten(2).transpose(1, 2)
+        expected = regions @ tokens.transpose(1, 2) / math.exp(0.7) + bias.unsqueeze(1)
+        torch.testing.assert_close(out.logits[level], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.box_regression[level], (0.5 + level) * head.bbox_pred(o))
+        torch.testing.assert_close(out.centerness[level], head.centerness(o))
+    torch.testing.assert_close(out.token_embeddings, tokens)

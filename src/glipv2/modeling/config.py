@@ -131,7 +131,7 @@ class GLIPv2Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GLIPv2Config":
+    def from_dict(cls, data: dict[str, Any]) -> GLIPv2Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -142,16 +142,16 @@ class GLIPv2Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "GLIPv2Config":
+    def from_json(cls, text: str) -> GLIPv2Config:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "GLIPv2Config":
+    def load(cls, path: str | Path) -> GLIPv2Config:
         return cls.from_json(Path(path).read_text())
 
-    def replace(self, **overrides: Any) -> "GLIPv2Config":
+    def replace(self, **overrides: Any) -> GLIPv2Config:
         """A copy with some fields changed; unknown names raise `ValueError`."""
         return type(self).from_dict({**self.to_dict(), **overrides})

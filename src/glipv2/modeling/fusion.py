@@ -37,15 +37,15 @@ class BiMultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """v: (B, N, Cv) image tokens; l: (B, T, Cl) text tokens; text_mask: (B, T) 1 = real token.
+    def forward(self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v: (B, N, Cv) image tokens; t: (B, T, Cl) text tokens; text_mask: (B, T) 1 = real token.
 
         Returns the updates (dV (B, N, Cv), dL (B, T, Cl))."""
         b, n, _ = v.shape
         q = self._heads(self.v_proj(v) * self.scale)
-        k = self._heads(self.l_proj(l))
+        k = self._heads(self.l_proj(t))
         value_v = self._heads(self.values_v_proj(v))
-        value_l = self._heads(self.values_l_proj(l))
+        value_l = self._heads(self.values_l_proj(t))
         scores = (q @ k.transpose(-1, -2)).clamp(-CLAMP, CLAMP)  # (B, h, N, T)
 
         # image -> text: each token attends over all image positions (softmax over N in place of
@@ -58,7 +58,7 @@ class BiMultiHeadAttention(nn.Module):
             attn_v = F.dropout(attn_v, self.dropout)
             attn_l = F.dropout(attn_l, self.dropout)
         out_v = (attn_v @ value_l).transpose(1, 2).reshape(b, n, -1)
-        out_l = (attn_l.transpose(-1, -2) @ value_v).transpose(1, 2).reshape(b, l.shape[1], -1)
+        out_l = (attn_l.transpose(-1, -2) @ value_v).transpose(1, 2).reshape(b, t.shape[1], -1)
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
 
@@ -81,12 +81,12 @@ class BiAttentionBlock(nn.Module):
         shapes = [f.shape for f in visual]
         v = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)
         v = self.layer_norm_v(v)
-        l = self.layer_norm_l(text)
-        dv, dl = self.attn(v, l, text_mask)
+        t = self.layer_norm_l(text)
+        dv, dt = self.attn(v, t, text_mask)
         v = (v + self.gamma_v * dv).transpose(1, 2)
-        l = l + self.gamma_l * dl
+        t = t + self.gamma_l * dt
         out, start = [], 0
         for b, c, h, w in shapes:
             out.append(v[:, :, start:start + h * w].reshape(b, c, h, w))
             start += h * w
-        return out, l
+        return out, t

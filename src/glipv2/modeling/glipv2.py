@@ -142,7 +142,7 @@ class GLIPv2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None,
-                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> "GLIPv2":
+                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> GLIPv2:
         """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub."""
         directory = _resolve_model_dir(str(name_or_path), revision)
         config = GLIPv2Config.load(directory / CONFIG_NAME)

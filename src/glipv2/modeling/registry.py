@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import GLIPv2Config
+
+if TYPE_CHECKING:
+    from .glipv2 import GLIPv2
 
 _PRESETS: dict[str, Callable[[], GLIPv2Config]] = {}
 
@@ -91,7 +94,7 @@ def get_config(name: str, **overrides: Any) -> GLIPv2Config:
     return config.replace(**overrides) if overrides else config
 
 
-def build_model(name: str, **overrides: Any) -> "GLIPv2":  # noqa: F821
+def build_model(name: str, **overrides: Any) -> GLIPv2:
     """Build a registered variant with random (or, for the tiny preset, pretrained-text) weights."""
     from .glipv2 import GLIPv2
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import logging as hf_logging
 from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import logging as hf_logging
 
 MINILM = "minilm"
 BERT_BASE_UNCASED = "bert-base-uncased"
