@@ -138,11 +138,17 @@ def convert_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module
     return out, report
 
 
-def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict of an official `.pth` (`{"model": state_dict, ...}` or a bare state dict)."""
+def load_official_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The model state dict of an official `.pth` (`{"model": state_dict, ...}` or a bare state dict).
+
+    Read with `torch.load(weights_only=True)`; a file whose extras (optimizer or scheduler state)
+    need full unpickling is refused unless `allow_pickle`, since unpickling can run code."""
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # old pickles with non-tensor extras (optimizer/scheduler state)
+    except Exception as err:
+        if not allow_pickle:
+            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({err}); "
+                             "if you trust the file, load it with allow_pickle=True") from err
         blob = torch.load(str(path), map_location="cpu", weights_only=False)
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

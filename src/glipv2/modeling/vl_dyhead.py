@@ -117,6 +117,9 @@ class VLDyHead(nn.Module):
 
     def forward(self, visual: list[torch.Tensor], text_hidden: torch.Tensor, text_embedded: torch.Tensor,
                 text_mask: torch.Tensor, return_legacy_logits: bool = False) -> HeadOutput:
+        """visual: O̊, per level (B, C, H, W); text_hidden: P̊ (B, T, D), fed to the fusion;
+        text_embedded: (B, T, D) with pads zeroed, the token side of S when `fused_dot_product`
+        is off (GLIP-T A); text_mask: (B, T) 1 for real tokens."""
         text = text_hidden
         for block in self.blocks:
             visual, text = block(visual, text, text_mask)
