@@ -15,6 +15,7 @@ from torchvision.ops import deform_conv2d
 from glipv2 import GLIPv2, GLIPv2Config
 from glipv2.modeling.anchors import MAX_LOG_SCALE, AnchorGenerator, cell_anchor, decode_boxes, encode_boxes
 from glipv2.modeling.dyconv import Conv3x3GN, DynamicReLU, reread_as
+from glipv2.modeling.fpn import FPN, drop_block
 from glipv2.modeling.fusion import BiAttentionBlock
 from glipv2.modeling.swin import PatchMerging, relative_position_index
 
@@ -296,3 +297,36 @@ def test_prediction_layers_use_log_scale_biases_and_level_scales(tiny_config: Ca
         torch.testing.assert_close(out.box_regression[level], (0.5 + level) * head.bbox_pred(o))
         torch.testing.assert_close(out.centerness[level], head.centerness(o))
     torch.testing.assert_close(out.token_embeddings, tokens)
+
+
+# --- FPN ----------------------------------------------------------------------------------------------
+def test_fpn_drop_block_only_in_training_and_only_below_the_top() -> None:
+    """Official FPN.DROP_BLOCK: in training, the top-down sums feeding the P3/P4 output convs are
+    block-dropped; P5 (and P6/P7 built on it) and the eval-mode outputs are untouched."""
+    torch.manual_seed(0)
+    plain = FPN([8, 16, 32], 8)
+    dropping = FPN([8, 16, 32], 8, drop_block_prob=0.3, drop_block_size=3)
+    dropping.load_state_dict(plain.state_dict())
+    features = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+    with torch.no_grad():
+        reference = plain.eval()(features)
+        for a, b in zip(dropping.eval()(features), reference):
+            assert torch.equal(a, b)
+        trained = dropping.train()(features)
+    assert not torch.equal(trained[0], reference[0]) and not torch.equal(trained[1], reference[1])
+    for a, b in zip(trained[2:], reference[2:]):
+        assert torch.equal(a, b)
+
+
+def test_drop_block_statistics_and_tiny_maps() -> None:
+    """About prob of the positions are dropped (block centres at prob/size², each zeroing a
+    size×size block), whole blocks across all channels, survivors rescaled; 1×1 and 2×2 maps work."""
+    torch.manual_seed(0)
+    x = torch.ones(4, 3, 64, 64)
+    y = drop_block(x, 0.3, 3)
+    zero = y[:, 0] == 0
+    assert torch.equal(zero, y[:, 1] == 0) and torch.equal(zero, y[:, 2] == 0)  # same block in every channel
+    assert 0.2 < zero.float().mean().item() < 0.35
+    assert torch.allclose(y.mean(), torch.tensor(1.0), atol=1e-5)  # rescaled to keep the mean
+    for size in ((1, 1), (2, 2), (2, 5)):
+        assert drop_block(torch.ones(1, 2, *size), 0.3, 3).shape == (1, 2, *size)

@@ -44,6 +44,8 @@ class GLIPv2Config:
     swin_drop_path_rate: float = 0.2  # SWINT.DROP_PATH_RATE
     timm_pretrained: bool = False  # only for backbone="timm:*"; needs the weights cached locally
     fpn_channels: int = 256  # BACKBONE.OUT_CHANNELS
+    fpn_drop_block_prob: float = 0.3  # FPN.DROP_PROB when FPN.DROP_BLOCK (training only); 0 = off
+    fpn_drop_block_size: int = 3  # FPN.DROP_SIZE
 
     # --- text encoder (BERT family, HF transformers) ------------------------------------
     text_encoder: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_UNCASED))

@@ -49,7 +49,8 @@ class GLIPv2(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = build_backbone(config)
-        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels)
+        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.fpn_drop_block_prob,
+                       config.fpn_drop_block_size)
         self.text_encoder = TextEncoder(config.text_encoder, config.text_weights if load_text_weights else None)
         self.prompt_embedding = (nn.Parameter(torch.zeros(config.prompt_embedding_rows, config.text_hidden_size))
                                  if config.prompt_embedding_rows else None)
