@@ -30,6 +30,19 @@ _FIXED_RULES: list[tuple[str, str]] = [
     (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "anchor_generator.cell_anchor_{tail}"),
 ]
 
+# The inverse of _FIXED_RULES (our regex, official template without `module.`); order matters.
+_REVERSE_RULES: list[tuple[str, str]] = [
+    (r"backbone\.(?P<tail>.+)", "backbone.body.{tail}"),
+    (r"fpn\.(?P<tail>p[67]\..+)", "backbone.fpn.top_blocks.{tail}"),
+    (r"fpn\.(?P<tail>fpn_.+)", "backbone.fpn.{tail}"),
+    (r"text_encoder\.model\.(?P<tail>.+)", "language_backbone.body.model.{tail}"),
+    (r"head\.legacy_cls_logits\.(?P<tail>.+)", "rpn.head.cls_logits.{tail}"),
+    (r"head\.token_projection\.(?P<tail>.+)", "rpn.head.dot_product_projection_text.{tail}"),
+    (r"head\.(?P<tail>.+)", "rpn.head.{tail}"),
+    (r"mlm_head\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
+    (r"anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
+]
+
 # Present in official files but carrying nothing a glipv2 model stores.
 _IGNORED = [
     re.compile(r"language_backbone\.body\.model\.embeddings\.position_ids"),  # a buffer in old transformers
@@ -73,18 +86,7 @@ def ours_to_official(key: str, config: GLIPv2Config) -> str | None:
         return f"module.rpn.head.dyhead_tower.{index}.{tail}"
     if key == "prompt_embedding":
         return "module.rpn.tunable_linear.weight"
-    reverse = [
-        (r"backbone\.(?P<tail>.+)", "backbone.body.{tail}"),
-        (r"fpn\.(?P<tail>p[67]\..+)", "backbone.fpn.top_blocks.{tail}"),
-        (r"fpn\.(?P<tail>fpn_.+)", "backbone.fpn.{tail}"),
-        (r"text_encoder\.model\.(?P<tail>.+)", "language_backbone.body.model.{tail}"),
-        (r"head\.legacy_cls_logits\.(?P<tail>.+)", "rpn.head.cls_logits.{tail}"),
-        (r"head\.token_projection\.(?P<tail>.+)", "rpn.head.dot_product_projection_text.{tail}"),
-        (r"head\.(?P<tail>.+)", "rpn.head.{tail}"),
-        (r"mlm_head\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
-        (r"anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
-    ]
-    for pattern, template in reverse:
+    for pattern, template in _REVERSE_RULES:
         m = re.fullmatch(pattern, key)
         if m:
             return "module." + template.format(tail=m.group("tail"))
