@@ -405,3 +405,28 @@ def test_prompt_embedding_shorter_than_prompt_is_rejected(tiny_config: Callable[
     broadcasting crash in the forward."""
     with pytest.raises(ValueError, match="prompt_embedding_rows"):
         tiny_config(prompt_embedding_rows=8)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[..., GLIPv2Config],
+                                                         bert_tokenizer: Tokenizer) -> None:
+    """Recomputing the head blocks in backward (official DYHEAD.USE_CHECKPOINT) changes memory, not
+    results: same loss and gradients as the plain forward (dropout and DropBlock off, so the two
+    runs are deterministic)."""
+    no_dropout = {**tiny_config().text_encoder, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config = tiny_config(fusion_dropout=0.0, fpn_drop_block_prob=0.0, swin_drop_path_rate=0.0,
+                         text_encoder=no_dropout)
+    plain = build(config).train()
+    recomputing = build(config.replace(gradient_checkpointing=True)).train()
+    recomputing.load_state_dict(plain.state_dict())
+    ids, mask = tokenize(bert_tokenizer, PROMPT)
+    image = torch.randn(1, 3, 48, 40)
+    losses = []
+    for model in (plain, recomputing):
+        out = model(image, ids, mask)
+        loss = sum(s.sigmoid().mean() for s in out.logits) + sum(b.abs().mean() for b in out.box_regression)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), recomputing.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

@@ -66,6 +66,7 @@ class GLIPv2Config:
     use_dyrelu: bool = True  # DYHEAD.USE_DYRELU
     use_scale_attention: bool = True  # DYHEAD.USE_DYFUSE
     group_norm_groups: int = 16  # GROUP_NORM.NUM_GROUPS
+    gradient_checkpointing: bool = False  # DYHEAD.USE_CHECKPOINT: recompute head blocks in backward
     legacy_num_classes: int = 80  # DYHEAD.NUM_CLASSES - 1: channels of the unused `cls_logits`
     prior_prob: float = 0.01  # DYHEAD.PRIOR_PROB
     log_scale_init: float = 0.0  # DYHEAD.LOG_SCALE

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
@@ -121,8 +122,12 @@ class VLDyHead(nn.Module):
         text_embedded: (B, T, D) with pads zeroed, the token side of S when `fused_dot_product`
         is off (GLIP-T A); text_mask: (B, T) 1 for real tokens."""
         text = text_hidden
+        recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            visual, text = block(visual, text, text_mask)
+            if recompute:  # trade compute for activation memory, as official DYHEAD.USE_CHECKPOINT
+                visual, text = checkpoint(block, visual, text, text_mask, use_reentrant=False)
+            else:
+                visual, text = block(visual, text, text_mask)
         fused_text = text
         tokens = text if self.config.fused_dot_product else text_embedded
         tokens = F.normalize(tokens, p=2, dim=-1)
