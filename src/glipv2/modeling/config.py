@@ -14,7 +14,7 @@ from typing import Any
 
 # bert-base-uncased's architecture, so that GLIP-T/L can be built (random or from an official
 # checkpoint) without contacting the hub.
-BERT_BASE_UNCASED: dict[str, Any] = {
+BERT_BASE_UNCASED_CONFIG: dict[str, Any] = {
     "vocab_size": 30522,
     "hidden_size": 768,
     "num_hidden_layers": 12,
@@ -48,7 +48,7 @@ class GLIPv2Config:
     fpn_drop_block_size: int = 3  # FPN.DROP_SIZE
 
     # --- text encoder (BERT family, HF transformers) ------------------------------------
-    text_encoder: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_UNCASED))
+    text_encoder: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_UNCASED_CONFIG))
     text_weights: str | None = None  # None: random init; "minilm": the pip-shipped MiniLM-L6; else HF id/dir
     tokenizer: str = "bert-base-uncased"  # name, dir, or "minilm"
     max_query_len: int = 256  # LANGUAGE_BACKBONE.MAX_QUERY_LEN
