@@ -53,13 +53,12 @@ def run_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
 
     # best-scoring location per phrase (mean sigmoid over the phrase's tokens), decoded to a box
     offsets = text.offsets[0].tolist()
-    caption = DEMO_CAPTION
     summary: dict[str, object] = {}
     scores = torch.cat([s[0].sigmoid() for s in out.logits])  # (ΣHW, T)
     deltas = torch.cat([b[0].flatten(1).T for b in out.box_regression])
     anchors = torch.cat(out.anchors)
     for phrase in DEMO_PHRASES:
-        start = caption.index(phrase)
+        start = DEMO_CAPTION.index(phrase)
         end = start + len(phrase)
         tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a >= start and b <= end]
         phrase_scores = scores[:, tokens].mean(dim=1)

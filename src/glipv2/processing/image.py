@@ -11,12 +11,10 @@ from PIL import Image
 
 from ..modeling.config import GLIPv2Config
 
-_DEFAULTS = GLIPv2Config.__dataclass_fields__
-
 
 def image_to_tensor(image: Image.Image | np.ndarray,
-                    mean: Sequence[float] = _DEFAULTS["pixel_mean"].default,
-                    std: Sequence[float] = _DEFAULTS["pixel_std"].default) -> torch.Tensor:
+                    mean: Sequence[float] = GLIPv2Config.pixel_mean,
+                    std: Sequence[float] = GLIPv2Config.pixel_std) -> torch.Tensor:
     """An RGB image (PIL, or uint8 array (H, W, 3)) -> (3, H, W) float32 normalised BGR tensor."""
     if isinstance(image, Image.Image):
         array = np.asarray(image.convert("RGB"))
