@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import glipv2
-from glipv2 import GLIPv2, GLIPv2Config
+from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Processor, Predictor
 from glipv2.convert import ConversionReport, convert_state_dict, load_official_checkpoint
+from glipv2.inference import PostProcessor
 from glipv2.modeling.text_encoder import load_tokenizer
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
@@ -127,3 +130,43 @@ def tiny_config() -> Callable[..., GLIPv2Config]:
 def bert_tokenizer() -> Any:
     """The bert-base-uncased tokenizer (served offline from the MiniLM package's identical vocab)."""
     return load_tokenizer("bert-base-uncased")
+
+
+# --- inference ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fixture_predictor(fixture_model: GLIPv2) -> Predictor:
+    """The fixture model with the fixture's pre-processing (no resize)."""
+    processor = GLIPv2Processor.from_config(fixture_model.config, fixture_model.tokenizer, resize=False)
+    return Predictor(fixture_model, processor)
+
+
+@pytest.fixture(scope="session")
+def fixture_model_dir(fixture_model: GLIPv2, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture model written by `save_pretrained` (what `glipv2 predict --model` reads)."""
+    return fixture_model.save_pretrained(tmp_path_factory.mktemp("fixture_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> GLIPv2:
+    torch.manual_seed(0)
+    return GLIPv2(make_tiny_config(pad_to_max_query_len=False)).eval()
+
+
+@pytest.fixture
+def make_predictor(tiny_model: GLIPv2) -> Callable[..., Predictor]:
+    """Factory of predictors on small images (shorter side 64) whose post-processing keeps every
+    candidate, so that random weights still give detections to compare."""
+    def make(model: GLIPv2 | None = None, **kwargs: Any) -> Predictor:
+        model = model or tiny_model
+        processor = GLIPv2Processor.from_config(model.config, model.tokenizer, min_size=64, max_size=96)
+        return Predictor(model, processor, postprocessor=PostProcessor(inference_threshold=0.0), **kwargs)
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_image() -> Callable[..., Image.Image]:
+    """Factory: `random_image(seed, (width, height))` -> a noise RGB image."""
+    def make(seed: int, size: tuple[int, int] = (80, 60)) -> Image.Image:
+        pixels = np.random.RandomState(seed).randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        return Image.fromarray(pixels)
+    return make

@@ -1,4 +1,4 @@
-"""Command line: `glipv2 models`, `glipv2 demo`."""
+"""Command line: `glipv2 models | demo | predict | convert | data | train`. Each command lives beside the code it drives."""
 
 from __future__ import annotations
 
@@ -22,14 +22,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from .convert.command import add_convert_parser
+    from .data.command import add_data_parser
+    from .engine.command import add_train_parser
+    from .inference.command import add_predict_parser
+
     parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the named model variants").set_defaults(func=_models)
-    demo = sub.add_parser("demo", help="run one forward pass of a preset on a built-in image")
+    demo = sub.add_parser("demo", help="run a preset on a built-in image")
     demo.add_argument("--model", default="glipv2_tiny", choices=list_models())
     demo.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
+    add_predict_parser(sub)
+    add_convert_parser(sub)
+    add_data_parser(sub)
+    add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

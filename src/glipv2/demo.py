@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .inference import PostProcessor, Predictor
 from .modeling import GLIPv2, build_model
-from .modeling.anchors import decode_boxes
-from .processing import image_to_tensor, pad_batch
+from .processing import GLIPv2Processor, image_to_tensor, pad_batch
 
 DEMO_CAPTION = "red circle. blue square. green triangle."
 DEMO_PHRASES = ("red circle", "blue square", "green triangle")
@@ -51,22 +51,18 @@ def run_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
         print(f"  P{level + 3}: region-word logits {tuple(s.shape)}, anchors {tuple(a.shape)}")
     print(f"  P̊ {tuple(out.token_features.shape)} -> P {tuple(out.fused_token_features.shape)}")
 
-    # best-scoring location per phrase (mean sigmoid over the phrase's tokens), decoded to a box
-    offsets = text.offsets[0].tolist()
+    # the official post-processing (Predictor): the best detection per phrase
+    predictor = Predictor(model, GLIPv2Processor.from_config(model.config, model.tokenizer, resize=False),
+                          postprocessor=PostProcessor(inference_threshold=0.0))
+    detections = predictor.ground(demo_image(), DEMO_CAPTION, phrases=list(DEMO_PHRASES), threshold=0.0)
     summary: dict[str, object] = {}
-    scores = torch.cat([s[0].sigmoid() for s in out.logits])  # (ΣHW, T)
-    deltas = torch.cat([b[0].flatten(1).T for b in out.box_regression])
-    anchors = torch.cat(out.anchors)
-    for phrase in DEMO_PHRASES:
-        start = DEMO_CAPTION.index(phrase)
-        end = start + len(phrase)
-        tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a >= start and b <= end]
-        phrase_scores = scores[:, tokens].mean(dim=1)
-        best = int(phrase_scores.argmax())
-        box = decode_boxes(deltas[best:best + 1], anchors[best:best + 1])[0].tolist()
-        summary[phrase] = {"tokens": tokens, "score": float(phrase_scores[best]), "box": box}
-        print(f"  {phrase!r}: tokens {tokens}, best score {float(phrase_scores[best]):.3f} at box "
-              f"[{', '.join(f'{v:.0f}' for v in box)}]")
+    for index, phrase in enumerate(DEMO_PHRASES):
+        mine = detections[detections.labels == index]
+        if len(mine) == 0:
+            continue
+        box, score = mine.boxes[0].tolist(), float(mine.scores[0])
+        summary[phrase] = {"score": score, "box": box}
+        print(f"  {phrase!r}: best score {score:.3f} at box [{', '.join(f'{v:.0f}' for v in box)}]")
     print("note: the detection head is randomly initialised until trained weights ship; "
           "scores above are not detections.")
     return summary

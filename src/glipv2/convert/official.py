@@ -28,6 +28,13 @@ _FIXED_RULES: list[tuple[str, str]] = [
     (r"rpn\.head\.(?P<tail>log_scale|bias_lang|bias0)", "head.{tail}"),
     (r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)", "mlm_head.{tail}"),
     (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "anchor_generator.cell_anchor_{tail}"),
+    # GLIPv2's inter-image region-word contrastive projections ("shallow contrastive" in GLIP's ATSS
+    # loss evaluator: Linear(DYHEAD.CHANNELS, dim), Linear(LANG_DIM, dim), temperature (1,))
+    (r"rpn\.loss_evaluator\.shallow_contrastive_projection_image\.(?P<tail>weight|bias)",
+     "region_word_contrastive.region.{tail}"),
+    (r"rpn\.loss_evaluator\.shallow_contrastive_projection_text\.(?P<tail>weight|bias)",
+     "region_word_contrastive.token.{tail}"),
+    (r"rpn\.loss_evaluator\.shallow_(?P<tail>log_scale)", "region_word_contrastive.{tail}"),
 ]
 
 # The inverse of _FIXED_RULES (our regex, official template without `module.`); order matters.
@@ -41,6 +48,11 @@ _REVERSE_RULES: list[tuple[str, str]] = [
     (r"head\.(?P<tail>.+)", "rpn.head.{tail}"),
     (r"mlm_head\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
     (r"anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
+    (r"region_word_contrastive\.region\.(?P<tail>weight|bias)",
+     "rpn.loss_evaluator.shallow_contrastive_projection_image.{tail}"),
+    (r"region_word_contrastive\.token\.(?P<tail>weight|bias)",
+     "rpn.loss_evaluator.shallow_contrastive_projection_text.{tail}"),
+    (r"region_word_contrastive\.(?P<tail>log_scale)", "rpn.loss_evaluator.shallow_{tail}"),
 ]
 
 # Present in official files but carrying nothing a glipv2 model stores.
@@ -95,16 +107,28 @@ def ours_to_official(key: str, config: GLIPv2Config) -> str | None:
 
 @dataclass
 class ConversionReport:
-    """What happened to every official key."""
+    """What happened to every official key (and, after `convert_checkpoint`, to every key of ours)."""
 
     converted: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # known extras (position_ids, pooler, tied copies)
     derived: list[str] = field(default_factory=list)  # buffers we recompute; checked equal
     unmapped: list[str] = field(default_factory=list)  # no counterpart in this configuration
     mismatched: list[str] = field(default_factory=list)  # counterpart exists with another shape / value
+    missing: list[str] = field(default_factory=list)  # ours, given no value by the checkpoint
 
     def problems(self) -> list[str]:
-        return [f"unmapped: {k}" for k in self.unmapped] + [f"mismatch: {k}" for k in self.mismatched]
+        return ([f"unmapped: {k}" for k in self.unmapped] + [f"mismatch: {k}" for k in self.mismatched]
+                + [f"missing: {k}" for k in self.missing])
+
+
+class ConversionError(ValueError):
+    """A checkpoint or config that cannot be converted; `problems` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str], what: str = "cannot be converted") -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "".join(f"\n  {p}" for p in self.problems)
+        super().__init__(f"{source} {what} ({len(self.problems)} problem(s)):{lines}")
 
 
 def convert_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module, config: GLIPv2Config,
@@ -143,16 +167,34 @@ def convert_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module
 def load_official_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The model state dict of an official `.pth` (`{"model": state_dict, ...}` or a bare state dict).
 
-    Read with `torch.load(weights_only=True)`; a file whose extras (optimizer or scheduler state)
-    need full unpickling is refused unless `allow_pickle`, since unpickling can run code."""
+    Read with `torch.load(weights_only=True, mmap=True)`: tensors stay in the file until touched, so
+    other top-level entries (optimizer, scheduler, iteration, an EMA copy of the model) cost no
+    memory and are ignored. A file whose extras need full unpickling is refused unless
+    `allow_pickle`, since unpickling can run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     try:
-        blob = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        blob = _torch_load(path, weights_only=True)
     except Exception as err:
         if not allow_pickle:
             raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({err}); "
                              "if you trust the file, load it with allow_pickle=True") from err
-        blob = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            blob = _torch_load(path, weights_only=False)
+        except Exception as err2:
+            raise ValueError(f"{path}: cannot be read by torch.load ({err2})") from err2
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a GLIP checkpoint (expected a dict with a 'model' state dict)")
     return state
+
+
+def _torch_load(path: Path, weights_only: bool) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        # files written with the legacy (pre-zip) serialization cannot be memory-mapped
+        return torch.load(str(path), map_location="cpu", weights_only=weights_only)

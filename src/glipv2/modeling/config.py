@@ -30,8 +30,34 @@ BERT_BASE_UNCASED_CONFIG: dict[str, Any] = {
 }
 
 
+class DataclassConfig:
+    """JSON round trip for config dataclasses: unknown fields are an error, lists become tuples."""
+
+    def _coerce_tuples(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, list) and "tuple" in str(f.type):
+                setattr(self, f.name, tuple(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> Any:
+        """A copy with some fields changed; unknown names raise `ValueError`."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+
 @dataclass
-class GLIPv2Config:
+class GLIPv2Config(DataclassConfig):
     """Hyper-parameters of a GLIP / GLIPv2 model. Defaults describe GLIP-T (B/C)."""
 
     # --- vision backbone -----------------------------------------------------------------
@@ -86,14 +112,19 @@ class GLIPv2Config:
     pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)  # BGR, 0-255
     pixel_std: tuple[float, ...] = (57.375, 57.12, 58.395)
     size_divisibility: int = 32
+    test_min_size: int = 800  # INPUT.MIN_SIZE_TEST: shorter side after resizing
+    test_max_size: int = 1333  # INPUT.MAX_SIZE_TEST: cap on the longer side
+
+    # --- post-processing (ATSSPostProcessor, MODEL.ATSS.*) -------------------------------------
+    inference_threshold: float = 0.05  # ATSS.INFERENCE_TH: on the token score, before centerness
+    pre_nms_top_n: int = 1000  # ATSS.PRE_NMS_TOP_N, per image and level
+    nms_threshold: float = 0.6  # ATSS.NMS_TH, per label, legacy +1 IoU
+    detections_per_image: int = 100  # ATSS.DETECTIONS_PER_IMG, per forward pass (per chunk)
 
     name: str = "glip_t"
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list) and "tuple" in str(f.type):
-                setattr(self, f.name, tuple(value))
+        self._coerce_tuples()
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -120,6 +151,10 @@ class GLIPv2Config:
         if 0 < self.prompt_embedding_rows < self.max_query_len:
             problems.append(f"prompt_embedding_rows ({self.prompt_embedding_rows}) must be 0 (off) or at least "
                             f"max_query_len ({self.max_query_len}): it holds one row per token slot")
+        if not (0.0 <= self.inference_threshold <= 1.0 and 0.0 <= self.nms_threshold <= 1.0):
+            problems.append("inference_threshold and nms_threshold must lie in [0, 1]")
+        if min(self.pre_nms_top_n, self.detections_per_image, self.test_min_size, self.test_max_size) < 1:
+            problems.append("pre_nms_top_n, detections_per_image, test_min_size and test_max_size must be >= 1")
         if self.num_head_blocks < 1:
             problems.append("num_head_blocks must be >= 1")
         for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
@@ -129,18 +164,6 @@ class GLIPv2Config:
             raise ValueError("invalid GLIPv2Config: " + "; ".join(problems))
 
     # --- serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GLIPv2Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown GLIPv2Config field(s): {', '.join(unknown)}")
-        return cls(**data)
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -154,7 +177,3 @@ class GLIPv2Config:
     @classmethod
     def load(cls, path: str | Path) -> GLIPv2Config:
         return cls.from_json(Path(path).read_text())
-
-    def replace(self, **overrides: Any) -> GLIPv2Config:
-        """A copy with some fields changed; unknown names raise `ValueError`."""
-        return type(self).from_dict({**self.to_dict(), **overrides})

@@ -143,9 +143,32 @@ class GLIPv2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None,
-                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> GLIPv2:
-        """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub."""
-        directory = _resolve_model_dir(str(name_or_path), revision)
+                        map_location: str | torch.device = "cpu", *, filename: str | None = None,
+                        arch: str | None = None, official_config: str | os.PathLike[str] | None = None,
+                        text_config: str | os.PathLike[str] | None = None, allow_pickle: bool = False,
+                        **config_overrides: Any) -> GLIPv2:
+        """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub.
+
+        An official GLIP checkpoint — `filename="<name>.pth"` inside a hub repo (e.g.
+        `from_pretrained("GLIPModel/GLIP", filename="glip_tiny_model_o365_goldg.pth")`), or a local
+        `.pth` path — is converted once into `$GLIPV2_CACHE/converted` (default `~/.cache/glipv2`)
+        and loaded from there. Its architecture comes from the released file name, or from `arch`
+        (a preset: glip_t, glip_t_a, glip_l) or `official_config` (the GLIP YAML), with
+        `text_config` (a BertConfig JSON) when its BERT is not bert-base-uncased. `allow_pickle`
+        lets the converter unpickle a file that `torch.load(weights_only=True)` refuses."""
+        official = {"filename": filename, "arch": arch, "official_config": official_config,
+                    "text_config": text_config}
+        if (filename or str(name_or_path)).endswith(".pth"):
+            from ..convert.hub import converted_model_dir
+
+            directory = converted_model_dir(str(name_or_path), filename, revision, arch=arch,
+                                            official_config=official_config, text_config=text_config,
+                                            allow_pickle=allow_pickle)
+        elif given := sorted(k for k, v in official.items() if v is not None):
+            raise ValueError(f"{', '.join(given)}: only for official GLIP .pth checkpoints "
+                             f"(filename='<name>.pth' or a local .pth path), not {name_or_path!r}")
+        else:
+            directory = _resolve_model_dir(str(name_or_path), revision)
         config = GLIPv2Config.load(directory / CONFIG_NAME)
         if config_overrides:
             config = config.replace(**config_overrides)

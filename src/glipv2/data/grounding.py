@@ -1,0 +1,260 @@
+"""Training samples as grounding data: an image, a caption, boxes, and which caption spans name them.
+
+Two sources, as in the official training: COCO-style detection json (each image becomes a class
+prompt — its positive categories plus sampled negatives, shuffled, joined with ". ", official
+`od_to_grounding`) and MDETR-style grounding json (`caption`, `tokens_positive` per box).
+
+Every labelled phrase carries an identity (`label_id`) shared across images and datasets — a hash
+of its normalised text — so that L_inter can treat "red circle" in one image and "red circle" in
+another as the same concept, and "blue square" of another image as a negative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..processing.processor import load_image
+from ..processing.prompts import DETECTION_SEPARATOR, Span
+
+# Official od_to_grounding: up to 85 categories per prompt (positives first, then negatives).
+MAX_PROMPT_CATEGORIES = 85
+
+
+def clean_category_name(name: str) -> str:
+    """Official evaluation/training cleaning: drop "(...)", "_" -> " ", collapse spaces."""
+    return " ".join(re.sub(r"\(.*?\)", "", name).replace("_", " ").split())
+
+
+def label_id(text: str) -> int:
+    """A stable 63-bit identity of a phrase's normalised text, equal on every process (L_inter
+    gathers labels across DDP ranks, so a per-process vocabulary would not do)."""
+    normalised = " ".join(text.lower().split())
+    return int.from_bytes(hashlib.blake2b(normalised.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass
+class GroundingSample:
+    """image: RGB; caption: the prompt text; boxes: (N, 4) xyxy in image pixels; box_labels: (N,)
+    identity of the phrase naming each box; phrases: identity -> its character spans in the caption,
+    for every labelled phrase (negatives included)."""
+
+    image: Image.Image
+    caption: str
+    boxes: torch.Tensor
+    box_labels: torch.Tensor
+    phrases: dict[int, tuple[Span, ...]]
+    image_id: int | str = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SkipCounter:
+    """Why samples or boxes were dropped, for the training log."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        self.counts[reason] += n
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def xywh_to_legacy_xyxy(x: float, y: float, w: float, h: float) -> list[float]:
+    """COCO xywh -> xyxy with the legacy +1 convention of the official code (x2 = x + w - 1), so
+    that the box coder's +1 widths give back w and the +1 COCO export is exact."""
+    return [x, y, x + w - 1, y + h - 1]
+
+
+def sanitize_boxes(boxes: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4) legacy xyxy boxes -> (boxes clipped to [0, W-1] x [0, H-1], keep mask); dropped are
+    non-finite boxes, boxes without area (w or h < 1 pixel) and boxes entirely outside the image."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    keep = (torch.isfinite(boxes).all(dim=1) & (x2 >= x1) & (y2 >= y1) & (x1 <= width - 1) & (y1 <= height - 1)
+            & (x2 >= 0) & (y2 >= 0))
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width - 1)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height - 1)
+    return clipped, keep
+
+
+class DataError(ValueError):
+    """A sample that cannot be used (missing field, unreadable image); skipped and counted."""
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the annotation file ({err})") from err
+    if not isinstance(data, dict) or "images" not in data:
+        raise ValueError(f"{path}: not a COCO-style json (no 'images' list)")
+    return data
+
+
+class CocoGroundingDataset(torch.utils.data.Dataset):
+    """COCO instances json as grounding data: per image, a class prompt of its categories plus
+    sampled negatives (up to `max_categories` names, order shuffled), boxes pointing at their
+    category's span. Boxes are xywh in the json; crowd boxes are ignored."""
+
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, max_categories: int = MAX_PROMPT_CATEGORIES,
+                 shuffle_categories: bool = True, seed: int = 0, skips: SkipCounter | None = None) -> None:
+        data = _read_json(ann_file)
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.categories = {int(c["id"]): clean_category_name(str(c["name"])) for c in data.get("categories", [])}
+        if not self.categories:
+            raise ValueError(f"{ann_file}: no categories")
+        self.images = list(data["images"])
+        self.annotations: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data.get("annotations", []):
+            self.annotations.setdefault(ann.get("image_id"), []).append(ann)
+        self.max_categories = max_categories
+        self.shuffle_categories = shuffle_categories
+        self.seed = seed
+        self.epoch = 0
+        self.skips = skips or SkipCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Negatives and order are drawn from (seed, epoch, index): reproducible, new each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        info = self.images[index]
+        try:
+            file_name, image_id = info["file_name"], info["id"]
+        except (KeyError, TypeError) as err:
+            raise DataError(f"image entry {index} lacks {err}") from None
+        image = load_image(self.image_dir / file_name)
+        boxes, cats, dropped = [], [], []
+        for ann in self.annotations.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                category = int(ann["category_id"])
+            except (KeyError, TypeError, ValueError):
+                dropped.append("box without bbox/category_id")
+                continue
+            if category not in self.categories:
+                dropped.append("box with unknown category")
+                continue
+            boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
+            cats.append(category)
+        box_tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        box_tensor, keep = sanitize_boxes(box_tensor, *image.size)
+        if not bool(keep.all()):
+            dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
+        cats = [c for c, k in zip(cats, keep.tolist()) if k]
+        box_tensor = box_tensor[keep]
+
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        positives = sorted(set(cats))
+        negatives = [c for c in self.categories if c not in set(positives)]
+        rng.shuffle(negatives)
+        chosen = positives[: self.max_categories] + negatives[: max(0, self.max_categories - len(positives))]
+        if self.shuffle_categories:
+            rng.shuffle(chosen)
+        caption, spans = _join(self.categories[c] for c in chosen)
+        keep_boxes = [i for i, c in enumerate(cats) if c in set(chosen)]
+        phrases = {label_id(self.categories[c]): (span,) for c, span in zip(chosen, spans)}
+        labels = torch.tensor([label_id(self.categories[cats[i]]) for i in keep_boxes], dtype=torch.long)
+        for reason in dropped:
+            self.skips.add(reason)
+        return GroundingSample(image, caption, box_tensor[keep_boxes], labels, phrases, image_id,
+                               {"dropped": dropped})
+
+
+def _join(names: Any) -> tuple[str, list[Span]]:
+    text, spans = "", []
+    for name in names:
+        if text:
+            text += DETECTION_SEPARATOR
+        spans.append((len(text), len(text) + len(name)))
+        text += name
+    return text, spans
+
+
+class MdetrGroundingDataset(torch.utils.data.Dataset):
+    """MDETR-style grounding json: `images` with a `caption`, `annotations` with `bbox` (xywh) and
+    `tokens_positive` (character spans of the phrase naming the box)."""
+
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, skips: SkipCounter | None = None) -> None:
+        data = _read_json(ann_file)
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.images = list(data["images"])
+        self.annotations: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data.get("annotations", []):
+            self.annotations.setdefault(ann.get("image_id"), []).append(ann)
+        self.skips = skips or SkipCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        info = self.images[index]
+        try:
+            file_name, image_id, caption = info["file_name"], info["id"], str(info["caption"])
+        except (KeyError, TypeError) as err:
+            raise DataError(f"image entry {index} lacks {err}") from None
+        image = load_image(self.image_dir / file_name)
+        boxes, labels, phrases, dropped = [], [], {}, []
+        for ann in self.annotations.get(image_id, []):
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                spans = tuple((int(s), int(e)) for s, e in ann["tokens_positive"])
+            except (KeyError, TypeError, ValueError):
+                dropped.append("box without bbox/tokens_positive")
+                continue
+            if not spans or any(not 0 <= s < e <= len(caption) for s, e in spans):
+                dropped.append("box with a span outside the caption")
+                continue
+            label = label_id(" ".join(caption[s:e] for s, e in spans))
+            phrases[label] = tuple(sorted(set(phrases.get(label, ())) | set(spans)))
+            boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
+            labels.append(label)
+        box_tensor, keep = sanitize_boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), *image.size)
+        if not bool(keep.all()):
+            dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
+        for reason in dropped:
+            self.skips.add(reason)
+        label_tensor = torch.tensor(labels, dtype=torch.long)[keep]
+        return GroundingSample(image, caption, box_tensor[keep], label_tensor, phrases, image_id,
+                               {"dropped": dropped})
+
+
+def build_grounding_dataset(ann_file: str | Path, image_dir: str | Path, **kwargs: Any) -> torch.utils.data.Dataset:
+    """A COCO instances json (no `caption` on its images) or an MDETR-style grounding json."""
+    data = _read_json(ann_file)
+    first = data["images"][0] if data["images"] else {}
+    if isinstance(first, dict) and "caption" in first:
+        return MdetrGroundingDataset(ann_file, image_dir, skips=kwargs.get("skips"))
+    return CocoGroundingDataset(ann_file, image_dir, **kwargs)
+
+
+def category_names(datasets: Sequence[torch.utils.data.Dataset]) -> list[str]:
+    """All category names of the COCO-style datasets among `datasets`."""
+    names: list[str] = []
+    for ds in datasets:
+        for name in getattr(ds, "categories", {}).values():
+            if name not in names:
+                names.append(name)
+    return names

@@ -1,0 +1,119 @@
+"""Training augmentations on `GroundingSample`s that keep image, boxes and text consistent.
+
+* multi-scale resize (shorter side drawn from a list, longer side capped), boxes scaled;
+* horizontal flip that also swaps "left" and "right" in the caption, moving every phrase span;
+* colour augmentation that never changes a named colour: brightness and contrast only (a hue or
+  saturation shift could turn the "red circle" of the caption orange).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from PIL import Image, ImageEnhance
+
+from ..processing.processor import official_resize_size
+from ..processing.prompts import Span
+from .grounding import GroundingSample
+
+_LEFT_RIGHT = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
+_SWAP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+
+
+def swap_left_right(text: str, spans: dict[int, tuple[Span, ...]]) -> tuple[str, dict[int, tuple[Span, ...]]]:
+    """Swap the words left/right (and leftmost/rightmost) keeping their case, and move every span
+    so that it covers the same words in the new text."""
+    pieces, shifts = [], []  # shifts: (position in old text after which, cumulative length change)
+    cursor, delta = 0, 0
+    for m in _LEFT_RIGHT.finditer(text):
+        word = m.group(0)
+        new = _SWAP[word.lower()]
+        new = new.capitalize() if word[0].isupper() else new
+        pieces.append(text[cursor:m.start()])
+        pieces.append(new)
+        cursor = m.end()
+        delta += len(new) - len(word)
+        shifts.append((m.end(), delta))
+    pieces.append(text[cursor:])
+
+    def move(position: int, is_end: bool) -> int:
+        change = 0
+        for end, d in shifts:
+            # an end position at a replaced word's end moves with it; a start there does too
+            if end < position or (end == position and is_end):
+                change = d
+        return position + change
+
+    moved = {k: tuple((move(s, False), move(e, True)) for s, e in v) for k, v in spans.items()}
+    return "".join(pieces), moved
+
+
+class RandomResize:
+    """Shorter side drawn from `min_sizes`, longer side at most `max_size` (official rounding)."""
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int) -> None:
+        self.min_sizes = list(min_sizes)
+        self.max_size = max_size
+
+    def __call__(self, sample: GroundingSample, rng: random.Random) -> GroundingSample:
+        width, height = sample.image.size
+        h, w = official_resize_size(width, height, rng.choice(self.min_sizes), self.max_size)
+        if (h, w) == (height, width):
+            return sample
+        image = sample.image.resize((w, h), Image.BILINEAR)
+        scale = torch.tensor([w / width, h / height, w / width, h / height])
+        return replace(sample, image=image, boxes=sample.boxes * scale)
+
+
+class RandomHorizontalFlip:
+    """Mirror the image and boxes; "left" and "right" trade places in the caption."""
+
+    def __init__(self, probability: float = 0.5) -> None:
+        self.probability = probability
+
+    def __call__(self, sample: GroundingSample, rng: random.Random) -> GroundingSample:
+        if rng.random() >= self.probability:
+            return sample
+        width = sample.image.size[0]
+        boxes = sample.boxes.clone()
+        # legacy +1 convention (official BoxList.transpose): x1' = W - x2 - 1
+        boxes[:, 0], boxes[:, 2] = width - sample.boxes[:, 2] - 1, width - sample.boxes[:, 0] - 1
+        caption, phrases = swap_left_right(sample.caption, sample.phrases)
+        return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, caption=caption,
+                       phrases=phrases)
+
+
+class ColourJitter:
+    """Brightness and contrast factors drawn from [1 - strength, 1 + strength]; hue and saturation
+    are left alone so that every named colour stays what the caption says."""
+
+    def __init__(self, strength: float = 0.2, probability: float = 0.8) -> None:
+        self.strength = strength
+        self.probability = probability
+
+    def __call__(self, sample: GroundingSample, rng: random.Random) -> GroundingSample:
+        if rng.random() >= self.probability:
+            return sample
+        image = ImageEnhance.Brightness(sample.image).enhance(1 + rng.uniform(-self.strength, self.strength))
+        image = ImageEnhance.Contrast(image).enhance(1 + rng.uniform(-self.strength, self.strength))
+        return replace(sample, image=image)
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[object]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: GroundingSample, rng: random.Random) -> GroundingSample:
+        for t in self.transforms:
+            sample = t(sample, rng)  # type: ignore[operator]
+        return sample
+
+
+def build_train_transforms(min_sizes: Sequence[int] = (480, 560, 640, 720, 800), max_size: int = 1333,
+                           flip_probability: float = 0.5, colour_strength: float = 0.2) -> Compose:
+    return Compose([RandomResize(min_sizes, max_size), RandomHorizontalFlip(flip_probability),
+                    ColourJitter(colour_strength)])

@@ -1,0 +1,154 @@
+"""`glipv2 train`: train or fine-tune a model on COCO-json or grounding-json data.
+
+With no arguments it trains `glipv2_tiny` on a freshly generated ShapesWorld (train split, plus a
+val split for periodic evaluation). Under `torchrun` every process runs this same command (gloo on
+CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+DEFAULT_OUT = "runs/glipv2_tiny_shapes"
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train or fine-tune on COCO-json / grounding-json data (default: glipv2_tiny on ShapesWorld)",
+        description="Train with the GLIPv2 losses. Without --train-ann, a ShapesWorld split is generated.")
+    p.add_argument("--model", default="glipv2_tiny", metavar="NAME_OR_DIR",
+                   help="preset to train from scratch, or a model folder / hub id to fine-tune (default glipv2_tiny)")
+    p.add_argument("--train-ann", metavar="FILE", help="COCO instances json or MDETR-style grounding json")
+    p.add_argument("--train-images", metavar="DIR", help="images of --train-ann")
+    p.add_argument("--val-ann", metavar="FILE", help="COCO instances json for periodic box AP")
+    p.add_argument("--val-images", metavar="DIR")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"run folder (default {DEFAULT_OUT})")
+    p.add_argument("--config", metavar="FILE", help="TrainConfig fields as YAML or JSON")
+    p.add_argument("--max-steps", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--shapes-images", type=int, default=2000, metavar="N",
+                   help="ShapesWorld train images to generate when no --train-ann is given (default 2000)")
+    p.add_argument("--val-limit", type=int, default=200, metavar="N", help="images of the val set per evaluation")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.set_defaults(func=run_train)
+    return p
+
+
+class BadInput(ValueError):
+    pass
+
+
+def _device(args: argparse.Namespace) -> Any:
+    import torch
+
+    if args.device:
+        return torch.device(args.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _init_distributed(device: Any) -> None:
+    """Join the process group `torchrun` describes (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _shapes_data(out: Path, num_images: int, rank: int) -> tuple[Path, Path, Path, Path]:
+    """Generate (once) a ShapesWorld train and val split inside the run folder."""
+    import torch.distributed as dist
+
+    from ..data.shapes_world import generate_shapes_world
+
+    train, val = out / "data" / "train", out / "data" / "val"
+    if rank == 0:
+        for folder, n, seed, split in ((train, num_images, 0, "train"), (val, 200, 1, "val")):
+            if not (folder / "instances.json").is_file():
+                generate_shapes_world(folder, n, seed, split=split, progress=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return train / "instances.json", train / "images", val / "instances.json", val / "images"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.collate import GroundingCollator, SafeDataset
+    from ..data.grounding import build_grounding_dataset
+    from ..data.transforms import build_train_transforms
+    from ..inference.predictor import Predictor
+    from ..modeling.loading import load_model
+    from ..processing.processor import GLIPv2Processor
+    from . import distributed
+    from .train_config import TrainConfig
+    from .trainer import Trainer, TrainingStopped
+
+    try:
+        if (args.train_ann is None) != (args.train_images is None):
+            raise BadInput("--train-ann and --train-images go together")
+        if (args.val_ann is None) != (args.val_images is None):
+            raise BadInput("--val-ann and --val-images go together")
+        try:
+            config = TrainConfig.load(args.config) if args.config else TrainConfig()
+            overrides = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
+                                           ("lr", args.lr)) if v is not None}
+            config = config.replace(**overrides)
+        except (OSError, ValueError) as err:
+            raise BadInput(f"--config: {err}") from None
+        device = _device(args)
+        _init_distributed(device)
+        out = Path(args.out)
+        if args.train_ann is None:
+            train_ann, train_images, val_ann, val_images = _shapes_data(out, args.shapes_images,
+                                                                        distributed.get_rank())
+        else:
+            train_ann, train_images = Path(args.train_ann), Path(args.train_images)
+            val_ann = Path(args.val_ann) if args.val_ann else None
+            val_images = Path(args.val_images) if args.val_images else None
+        try:
+            model = load_model(args.model, warn=False)
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
+        try:
+            dataset = build_grounding_dataset(train_ann, train_images, max_categories=config.max_categories,
+                                              seed=config.seed)
+        except (ValueError, OSError, IndexError) as err:
+            raise BadInput(f"--train-ann {train_ann}: {err}") from None
+    except BadInput as err:
+        print(f"glipv2 train: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    torch.manual_seed(config.seed)
+    processor = GLIPv2Processor.from_config(model.config, model.tokenizer)
+    transforms = build_train_transforms(config.min_sizes, config.max_size, config.flip_probability,
+                                        config.colour_strength)
+    evaluate = None
+    if val_ann is not None:
+        from ..evaluation.coco import evaluate_detection
+
+        def evaluate(m: Any) -> dict[str, Any]:
+            return evaluate_detection(Predictor(m, processor), val_ann, val_images, limit=args.val_limit)
+
+    trainer = Trainer(model, SafeDataset(dataset, transforms, seed=config.seed), GroundingCollator(processor),
+                      config, out, evaluate=evaluate, device=device)
+    if distributed.get_rank() == 0:
+        print(f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {train_ann} "
+              f"({len(dataset)} samples) for {config.max_steps} steps -> {out}", file=sys.stderr)
+    try:
+        result = trainer.train(resume=not args.no_resume)
+    except TrainingStopped as err:
+        print(f"glipv2 train: {err}", file=sys.stderr)
+        return 1
+    if distributed.get_rank() == 0:
+        print(f"done: {result['steps']} steps, last losses {result['losses']}, evaluation {result['eval']}; "
+              f"model folder {out / 'model'}", file=sys.stderr)
+    return 0

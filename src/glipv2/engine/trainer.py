@@ -1,0 +1,391 @@
+"""The training loop: one process on a CPU, or one process per GPU/CPU rank under `torchrun`.
+
+Gradients are averaged across ranks by one flat all-reduce after backward (rather than wrapping in
+`DistributedDataParallel`): L_inter uses the model's projections outside `forward`, which DDP's
+ready-parameter bookkeeping does not allow, and the losses are already normalised for the global
+batch (positives averaged over ranks), so the average of the ranks' gradients is the gradient of
+the global-batch loss.
+
+Checkpoints hold the model, optimizer, scheduler, EMA, every RNG state and the data position, and
+are written atomically; a run killed at any moment resumes from the last one and ends with the
+weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..data.collate import GroundingCollator, SafeDataset, TrainingBatch
+from ..modeling.glipv2 import GLIPv2
+from . import distributed
+from .criterion import GLIPv2Criterion, LossConfig
+from .mlm import MaskingVocab, mask_tokens
+from .train_config import TrainConfig
+
+CHECKPOINT_NAME = "last.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row); checkpoints are intact."""
+
+
+# --- optimisation ---------------------------------------------------------------------------------
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Official solver groups: text-encoder parameters at `language_lr`, the rest at `lr`; every
+    bias at `bias_lr_factor` × its rate and without weight decay."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("text_encoder."), "bias" in name), []).append(p)
+    out = []
+    for (language, bias), params in sorted(groups.items()):
+        lr = config.language_lr if language else config.lr
+        out.append({"params": params, "lr": lr * (config.bias_lr_factor if bias else 1.0),
+                    "weight_decay": 0.0 if bias else config.weight_decay,
+                    "name": f"{'language' if language else 'main'}{'_bias' if bias else ''}"})
+    if not out:
+        raise ValueError("nothing to train: every parameter is frozen")
+    return out
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base rates at `step`: linear warm-up, then cosine / step / constant."""
+    if step < config.warmup_steps:
+        alpha = step / config.warmup_steps
+        return config.warmup_factor * (1 - alpha) + alpha
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        return config.step_gamma ** sum(step >= m * config.max_steps for m in config.step_milestones)
+    return 1.0
+
+
+class ModelEMA:
+    """Exponential moving average of the model's floating-point state (official MODEL_EMA)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+    def apply_to(self, model: nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.shadow})
+
+
+def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:
+    """Switch off gradients of the frozen parts; returns them (kept in eval mode while training,
+    as the official FREEZE flags do). Prompt tuning trains only the prompt embedding on P̊."""
+    if config.prompt_tuning:
+        if model.prompt_embedding is None:
+            raise ValueError("prompt tuning needs a model with a prompt embedding "
+                             "(GLIPv2Config.prompt_embedding_rows, official value 1000)")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.prompt_embedding.requires_grad_(True)
+        return [m for n, m in model.named_children() if n in ("backbone", "fpn", "text_encoder", "head")]
+    frozen = []
+    for name in config.freeze:
+        module = getattr(model, name)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        frozen.append(module)
+    return frozen
+
+
+# --- data order ------------------------------------------------------------------------------------
+@dataclass
+class DataPosition:
+    """Where training is in the data: epoch and the number of batches of it already consumed."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of one epoch: a permutation drawn from (seed, epoch), cut into global
+    batches of `batch_size × world` (the incomplete last one dropped), rank r taking slice r."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    global_size = batch_size * world
+    return [order[i + rank * batch_size: i + (rank + 1) * batch_size]
+            for i in range(0, num_samples - global_size + 1, global_size)]
+
+
+# --- the trainer ------------------------------------------------------------------------------------
+class Trainer:
+    """Train a `GLIPv2` on grounding samples with the GLIPv2 losses.
+
+    dataset: items are `GroundingSample`s (wrap it in `SafeDataset` with the augmentations);
+    evaluate: optional `fn(model) -> dict of metrics`, run every `eval_every` steps and at the end.
+    """
+
+    def __init__(self, model: GLIPv2, dataset: SafeDataset, collator: GroundingCollator, config: TrainConfig,
+                 output_dir: str | os.PathLike[str], loss_config: LossConfig | None = None,
+                 evaluate: Callable[[GLIPv2], dict[str, Any]] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.collator = collator
+        self.evaluate = evaluate
+        self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
+        self.frozen = freeze(model, config)
+        self.criterion = GLIPv2Criterion(loss_config or LossConfig.for_model(model.config), model)
+        self.masking = (MaskingVocab.from_tokenizer(model.tokenizer) if self.criterion.config.use_mlm else None)
+        # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
+        self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr,
+                                           weight_decay=config.weight_decay, foreach=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.ema = ModelEMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+        self.position = DataPosition()
+        self.bad_steps = 0
+        self.skipped: Counter[str] = Counter()
+        if self.world > 1:  # every rank starts from rank 0's weights
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, path: Path | None = None) -> Path:
+        """Everything needed to continue exactly; written to a temporary file, then renamed."""
+        path = path or self.checkpoint_path
+        if self.rank != 0:
+            return path
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "step": self.step, "position": (self.position.epoch, self.position.batch),
+            "bad_steps": self.bad_steps, "skipped": dict(self.skipped),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        self.position = DataPosition(*state["position"])
+        self.bad_steps = int(state["bad_steps"])
+        self.skipped = Counter(state["skipped"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+    # --- data -----------------------------------------------------------------------------------
+    def batches(self) -> Iterator[TrainingBatch | None]:
+        """Batches from the saved data position on, epoch after epoch, forever."""
+        while True:
+            epoch = self.position.epoch
+            self.dataset.set_epoch(epoch)
+            plan = epoch_batches(len(self.dataset), self.config.batch_size, self.config.seed, epoch, self.rank,
+                                 self.world)
+            if not plan:
+                raise ValueError(f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
+                                 f"({self.config.batch_size} × {self.world})")
+            # a private generator: creating a loader iterator draws a seed, and drawing it from the
+            # global RNG would make a resumed run's dropout differ from an uninterrupted one
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=plan[self.position.batch:], collate_fn=self.collator,
+                num_workers=self.config.num_workers,
+                generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+            for batch in loader:
+                self.position.batch += 1
+                yield batch
+            self.position = DataPosition(epoch + 1, 0)
+
+    # --- one optimisation step ---------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()  # CPU: fp32 (no fast bf16 on this class of machine)
+
+    def _losses(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        input_ids = batch.input_ids
+        targets = batch.targets
+        if self.masking is not None:
+            generator = torch.Generator(device=input_ids.device).manual_seed(
+                self.config.seed * 1_000_003 + self.step * 1009 + self.rank)
+            input_ids, mlm_labels = mask_tokens(input_ids, batch.attention_mask, self.masking, generator=generator)
+            targets = [{**t, "mlm_labels": m} for t, m in zip(targets, mlm_labels)]
+        with self._autocast():
+            output = self.model(batch.pixel_values, input_ids, batch.attention_mask, batch.image_sizes,
+                                return_mlm_logits=self.masking is not None)
+        return self.criterion(output, targets)
+
+    def _all_reduce_gradients(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch._utils._flatten_dense_tensors([p.grad for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, [p.grad for p in params])):
+            p.grad.copy_(g)
+
+    def train_step(self, micro_batches: list[TrainingBatch]) -> dict[str, float] | None:
+        """Forward/backward over the micro-batches, then one optimizer step; None when a loss was
+        not finite (the step is skipped on every rank, weights untouched)."""
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: Counter[str] = Counter()
+        finite = True
+        for batch in micro_batches:
+            losses = self._losses(batch.to(self.device))
+            if not bool(torch.isfinite(losses["loss"])):
+                finite = False
+                break
+            (losses["loss"] / len(micro_batches)).backward()
+            for k, v in losses.items():
+                totals[k] += float(v.detach()) / len(micro_batches)
+        if self.world > 1:  # all ranks must agree to skip
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+            dist.all_reduce(flag)
+            finite = bool(flag.item() == 0)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.world > 1:
+            self._all_reduce_gradients()
+        if self.config.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.config.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.world > 1:
+            for k in list(totals):
+                totals[k] = float(distributed.all_reduce_mean(totals[k], self.device))
+        return dict(totals)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / METRICS_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run_evaluation(self) -> dict[str, Any]:
+        if self.evaluate is None or self.rank != 0:
+            return {}
+        model = self.model
+        if self.ema is not None:  # evaluate the averaged weights, keep training the live ones
+            live = {k: v.clone() for k, v in model.state_dict().items()}
+            self.ema.apply_to(model)
+        try:
+            metrics = self.evaluate(model.eval())
+        finally:
+            if self.ema is not None:
+                model.load_state_dict(live)
+        self._log({"step": self.step, "eval": metrics})
+        return metrics
+
+    def train(self, resume: bool = True) -> dict[str, Any]:
+        """Train to `max_steps` (from the last checkpoint of `output_dir` when `resume`); returns
+        the last logged losses and the final evaluation."""
+        cfg = self.config
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint(self.checkpoint_path)
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        data = self.batches()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0,
+                   dynamic_ncols=True)
+        last: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.max_steps:
+            micro = []
+            while len(micro) < cfg.grad_accumulation:
+                batch = next(data)
+                if batch is None:
+                    self.skipped["batch with no usable sample"] += 1
+                    continue
+                self.skipped.update(batch.skipped)
+                micro.append(batch)
+            losses = self.train_step(micro)
+            if losses is None:
+                self.bad_steps += 1
+                self._log({"step": self.step, "skipped_step": "non-finite loss", "in_a_row": self.bad_steps})
+                bar.write(f"step {self.step}: non-finite loss, step skipped ({self.bad_steps} in a row)")
+                if self.bad_steps >= cfg.max_bad_steps:
+                    bar.close()
+                    raise TrainingStopped(
+                        f"{self.bad_steps} non-finite losses in a row at step {self.step}: training stopped; the "
+                        f"last good checkpoint is {self.checkpoint_path} (lower the learning rate or check the data)")
+                continue
+            self.bad_steps = 0
+            self.step += 1
+            window_steps += 1
+            last = losses
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                self._log({"step": self.step, "epoch": self.position.epoch,
+                           "lr": self.optimizer.param_groups[0]["lr"], **losses,
+                           "it_per_s": window_steps / elapsed if elapsed > 0 else None,
+                           "skipped": dict(self.skipped)})
+                window_start, window_steps = time.perf_counter(), 0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.run_evaluation()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.ema is not None:
+            self.ema.apply_to(self.model)
+        metrics = self.run_evaluation()
+        if self.rank == 0:
+            self.model.save_pretrained(self.output_dir / "model")
+        return {"losses": last, "eval": metrics, "skipped": dict(self.skipped), "steps": self.step}

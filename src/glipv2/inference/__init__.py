@@ -1,0 +1,8 @@
+"""Inference: post-processing, the `Predictor`, results, visualisation."""
+
+from .detections import Detections
+from .postprocess import PostProcessor, RawDetections, legacy_nms
+from .predictor import Predictor, TextFeatureCache, Vocabulary
+
+__all__ = ["Detections", "PostProcessor", "Predictor", "RawDetections", "TextFeatureCache", "Vocabulary",
+           "legacy_nms"]

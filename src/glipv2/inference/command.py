@@ -1,0 +1,169 @@
+"""`glipv2 predict`: detection or grounding on image files, written as one JSON document.
+
+Problems with the call itself (model, prompt, threshold, sizes) stop before any work; a problem
+with one image (missing, unreadable, corrupt) is reported on stderr and in that image's entry,
+and the other images are still processed. Either way the exit code is 2 and there is no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..processing.processor import GLIPv2Processor, load_image
+from .predictor import Predictor, Vocabulary
+from .visualize import draw_detections
+
+EXIT_BAD_INPUT = 2
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict", help="detect classes or ground a caption's phrases in images",
+        description="Open-vocabulary detection (--classes) or phrase grounding (--caption) on image files.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model", required=True, metavar="NAME_OR_DIR",
+                   help="a model folder (save_pretrained / glipv2 convert), a hub id, or a preset (random weights)")
+    task = p.add_mutually_exclusive_group(required=True)
+    task.add_argument("--classes", metavar="A,B,C", help="comma-separated class names (detection)")
+    task.add_argument("--caption", metavar="TEXT", help="a sentence whose phrases to ground")
+    p.add_argument("--phrases", nargs="+", metavar="P",
+                   help="phrases of the caption to ground (default: its pieces between punctuation)")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", metavar="SHORT,LONG",
+                      help="resize the shorter side to SHORT, the longer to at most LONG (default: the model's, 800,1333)")
+    size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
+    p.add_argument("--chunk-size", type=int, metavar="N", help="class names per pass for long vocabularies")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="forward passes batched together")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the results JSON")
+    p.add_argument("--viz", metavar="DIR", help="also write an annotated PNG per image here")
+    p.set_defaults(func=run_predict)
+    return p
+
+
+class BadInput(ValueError):
+    """A problem with the call, reported as one line."""
+
+
+def _processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    if args.no_resize:
+        return {"resize": False}
+    if args.size is None:
+        return {}
+    try:
+        short, long = (int(v) for v in args.size.split(","))
+    except ValueError:
+        raise BadInput(f"--size {args.size!r}: expected two integers SHORT,LONG such as 800,1333") from None
+    if short < 1 or long < short:
+        raise BadInput(f"--size {args.size!r}: need 1 <= SHORT <= LONG")
+    return {"min_size": short, "max_size": long}
+
+
+def _vocabulary(args: argparse.Namespace, predictor: Predictor) -> Vocabulary:
+    try:
+        if args.classes is not None:
+            if args.phrases:
+                raise BadInput("--phrases goes with --caption, not with --classes")
+            return predictor.detection_vocabulary(args.classes.split(","), args.chunk_size)
+        return predictor.grounding_vocabulary(args.caption, args.phrases)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+
+
+def _check_call(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.threshold <= 1.0:
+        raise BadInput(f"--threshold {args.threshold}: must lie in [0, 1]")
+    if args.batch_size < 1:
+        raise BadInput(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise BadInput(f"--chunk-size {args.chunk_size}: must be >= 1")
+
+
+def _viz_names(files: list[str]) -> list[str]:
+    """One PNG name per input, unique even when two inputs share a stem."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        stem = Path(f).stem or "image"
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        names.append(f"{stem}.png" if n == 0 else f"{stem}_{n}.png")
+    return names
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(tmp, path)  # a crash never leaves a half-written results file
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..modeling.loading import load_model
+
+    try:
+        _check_call(args)
+        overrides = _processor_overrides(args)
+        try:
+            model = load_model(args.model)
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
+        if args.device:
+            try:
+                model = model.to(torch.device(args.device))
+            except (RuntimeError, ValueError) as err:
+                raise BadInput(f"--device {args.device}: {err}") from None
+        processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
+        predictor = Predictor(model, processor, batch_size=args.batch_size)
+        vocabulary = _vocabulary(args, predictor)
+    except BadInput as err:
+        print(f"glipv2 predict: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    entries: list[dict[str, Any]] = []
+    failed = 0
+    viz_dir = Path(args.viz) if args.viz else None
+    viz_names = _viz_names(args.images)
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        results = predictor.predict_prepared([p for _, p in pending], [vocabulary] * len(pending), args.threshold)
+        for (index, _), detections in zip(pending, results):
+            entries[index]["detections"] = detections.to_dict()
+            if viz_dir is not None:
+                viz_dir.mkdir(parents=True, exist_ok=True)
+                draw_detections(load_image(args.images[index]), detections).save(viz_dir / viz_names[index])
+        pending.clear()
+
+    for index, file in enumerate(tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)):
+        entry: dict[str, Any] = {"file": file}
+        entries.append(entry)
+        try:
+            tensor, (height, width) = processor.prepare_image(file)
+        except ValueError as err:
+            entry.update(prompt=vocabulary.text, error=str(err))
+            failed += 1
+            tqdm.write(f"glipv2 predict: {err}", file=sys.stderr)  # keeps the progress bar intact
+            continue
+        entry.update(width=width, height=height, prompt=vocabulary.text)
+        pending.append((index, (tensor, (height, width))))
+        if len(pending) >= args.batch_size:
+            flush()
+    if pending:
+        flush()
+
+    document = {"model": args.model, "threshold": args.threshold, "labels": vocabulary.names, "images": entries}
+    _write_json(Path(args.out), document)
+    done = len(entries) - failed
+    print(f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
+          f"-> {args.out}" + (f"; {failed} failed" if failed else ""), file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0

@@ -1,0 +1,124 @@
+"""Detections from region–word logits, exactly as the official `ATSSPostProcessor` (reference §7).
+
+Per image and level: sigmoid of S = O·Pᵀ, mean over each label's tokens, candidates where that
+score > `inference_threshold` (before centerness), score × sigmoid(centerness), top
+`pre_nms_top_n`, legacy +1 decode, clip to the unpadded image, `remove_small_boxes`. Over all
+levels: per-label NMS with the +1 IoU (the CUDA `ml_nms` semantics, not the official CPU branch,
+which returns wrong boxes), then the `detections_per_image` best by kthvalue. Reported score =
+sqrt(token score × centerness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import nms
+
+from ..modeling.anchors import decode_boxes
+from ..modeling.config import GLIPv2Config
+from ..modeling.outputs import GLIPv2Output
+from ..processing.prompts import label_scores
+
+
+@dataclass
+class RawDetections:
+    """Detections of one image in the model's input frame. boxes: (N, 4) xyxy; scores: (N,);
+    labels: (N,) int64, 0-based label index into the prompt's labels."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def select(self, index: torch.Tensor) -> RawDetections:
+        return RawDetections(self.boxes[index], self.scores[index], self.labels[index])
+
+    @staticmethod
+    def cat(parts: list[RawDetections]) -> RawDetections:
+        return RawDetections(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
+                             torch.cat([p.labels for p in parts]))
+
+
+def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+               iou_threshold: float) -> torch.Tensor:
+    """Per-label NMS with the legacy IoU (w = x2 - x1 + 1), suppressing IoU > threshold; returns
+    the kept indices in descending-score order (ties: earlier index first)."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    # torchvision's IoU on boxes grown by one pixel at the far corner is exactly the +1 IoU:
+    # (min(x2) + 1 - max(x1)) for the overlap and (x2 + 1 - x1) for the sides.
+    grown = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    kept = []
+    for label in torch.unique(labels):
+        index = torch.nonzero(labels == label).squeeze(1)
+        kept.append(index[nms(grown[index], scores[index], iou_threshold)])
+    keep = torch.cat(kept)
+    order = torch.sort(scores[keep], descending=True, stable=True).indices
+    return keep[order]
+
+
+class PostProcessor:
+    """Region–word logits + boxes -> per-image detections (official ATSS post-processing)."""
+
+    def __init__(self, inference_threshold: float = 0.05, pre_nms_top_n: int = 1000, nms_threshold: float = 0.6,
+                 detections_per_image: int = 100, min_box_size: float = 0.0) -> None:
+        self.inference_threshold = inference_threshold
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+        self.min_box_size = min_box_size
+
+    @classmethod
+    def from_config(cls, config: GLIPv2Config, **overrides: float) -> PostProcessor:
+        kwargs: dict[str, float] = {
+            "inference_threshold": config.inference_threshold, "pre_nms_top_n": config.pre_nms_top_n,
+            "nms_threshold": config.nms_threshold, "detections_per_image": config.detections_per_image}
+        kwargs.update(overrides)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def candidates(self, output: GLIPv2Output, index: int, positive_map: torch.Tensor) -> RawDetections:
+        """Pre-NMS candidates of image `index` of a batch output, all levels concatenated.
+        positive_map: (K, T') over the prompt's tokens; slots past T' (batch padding) count as negative."""
+        h, w = (int(v) for v in output.image_sizes[index])
+        slots = output.logits[0].shape[2]
+        positive_map = positive_map[:, :slots].to(output.logits[0].device)
+        if positive_map.shape[1] < slots:
+            positive_map = torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
+        parts = []
+        for logits, deltas, centerness, anchors in zip(output.logits, output.box_regression, output.centerness,
+                                                        output.anchors):
+            token_probs = logits[index].sigmoid()  # (HW, T)
+            scores = label_scores(token_probs, positive_map)
+            is_candidate = scores > self.inference_threshold
+            locations, labels = torch.nonzero(is_candidate, as_tuple=True)
+            scores = scores * centerness[index].reshape(-1, 1).sigmoid()
+            candidate_scores = scores[locations, labels]
+            k = min(int(candidate_scores.numel()), self.pre_nms_top_n)
+            top = torch.topk(candidate_scores, k, sorted=False)
+            locations, labels = locations[top.indices], labels[top.indices]
+            boxes = decode_boxes(deltas[index].reshape(4, -1).T[locations], anchors[locations])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w - 1)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h - 1)
+            keep = ((boxes[:, 2] - boxes[:, 0] + 1 >= self.min_box_size)
+                    & (boxes[:, 3] - boxes[:, 1] + 1 >= self.min_box_size))
+            parts.append(RawDetections(boxes[keep], top.values[keep].sqrt(), labels[keep]))
+        return RawDetections.cat(parts)
+
+    def select(self, candidates: RawDetections) -> RawDetections:
+        """NMS per label, then the `detections_per_image` best (ties at the cut all kept)."""
+        kept = candidates.select(legacy_nms(candidates.boxes, candidates.scores, candidates.labels,
+                                            self.nms_threshold))
+        n = len(kept)
+        if n > self.detections_per_image:
+            cut = torch.kthvalue(kept.scores.cpu(), n - self.detections_per_image + 1).values.item()
+            kept = kept.select(kept.scores >= cut)
+        return kept
+
+    def __call__(self, output: GLIPv2Output, positive_maps: list[torch.Tensor]) -> list[RawDetections]:
+        """One (K_i, T) positive map per image of the batch -> detections per image."""
+        if len(positive_maps) != output.logits[0].shape[0]:
+            raise ValueError(f"{len(positive_maps)} positive maps for a batch of {output.logits[0].shape[0]}")
+        return [self.select(self.candidates(output, i, pm)) for i, pm in enumerate(positive_maps)]

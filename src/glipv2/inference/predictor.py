@@ -1,0 +1,232 @@
+"""`Predictor`: images + class names or a caption -> `Detections`, as the official GLIP computes them.
+
+Every image may carry its own prompt. A vocabulary longer than the model's 256 token slots is
+split into chunks, one forward pass each, merged with global label ids and no cross-chunk NMS
+(official `TEST.CHUNKED_EVALUATION`); the text encoder's output P̊ of each prompt is cached, so a
+folder of images or a dataset encodes each chunk once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..modeling.glipv2 import GLIPv2
+from ..modeling.text_encoder import TextFeatures
+from ..processing.processor import GLIPv2Processor, ImageInput
+from ..processing.prompts import DETECTION_SEPARATOR, Prompt, PromptChunk, Span, grounding_prompt
+from .detections import Detections
+from .postprocess import PostProcessor, RawDetections
+
+
+@dataclass
+class EncodedText:
+    """P̊ of one prompt, (1, T, D), with its tokenization's offsets (T, 2) and mask (T,)."""
+
+    features: TextFeatures
+    offsets: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+class TextFeatureCache:
+    """Least-recently-used cache of encoded prompts, keyed by prompt text."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, EncodedText] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> EncodedText | None:
+        entry = self._entries.get(text)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(text)
+        return entry
+
+    def put(self, text: str, entry: EncodedText) -> None:
+        if self.max_entries <= 0:
+            return
+        self._entries[text] = entry
+        self._entries.move_to_end(text)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class Vocabulary:
+    """What one image is asked about: the label names, the passes (chunks) that cover them, and
+    the prompt as one text (for reports)."""
+
+    names: list[str]
+    chunks: list[PromptChunk]
+    text: str
+
+
+def _is_single_image(images: object) -> bool:
+    return isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Predictor:
+    """Open-vocabulary detection and phrase grounding with a GLIP/GLIPv2 model.
+
+    >>> predictor = Predictor(GLIPv2.from_pretrained("my_model"))
+    >>> dets = predictor.detect("street.jpg", ["person", "bicycle", "car"], threshold=0.5)
+    >>> dets.boxes, dets.scores, dets.label_names
+    """
+
+    def __init__(self, model: GLIPv2, processor: GLIPv2Processor | None = None, *,
+                 postprocessor: PostProcessor | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 1, text_cache_size: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval() if device is None else model.to(device).eval()
+        self.device = next(model.parameters()).device
+        self.processor = processor or GLIPv2Processor.from_config(model.config, model.tokenizer)
+        self.postprocessor = postprocessor or PostProcessor.from_config(model.config)
+        self.batch_size = batch_size
+        self.text_cache = TextFeatureCache(text_cache_size)
+
+    # --- public API -----------------------------------------------------------------------------
+    def detect(self, images: ImageInput | Sequence[ImageInput], classes: Sequence[str] | Sequence[Sequence[str]],
+               threshold: float = 0.5, chunk_size: int | None = None) -> Detections | list[Detections]:
+        """Detect `classes` (one list for all images, or one list per image). Vocabularies longer
+        than the model's token slots run in chunks (`chunk_size` names each, or packed)."""
+        single = _is_single_image(images)
+        image_list = [images] if single else list(images)  # type: ignore[list-item]
+        if len(classes) > 0 and not isinstance(classes[0], str):
+            if len(classes) != len(image_list):
+                raise ValueError(f"{len(classes)} class lists for {len(image_list)} images")
+            vocabularies = [self.detection_vocabulary(c, chunk_size) for c in classes]  # type: ignore[arg-type]
+        else:
+            vocabularies = [self.detection_vocabulary(classes, chunk_size)] * len(image_list)  # type: ignore[arg-type]
+        results = self.predict(image_list, vocabularies, threshold)
+        return results[0] if single else results
+
+    def ground(self, images: ImageInput | Sequence[ImageInput], caption: str | Sequence[str],
+               phrases: Sequence[str] | Sequence[Sequence[str]] | None = None,
+               spans: Sequence[Span | Sequence[Span]] | None = None,
+               threshold: float = 0.5) -> Detections | list[Detections]:
+        """Ground the phrases of a caption (one caption for all images, or one per image);
+        phrases are found in the caption (whole words), given as spans, or — if neither — are
+        the caption's pieces between punctuation marks. Labels index the phrases."""
+        single = _is_single_image(images)
+        image_list = [images] if single else list(images)  # type: ignore[list-item]
+        if isinstance(caption, str):
+            vocabularies = [self.grounding_vocabulary(caption, phrases, spans)] * len(image_list)  # type: ignore[arg-type]
+        else:
+            if len(caption) != len(image_list):
+                raise ValueError(f"{len(caption)} captions for {len(image_list)} images")
+            if spans is not None:
+                raise ValueError("spans go with a single caption; for one caption per image give phrases")
+            per_image = [None] * len(caption) if phrases is None else list(phrases)
+            if len(per_image) != len(caption):
+                raise ValueError(f"{len(per_image)} phrase lists for {len(caption)} captions")
+            vocabularies = [self.grounding_vocabulary(c, p) for c, p in zip(caption, per_image)]  # type: ignore[arg-type]
+        results = self.predict(image_list, vocabularies, threshold)
+        return results[0] if single else results
+
+    def detection_vocabulary(self, classes: Sequence[str], chunk_size: int | None = None) -> Vocabulary:
+        chunks = self.processor.chunk_classes(classes, chunk_size)
+        names = [n for c in chunks for n in c.prompt.names]
+        return Vocabulary(names, chunks, DETECTION_SEPARATOR.join(names))
+
+    def grounding_vocabulary(self, caption: str, phrases: Sequence[str] | None = None,
+                             spans: Sequence[Span | Sequence[Span]] | None = None) -> Vocabulary:
+        prompt = grounding_prompt(caption, phrases, spans)
+        tokens = self.processor.tokenize(prompt.text)
+        prompt.positive_map(tokens.offsets[0], tokens.attention_mask[0])  # every phrase must fit
+        return Vocabulary(list(prompt.names), [PromptChunk(prompt, 0)], prompt.text)
+
+    def clear_text_cache(self) -> None:
+        """Forget cached text features (needed after changing the model's text-side weights)."""
+        self.text_cache.clear()
+
+    # --- the pipeline ---------------------------------------------------------------------------
+    def predict(self, images: Sequence[ImageInput], vocabularies: Sequence[Vocabulary],
+                threshold: float = 0.5) -> list[Detections]:
+        """One `Vocabulary` per image -> one `Detections` per image, scores > threshold."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if len(images) != len(vocabularies):
+            raise ValueError(f"{len(vocabularies)} prompts for {len(images)} images")
+        results = []
+        for group in _batches(list(zip(images, vocabularies)), self.batch_size):
+            prepared = [self.processor.prepare_image(image) for image, _ in group]
+            results.extend(self.predict_prepared(prepared, [v for _, v in group], threshold))
+        return results
+
+    def predict_prepared(self, prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
+                         vocabularies: Sequence[Vocabulary], threshold: float = 0.5) -> list[Detections]:
+        """Like `predict`, for images already through `processor.prepare_image`."""
+        jobs = [(i, chunk) for i, vocabulary in enumerate(vocabularies) for chunk in vocabulary.chunks]
+        found: list[list[RawDetections]] = [[] for _ in prepared]
+        for batch in _batches(jobs, self.batch_size):
+            for (image_index, chunk), detections in zip(batch, self._run([prepared[i][0] for i, _ in batch],
+                                                                          [c.prompt for _, c in batch])):
+                detections.labels = detections.labels + chunk.label_offset
+                found[image_index].append(detections)
+        results = []
+        for (tensor, (height, width)), vocabulary, parts in zip(prepared, vocabularies, found):
+            merged = RawDetections.cat(parts)
+            merged = merged.select(torch.sort(merged.scores, descending=True, stable=True).indices)
+            merged = merged.select(merged.scores > threshold)
+            scale = merged.boxes.new_tensor([width / tensor.shape[2], height / tensor.shape[1]] * 2)
+            results.append(Detections(merged.boxes * scale, merged.scores, merged.labels, list(vocabulary.names),
+                                      (height, width), vocabulary.text))
+        return results
+
+    @torch.no_grad()
+    def _run(self, tensors: list[torch.Tensor], prompts: list[Prompt]) -> list[RawDetections]:
+        """One forward pass over images paired with prompts -> detections in the input frame."""
+        batch = self.processor.batch_images(tensors, [tuple(t.shape[1:]) for t in tensors])
+        encoded = [self.encode(p.text) for p in prompts]
+        text = _stack_text([e.features for e in encoded])
+        positive_maps = [p.positive_map(e.offsets, e.attention_mask) for p, e in zip(prompts, encoded)]
+        output = self.model(batch.pixel_values.to(self.device), image_sizes=batch.image_sizes, text_features=text)
+        return [RawDetections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu())
+                for d in self.postprocessor(output, positive_maps)]
+
+    def encode(self, text: str) -> EncodedText:
+        """P̊ of one prompt text, from the cache when it was encoded before."""
+        entry = self.text_cache.get(text)
+        if entry is None:
+            tokens = self.processor.tokenize(text)
+            with torch.no_grad():
+                features = self.model.encode_text(tokens.input_ids.to(self.device),
+                                                  tokens.attention_mask.to(self.device))
+            entry = EncodedText(features, tokens.offsets[0], tokens.attention_mask[0])
+            self.text_cache.put(text, entry)
+        return entry
+
+
+def _stack_text(features: list[TextFeatures]) -> TextFeatures:
+    """Concatenate single-prompt features along the batch, zero-padding to the longest (pads are
+    masked out of every attention that reads them, so their values do not matter)."""
+    length = max(f.hidden.shape[1] for f in features)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = length - t.shape[1]
+        return t if extra == 0 else torch.nn.functional.pad(t, (0, 0, 0, extra) if t.ndim == 3 else (0, extra))
+
+    return TextFeatures(torch.cat([pad(f.hidden) for f in features]), torch.cat([pad(f.embedded) for f in features]),
+                        torch.cat([pad(f.mask) for f in features]))

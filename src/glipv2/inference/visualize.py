@@ -1,0 +1,39 @@
+"""Annotated images: boxes, names and scores, one colour per label."""
+
+from __future__ import annotations
+
+import colorsys
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .detections import Detections
+
+
+def label_colour(index: int) -> tuple[int, int, int]:
+    """A distinct, saturated colour per label index (golden-ratio hue steps)."""
+    hue = (index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: Image.Image, detections: Detections, line_width: int | None = None) -> Image.Image:
+    """A copy of `image` with every detection drawn: its box, and "name 0.87" on a filled tag."""
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    width = line_width or max(1, round(min(canvas.size) / 200))
+    font = ImageFont.load_default()
+    # lowest score first, so the best boxes and tags end up on top
+    order = detections.scores.argsort().tolist()
+    boxes, scores, labels = detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist()
+    for i in order:
+        x1, y1, x2, y2 = boxes[i]
+        colour = label_colour(labels[i])
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = f"{detections.names[labels[i]]} {scores[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tag_h = bottom - top + 4
+        ty = y1 - tag_h if y1 - tag_h >= 0 else y1
+        draw.rectangle([x1, ty, x1 + right - left + 4, ty + tag_h], fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text((x1 + 2, ty + 2 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
+    return canvas

@@ -1,0 +1,200 @@
+"""The Predictor: official detections on the parity fixture, per-image prompts, chunking, the
+text cache, results in original pixels and their exports."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from glipv2 import Detections, GLIPv2, GLIPv2Processor, Predictor
+from glipv2.inference import PostProcessor
+
+FIXTURE_CAPTION = "red circle. blue square. green triangle."
+FIXTURE_PHRASES = ["red circle", "blue square", "green triangle"]
+LVIS_NAMES = Path(__file__).resolve().parents[1] / "data" / "lvis_v1_category_names.txt"
+
+
+def assert_same_detections(ours: Detections, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                           box_atol: float = 1e-3, score_atol: float = 1e-5) -> None:
+    assert len(ours) == len(scores)
+    assert ours.labels.tolist() == labels.tolist()
+    torch.testing.assert_close(ours.scores, scores, atol=score_atol, rtol=0)
+    torch.testing.assert_close(ours.boxes, boxes, atol=box_atol, rtol=0)
+
+
+# --- parity ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["phrases", "spans"])
+def test_fixture_detections_through_the_python_api(fixture_predictor: Predictor, fixture_dir: Path,
+                                                   fixture_outputs: dict[str, Any], how: str) -> None:
+    kwargs: dict[str, Any] = ({"phrases": FIXTURE_PHRASES} if how == "phrases"
+                              else {"spans": [(0, 10), (12, 23), (25, 39)]})
+    dets = fixture_predictor.ground(fixture_dir / "input.png", FIXTURE_CAPTION, threshold=0.0, **kwargs)
+    assert isinstance(dets, Detections)
+    assert_same_detections(dets, fixture_outputs["boxes"], fixture_outputs["scores"], fixture_outputs["labels"] - 1)
+    assert dets.names == FIXTURE_PHRASES and dets.image_size == (256, 256)
+    assert dets.label_names[:3] == ["blue square", "red circle", "green triangle"]  # FIXTURE.md
+    assert dets.above(0.6).scores.min() >= 0.6
+
+
+# --- batches and prompts -------------------------------------------------------------------------
+def test_each_image_of_a_batch_may_carry_its_own_prompt(make_predictor: Callable[..., Predictor],
+                                                        random_image: Callable[..., Image.Image]) -> None:
+    # same size: padding a smaller image to a batch changes its features (official code too)
+    images = [random_image(1, (80, 60)), random_image(2, (80, 60))]
+    classes = [["cat", "dog"], ["a very long vehicle name", "tree", "house", "lamp"]]
+    batched = make_predictor(batch_size=2).detect(images, classes, threshold=0.0)
+    single = make_predictor(batch_size=1)
+    for image, names, dets in zip(images, classes, batched):
+        alone = single.detect(image, names, threshold=0.0)
+        assert dets.names == names and len(dets) > 0
+        assert_same_detections(dets, alone.boxes, alone.scores, alone.labels, box_atol=1e-3, score_atol=1e-5)
+
+
+def test_single_image_gives_one_result_a_list_gives_a_list(make_predictor: Callable[..., Predictor],
+                                                           random_image: Callable[..., Image.Image]) -> None:
+    predictor = make_predictor()
+    assert isinstance(predictor.detect(random_image(0), ["cat"]), Detections)
+    results = predictor.detect([random_image(0), random_image(1)], ["cat"])
+    assert isinstance(results, list) and len(results) == 2
+
+
+def test_grounding_with_one_caption_per_image(make_predictor: Callable[..., Predictor],
+                                              random_image: Callable[..., Image.Image]) -> None:
+    predictor = make_predictor()
+    results = predictor.ground([random_image(0), random_image(1)], ["a cat on a mat", "two dogs, one ball"],
+                               phrases=[["cat", "mat"], None], threshold=0.0)
+    assert results[0].names == ["cat", "mat"] and results[1].names == ["two dogs", "one ball"]
+    assert set(results[1].labels.tolist()) <= {0, 1}
+
+
+def test_boxes_come_back_in_original_pixels(make_predictor: Callable[..., Predictor],
+                                            random_image: Callable[..., Image.Image]) -> None:
+    """An image resized 2x for the model: the reported boxes are the model-frame boxes / 2."""
+    predictor = make_predictor()
+    image = random_image(3, (48, 32))  # shorter side 32 -> 64: a 2x upscale
+    tensor, original = predictor.processor.prepare_image(image)
+    assert tensor.shape[1:] == (64, 96) and original == (32, 48)
+    vocabulary = predictor.detection_vocabulary(["cat", "dog"])
+    [raw] = predictor._run([tensor], [vocabulary.chunks[0].prompt])
+    dets = predictor.detect(image, ["cat", "dog"], threshold=0.0)
+    order = torch.sort(raw.scores, descending=True, stable=True).indices
+    torch.testing.assert_close(dets.boxes, raw.boxes[order] / 2)
+    assert dets.boxes[:, 0::2].max() <= 48 and dets.boxes[:, 1::2].max() <= 32
+
+
+# --- long vocabularies ---------------------------------------------------------------------------
+def test_each_chunk_equals_a_separate_run_on_its_prompt(tiny_config: Callable[..., Any],
+                                                        make_predictor: Callable[..., Predictor],
+                                                        random_image: Callable[..., Image.Image]) -> None:
+    torch.manual_seed(1)
+    model = GLIPv2(tiny_config(max_query_len=24, pad_to_max_query_len=False)).eval()
+    predictor = make_predictor(model)
+    names = [f"object number {i}" for i in range(12)]  # 3 chunks of at most 24 tokens
+    image = random_image(4)
+    vocabulary = predictor.detection_vocabulary(names)
+    assert [c.label_offset for c in vocabulary.chunks] == [0, 5, 10]
+    merged = predictor.detect(image, names, threshold=0.0)
+    assert merged.names == names
+    assert torch.all(merged.scores[:-1] >= merged.scores[1:])
+    for chunk in vocabulary.chunks:
+        alone = predictor.detect(image, list(chunk.prompt.names), threshold=0.0)
+        in_chunk = (merged.labels >= chunk.label_offset) & (merged.labels < chunk.label_offset + chunk.prompt.num_labels)
+        part = merged[in_chunk]
+        assert len(part) == min(100, len(alone)) and len(alone) > 0
+        assert_same_detections(part, alone.boxes, alone.scores, alone.labels + chunk.label_offset)
+
+
+def test_lvis_vocabulary_runs_and_its_text_is_encoded_once(make_predictor: Callable[..., Predictor],
+                                                           random_image: Callable[..., Image.Image]) -> None:
+    names = LVIS_NAMES.read_text().splitlines()
+    predictor = make_predictor()
+    first = predictor.detect(random_image(5, (64, 64)), names, threshold=0.0)
+    chunks = len(predictor.detection_vocabulary(names).chunks)
+    assert chunks > 4 and len(predictor.text_cache) == chunks
+    assert predictor.text_cache.misses == chunks and predictor.text_cache.hits == 0
+    assert first.names == names and int(first.labels.max()) < 1203
+    second = predictor.detect(random_image(6, (64, 64)), names, threshold=0.0)
+    assert predictor.text_cache.misses == chunks and predictor.text_cache.hits == chunks
+    assert len(second) > 0
+    predictor.clear_text_cache()
+    assert len(predictor.text_cache) == 0
+
+
+def test_official_chunk_size(make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]) -> None:
+    names = LVIS_NAMES.read_text().splitlines()[:100]
+    predictor = make_predictor()
+    assert [c.prompt.num_labels for c in predictor.detection_vocabulary(names, chunk_size=40).chunks] == [40, 40, 20]
+    dets = predictor.detect(random_image(7), names, threshold=0.0, chunk_size=40)
+    assert set(dets.labels.tolist()) <= set(range(100))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+def test_bad_calls_are_clear_errors(make_predictor: Callable[..., Predictor],
+                                    random_image: Callable[..., Image.Image], tmp_path: Path) -> None:
+    predictor = make_predictor()
+    image = random_image(0)
+    with pytest.raises(ValueError, match="threshold"):
+        predictor.detect(image, ["cat"], threshold=1.5)
+    with pytest.raises(ValueError, match="class list is empty"):
+        predictor.detect(image, [])
+    with pytest.raises(ValueError, match="2 class lists for 1 images"):
+        predictor.detect([image], [["cat"], ["dog"]])
+    with pytest.raises(ValueError, match="does not occur"):
+        predictor.ground(image, "a cat", phrases=["dog"])
+    with pytest.raises(ValueError, match="no such image"):
+        predictor.detect(tmp_path / "missing.jpg", ["cat"])
+    with pytest.raises(ValueError, match="batch_size"):
+        Predictor(predictor.model, batch_size=0)
+
+
+# --- exports --------------------------------------------------------------------------------------
+def example_detections() -> Detections:
+    return Detections(boxes=torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
+                      scores=torch.tensor([0.9, 0.4]), labels=torch.tensor([1, 0]), names=["cat", "dog"],
+                      image_size=(100, 200), prompt="cat. dog")
+
+
+def test_to_coco_uses_the_official_box_size() -> None:
+    dets = example_detections()
+    entries = dets.to_coco(image_id=7, category_ids={0: 18, 1: 17})
+    assert entries[0] == {"image_id": 7, "category_id": 17, "bbox": [10.0, 20.0, 21.0, 41.0], "score": pytest.approx(0.9)}
+    assert dets.to_coco(7, legacy_box_size=False)[1]["bbox"] == [0.0, 0.0, 5.0, 5.0]
+    assert dets.to_coco(7)[1]["category_id"] == 1  # default: label + 1
+    assert dets.label_names == ["dog", "cat"]
+    assert dets.to_dict()[0] == {"box_xyxy": [10.0, 20.0, 30.0, 60.0], "score": pytest.approx(0.9), "label": "dog",
+                                 "label_index": 1}
+
+
+def test_to_supervision(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        import supervision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="glipv2\\[supervision\\]"):
+            example_detections().to_supervision()
+        captured: dict[str, Any] = {}
+        fake = types.ModuleType("supervision")
+        fake.Detections = lambda **kwargs: captured.update(kwargs) or "sv"  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "supervision", fake)
+        assert example_detections().to_supervision() == "sv"
+        assert captured["xyxy"].tolist() == [[10, 20, 30, 60], [0, 0, 5, 5]]
+        assert captured["class_id"].tolist() == [1, 0]
+        assert captured["data"]["class_name"].tolist() == ["dog", "cat"]
+    else:
+        sv = example_detections().to_supervision()
+        assert sv.xyxy.shape == (2, 4) and sv.class_id.tolist() == [1, 0]
+        assert sv.data["class_name"].tolist() == ["dog", "cat"]
+
+
+def test_postprocessor_follows_the_config(tiny_model: GLIPv2) -> None:
+    model_config = tiny_model.config.replace(detections_per_image=300, nms_threshold=0.5)
+    post = PostProcessor.from_config(model_config)
+    assert (post.detections_per_image, post.nms_threshold, post.pre_nms_top_n) == (300, 0.5, 1000)
+    processor = GLIPv2Processor.from_config(model_config, tiny_model.tokenizer)
+    assert (processor.min_size, processor.max_size) == (800, 1333)
