@@ -165,3 +165,46 @@ def test_a_corrupt_image_is_a_skipped_marker(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a COCO-style json"):
         (tmp_path / "bad.json").write_text("[]")
         CocoGroundingDataset(tmp_path / "bad.json", tmp_path)
+
+
+def test_a_span_starting_right_after_a_swapped_word_moves_with_it() -> None:
+    new, moved = swap_left_right("the left-hand glove", {1: ((8, 19),), 2: ((4, 8),)})
+    assert new == "the right-hand glove"
+    assert [new[s:e] for ((s, e),) in moved.values()] == ["-hand glove", "right"]
+
+
+def test_flip_gives_a_changed_phrase_its_new_identity() -> None:
+    sample = GroundingSample(Image.new("RGB", (20, 10)), "the left dog and a cat", torch.tensor([[0.0, 0, 4, 4]] * 2),
+                             torch.tensor([label_id("the left dog"), label_id("cat")]),
+                             {label_id("the left dog"): ((0, 12),), label_id("cat"): ((19, 22),)},
+                             box_spans=[((0, 12),), ((19, 22),)])
+    flipped = RandomHorizontalFlip(1.0)(sample, random.Random(0))
+    assert flipped.caption == "the right dog and a cat"
+    assert flipped.box_labels.tolist() == [label_id("the right dog"), label_id("cat")]
+    assert set(flipped.phrases) == {label_id("the right dog"), label_id("cat")}
+    assert [flipped.caption[s:e] for ((s, e),) in flipped.box_spans] == ["the right dog", "cat"]
+
+
+def test_each_grounding_box_targets_its_own_mention(tmp_path: Path, bert_tokenizer: Any) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    caption = "a dog and a dog"
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": 30, "width": 40, "caption": caption}],
+            "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 5, 5], "tokens_positive": [[2, 5]]},
+                            {"id": 2, "image_id": 1, "bbox": [20, 1, 5, 5], "tokens_positive": [[12, 15]]}]}
+    (tmp_path / "g.json").write_text(json.dumps(data))
+    sample = MdetrGroundingDataset(tmp_path / "g.json", tmp_path / "images")[0]
+    batch = GroundingCollator(GLIPv2Processor(bert_tokenizer, pad_to_max_query_len=False))([sample])
+    target = batch.targets[0]
+    # tokens: [CLS] a dog and a dog [SEP]: box 1 -> token 2, box 2 -> token 5; both share the identity
+    assert [torch.nonzero(row).squeeze(1).tolist() for row in target["positive_map"]] == [[2], [5]]
+    assert target["labels"].tolist() == [label_id("dog")] * 2
+    assert (target["token_labels"] == label_id("dog")).nonzero().squeeze(1).tolist() == [2, 5]
+
+
+def test_one_pixel_boxes_are_dropped_as_official() -> None:
+    from glipv2.data.grounding import sanitize_boxes
+
+    boxes = torch.tensor([[3.0, 3.0, 3.0, 8.0], [3.0, 3.0, 4.0, 8.0], [50.0, 1.0, 60.0, 5.0]])
+    _, keep = sanitize_boxes(boxes, 40, 30)
+    assert keep.tolist() == [False, True, False]

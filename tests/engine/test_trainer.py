@@ -105,12 +105,23 @@ def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tiny_
 
     monkeypatch.setattr(trainer.criterion, "forward", nan_losses)
     trainer.config = trainer.config.replace(max_steps=5, max_bad_steps=3)
-    with pytest.raises(TrainingStopped, match="3 non-finite losses in a row"):
+    with pytest.raises(TrainingStopped, match="3 non-finite losses or gradients in a row"):
         trainer.train(resume=False)
     assert trainer.checkpoint_path.read_bytes() == saved
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["in_a_row"] for r in log if "skipped_step" in r] == [1, 2, 3]
+
+
+def test_a_non_finite_gradient_skips_the_step(tiny_config: Any, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    handle = trainer.model.head.bias0.register_hook(lambda grad: grad * float("inf"))
+    batch = next(trainer.batches())
+    assert trainer.train_step([batch]) is None
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    handle.remove()
+    assert trainer.train_step([batch]) is not None
 
 
 RUN_SCRIPT = textwrap.dedent('''

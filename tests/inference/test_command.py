@@ -115,3 +115,17 @@ def test_a_preset_name_warns_loudly_about_random_weights(tmp_path: Path, fixture
     assert code == 0
     assert "RANDOM weights" in capsys.readouterr().err
     assert json.loads(out.read_text())["images"][0]["width"] == 256
+
+
+def test_corrupt_weights_and_an_unwritable_out_are_one_line(fixture_model_dir: Path, fixture_dir: Path,
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(fixture_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage" * 10)
+    args = [str(fixture_dir / "input.png"), "--classes", "cat"]
+    assert predict(*args, "--model", str(broken), "--out", str(tmp_path / "r.json")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model" in err and "Traceback" not in err
+    assert predict(*args, "--model", str(fixture_model_dir), "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err

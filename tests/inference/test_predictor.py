@@ -198,3 +198,10 @@ def test_postprocessor_follows_the_config(tiny_model: GLIPv2) -> None:
     assert (post.detections_per_image, post.nms_threshold, post.pre_nms_top_n) == (300, 0.5, 1000)
     processor = GLIPv2Processor.from_config(model_config, tiny_model.tokenizer)
     assert (processor.min_size, processor.max_size) == (800, 1333)
+
+
+def test_drawing_survives_boxes_narrower_than_a_pixel() -> None:
+    from glipv2.inference.visualize import draw_detections
+
+    dets = Detections(torch.tensor([[10.0, 5.0, 9.5, 4.6]]), torch.tensor([0.5]), torch.tensor([0]), ["cat"], (20, 30))
+    assert draw_detections(Image.new("RGB", (30, 20)), dets).size == (30, 20)

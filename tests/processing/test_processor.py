@@ -80,3 +80,8 @@ def test_image_sources_and_their_errors(tmp_path: Path) -> None:
         load_image(np.zeros((5, 7, 3), np.float32))
     with pytest.raises(ValueError, match="cannot use a int"):
         load_image(3)  # type: ignore[arg-type]
+
+
+def test_extreme_aspect_ratios_never_resize_to_zero() -> None:
+    assert official_resize_size(1, 3000, 800, 1333) == (1333, 1)
+    assert official_resize_size(3000, 1, 800, 1333) == (1, 1333)

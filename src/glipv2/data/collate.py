@@ -72,17 +72,13 @@ class GroundingCollator:
         for i, sample in enumerate(good):
             offsets, mask = tokens.offsets[i], tokens.attention_mask[i]
             token_labels = torch.full((offsets.shape[0],), -1, dtype=torch.long)
-            phrase_tokens: dict[int, torch.Tensor] = {}
             for label, spans in sample.phrases.items():
-                hit = span_tokens(offsets, spans, mask)
-                if bool(hit.any()):
-                    phrase_tokens[label] = hit
-                    token_labels[hit] = label
-            labels = sample.box_labels.tolist()
-            keep = [j for j, label in enumerate(labels) if label in phrase_tokens]
-            if len(keep) < len(labels):
-                skipped.extend(["box whose phrase is past the token limit"] * (len(labels) - len(keep)))
-            positive_map = (torch.stack([phrase_tokens[labels[j]] for j in keep]).float() if keep
+                token_labels[span_tokens(offsets, spans, mask)] = label
+            box_tokens = [span_tokens(offsets, sample.spans_of_box(j), mask) for j in range(len(sample.boxes))]
+            keep = [j for j, hit in enumerate(box_tokens) if bool(hit.any())]
+            if len(keep) < len(box_tokens):
+                skipped.extend(["box whose phrase is past the token limit"] * (len(box_tokens) - len(keep)))
+            positive_map = (torch.stack([box_tokens[j] for j in keep]).float() if keep
                             else torch.zeros(0, offsets.shape[0]))
             targets.append({"boxes": sample.boxes[keep].float(), "positive_map": positive_map,
                             "labels": sample.box_labels[keep], "token_labels": token_labels})

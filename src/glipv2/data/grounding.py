@@ -47,7 +47,9 @@ def label_id(text: str) -> int:
 class GroundingSample:
     """image: RGB; caption: the prompt text; boxes: (N, 4) xyxy in image pixels; box_labels: (N,)
     identity of the phrase naming each box; phrases: identity -> its character spans in the caption,
-    for every labelled phrase (negatives included)."""
+    for every labelled phrase (negatives included); box_spans: optionally, per box, the spans of its
+    own mention (grounding data: two "a dog"s are the same phrase identity but different boxes'
+    targets); without them a box's target is every span of its phrase (class prompts)."""
 
     image: Image.Image
     caption: str
@@ -56,6 +58,12 @@ class GroundingSample:
     phrases: dict[int, tuple[Span, ...]]
     image_id: int | str = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    box_spans: list[tuple[Span, ...]] | None = None
+
+    def spans_of_box(self, index: int) -> tuple[Span, ...]:
+        if self.box_spans is not None:
+            return self.box_spans[index]
+        return self.phrases[int(self.box_labels[index])]
 
 
 @dataclass
@@ -78,14 +86,13 @@ def xywh_to_legacy_xyxy(x: float, y: float, w: float, h: float) -> list[float]:
 
 
 def sanitize_boxes(boxes: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 4) legacy xyxy boxes -> (boxes clipped to [0, W-1] x [0, H-1], keep mask); dropped are
-    non-finite boxes, boxes without area (w or h < 1 pixel) and boxes entirely outside the image."""
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
-    keep = (torch.isfinite(boxes).all(dim=1) & (x2 >= x1) & (y2 >= y1) & (x1 <= width - 1) & (y1 <= height - 1)
-            & (x2 >= 0) & (y2 >= 0))
+    """(N, 4) legacy xyxy boxes -> (boxes clipped to [0, W-1] x [0, H-1], keep mask), as the official
+    `clip_to_image(remove_empty=True)`: kept are finite boxes with x2 > x1 and y2 > y1 after
+    clipping (so boxes outside the image and boxes without area are dropped)."""
     clipped = boxes.clone()
     clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width - 1)
     clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height - 1)
+    keep = (torch.isfinite(boxes).all(dim=1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]))
     return clipped, keep
 
 
@@ -216,7 +223,7 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
         except (KeyError, TypeError) as err:
             raise DataError(f"image entry {index} lacks {err}") from None
         image = load_image(self.image_dir / file_name)
-        boxes, labels, phrases, dropped = [], [], {}, []
+        boxes, labels, phrases, dropped, box_spans = [], [], {}, [], []
         for ann in self.annotations.get(image_id, []):
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
@@ -231,14 +238,16 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
             phrases[label] = tuple(sorted(set(phrases.get(label, ())) | set(spans)))
             boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
             labels.append(label)
+            box_spans.append(spans)
         box_tensor, keep = sanitize_boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), *image.size)
         if not bool(keep.all()):
             dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
         for reason in dropped:
             self.skips.add(reason)
         label_tensor = torch.tensor(labels, dtype=torch.long)[keep]
+        kept_spans = [s for s, k in zip(box_spans, keep.tolist()) if k]
         return GroundingSample(image, caption, box_tensor[keep], label_tensor, phrases, image_id,
-                               {"dropped": dropped})
+                               {"dropped": dropped}, kept_spans)
 
 
 def build_grounding_dataset(ann_file: str | Path, image_dir: str | Path, **kwargs: Any) -> torch.utils.data.Dataset:

@@ -18,7 +18,7 @@ from PIL import Image, ImageEnhance
 
 from ..processing.processor import official_resize_size
 from ..processing.prompts import Span
-from .grounding import GroundingSample
+from .grounding import GroundingSample, label_id
 
 _LEFT_RIGHT = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
 _SWAP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
@@ -40,15 +40,16 @@ def swap_left_right(text: str, spans: dict[int, tuple[Span, ...]]) -> tuple[str,
         shifts.append((m.end(), delta))
     pieces.append(text[cursor:])
 
-    def move(position: int, is_end: bool) -> int:
+    def move(position: int) -> int:
+        # every replaced word that ends at or before `position` shifts it (a span end there covers
+        # the word, a span start there begins after it)
         change = 0
         for end, d in shifts:
-            # an end position at a replaced word's end moves with it; a start there does too
-            if end < position or (end == position and is_end):
+            if end <= position:
                 change = d
         return position + change
 
-    moved = {k: tuple((move(s, False), move(e, True)) for s, e in v) for k, v in spans.items()}
+    moved = {k: tuple((move(s), move(e)) for s, e in v) for k, v in spans.items()}
     return "".join(pieces), moved
 
 
@@ -83,8 +84,27 @@ class RandomHorizontalFlip:
         # legacy +1 convention (official BoxList.transpose): x1' = W - x2 - 1
         boxes[:, 0], boxes[:, 2] = width - sample.boxes[:, 2] - 1, width - sample.boxes[:, 0] - 1
         caption, phrases = swap_left_right(sample.caption, sample.phrases)
+        if caption == sample.caption:
+            return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes)
+        box_spans = None
+        if sample.box_spans is not None:
+            _, moved = swap_left_right(sample.caption, dict(enumerate(sample.box_spans)))
+            box_spans = [moved[j] for j in range(len(sample.box_spans))]
+        # a phrase whose words changed ("the left dog" -> "the right dog") is another concept now: its
+        # identity (used by L_inter across images) follows its new text, computed as the datasets do
+        # (the text of one mention: a box's own spans, or the phrase's spans for class prompts)
+        relabel = {}
+        labels = sample.box_labels.tolist()
+        for label, spans in phrases.items():
+            if [caption[s:e] for s, e in spans] == [sample.caption[s:e] for s, e in sample.phrases[label]]:
+                continue
+            mention = box_spans[labels.index(label)] if box_spans is not None and label in labels else spans
+            relabel[label] = label_id(" ".join(caption[s:e] for s, e in mention))
         return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, caption=caption,
-                       phrases=phrases)
+                       phrases={relabel.get(k, k): v for k, v in phrases.items()},
+                       box_labels=torch.tensor([relabel.get(int(v), int(v)) for v in sample.box_labels.tolist()],
+                                               dtype=torch.long),
+                       box_spans=box_spans)
 
 
 class ColourJitter:

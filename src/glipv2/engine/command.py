@@ -49,10 +49,18 @@ def _device(args: argparse.Namespace) -> Any:
     import torch
 
     if args.device:
-        return torch.device(args.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+        try:
+            device = torch.device(args.device)
+            torch.empty(0, device=device)
+        except (RuntimeError, ValueError) as err:
+            raise BadInput(f"--device {args.device}: {str(err).splitlines()[0]}") from None
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL init, so each rank's collectives use its own GPU
+    return device
 
 
 def _init_distributed(device: Any) -> None:

@@ -183,15 +183,21 @@ class Trainer:
     def save_checkpoint(self, path: Path | None = None) -> Path:
         """Everything needed to continue exactly; written to a temporary file, then renamed."""
         path = path or self.checkpoint_path
+        # each rank's own RNG streams and data position (a collective: every rank comes here)
+        local = {"rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                         "torch": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+                 "position": (self.position.epoch, self.position.batch)}
+        per_rank: list[Any] = [local]
+        if self.world > 1:
+            per_rank = [None] * self.world
+            dist.all_gather_object(per_rank, local)
         if self.rank != 0:
             return path
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-            "step": self.step, "position": (self.position.epoch, self.position.batch),
-            "bad_steps": self.bad_steps, "skipped": dict(self.skipped),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "step": self.step, "per_rank": per_rank, "bad_steps": self.bad_steps, "skipped": dict(self.skipped),
             "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,15 +214,20 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
-        self.position = DataPosition(*state["position"])
         self.bad_steps = int(state["bad_steps"])
         self.skipped = Counter(state["skipped"])
-        rng = state["rng"]
+        per_rank = state["per_rank"]
+        if len(per_rank) != self.world:
+            raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it with as many "
+                             f"(this run has {self.world})")
+        mine = per_rank[self.rank]
+        self.position = DataPosition(*mine["position"])
+        rng = mine["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
 
     # --- data -----------------------------------------------------------------------------------
     def batches(self) -> Iterator[TrainingBatch | None]:
@@ -271,8 +282,8 @@ class Trainer:
             p.grad.copy_(g)
 
     def train_step(self, micro_batches: list[TrainingBatch]) -> dict[str, float] | None:
-        """Forward/backward over the micro-batches, then one optimizer step; None when a loss was
-        not finite (the step is skipped on every rank, weights untouched)."""
+        """Forward/backward over the micro-batches, then one optimizer step; None when a loss or the
+        gradient norm was not finite (the step is skipped on every rank, weights untouched)."""
         self.model.train()
         for module in self.frozen:
             module.eval()
@@ -280,10 +291,11 @@ class Trainer:
         totals: Counter[str] = Counter()
         finite = True
         for batch in micro_batches:
+            # every micro-batch runs its forward on every rank, since the criterion holds collectives
             losses = self._losses(batch.to(self.device))
-            if not bool(torch.isfinite(losses["loss"])):
-                finite = False
-                break
+            finite = finite and bool(torch.isfinite(losses["loss"]))
+            if not finite:
+                continue
             (losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 totals[k] += float(v.detach()) / len(micro_batches)
@@ -296,9 +308,12 @@ class Trainer:
             return None
         if self.world > 1:
             self._all_reduce_gradients()
-        if self.config.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.config.clip_grad_norm)
+        # the norm is taken after the all-reduce, so every rank sees the same one
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                              self.config.clip_grad_norm or float("inf"))
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
@@ -349,20 +364,27 @@ class Trainer:
             micro = []
             while len(micro) < cfg.grad_accumulation:
                 batch = next(data)
-                if batch is None:
-                    self.skipped["batch with no usable sample"] += 1
+                unusable = batch is None
+                if self.world > 1:  # skip together, so the ranks' data positions stay aligned
+                    flag = torch.tensor([float(unusable)], device=self.device)
+                    dist.all_reduce(flag)
+                    unusable = bool(flag.item() > 0)
+                if unusable:
+                    self.skipped["batch with no usable sample (on some rank)"] += 1
                     continue
-                self.skipped.update(batch.skipped)
+                self.skipped.update(batch.skipped)  # type: ignore[union-attr]
                 micro.append(batch)
             losses = self.train_step(micro)
             if losses is None:
                 self.bad_steps += 1
-                self._log({"step": self.step, "skipped_step": "non-finite loss", "in_a_row": self.bad_steps})
-                bar.write(f"step {self.step}: non-finite loss, step skipped ({self.bad_steps} in a row)")
+                self._log({"step": self.step, "skipped_step": "non-finite loss or gradient",
+                           "in_a_row": self.bad_steps})
+                bar.write(f"step {self.step}: non-finite loss or gradient, step skipped ({self.bad_steps} in a row)")
                 if self.bad_steps >= cfg.max_bad_steps:
                     bar.close()
                     raise TrainingStopped(
-                        f"{self.bad_steps} non-finite losses in a row at step {self.step}: training stopped; the "
+                        f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step}: training "
+                        f"stopped; the "
                         f"last good checkpoint is {self.checkpoint_path} (lower the learning rate or check the data)")
                 continue
             self.bad_steps = 0

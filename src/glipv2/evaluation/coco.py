@@ -26,14 +26,17 @@ class COCOEvaluator:
     """Box AP of detections against a COCO instances json.
 
     `process(image_ids, detections)`: one `Detections` per image id, labels indexing
-    `category_ids` (the category id of each label)."""
+    `category_ids` (the category id of each label). With `distributed`, `evaluate()` is a
+    collective: every rank calls it and rank 0 gets the metrics of all ranks' images."""
 
-    def __init__(self, ann_file: str | Path, category_ids: Sequence[int]) -> None:
+    def __init__(self, ann_file: str | Path, category_ids: Sequence[int], distributed: bool = True) -> None:
         from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
             self.coco = COCO(str(ann_file))
         self.category_ids = list(category_ids)
+        # False when only one process evaluates (e.g. rank 0 during training): no collective then
+        self.distributed = distributed
         unknown = sorted(set(self.category_ids) - set(self.coco.getCatIds()))
         if unknown:
             raise ValueError(f"{ann_file}: unknown category ids {unknown}")
@@ -51,7 +54,7 @@ class COCOEvaluator:
     def evaluate(self) -> dict[str, dict[str, float]]:
         """{"bbox": {"AP", "AP50", ..., "AR100"}} as fractions; empty on ranks other than 0."""
         results, image_ids = self.results, self.image_ids
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (results, image_ids))
             if dist.get_rank() != 0:
@@ -75,13 +78,14 @@ class COCOEvaluator:
 def evaluate_detection(predictor: Any, ann_file: str | Path, image_dir: str | Path, limit: int | None = None,
                        progress: bool = True) -> dict[str, dict[str, float]]:
     """Run `predictor.detect` on the images of a COCO json with its categories as the class prompt
-    (names cleaned as official) and score the detections (threshold 0: all the post-processing keeps)."""
+    (names cleaned as official) and score the detections (threshold 0: all the post-processing
+    keeps). Runs in this process alone (no collective)."""
     from ..data.grounding import clean_category_name
 
     data = json.loads(Path(ann_file).read_text())
     categories = sorted(data["categories"], key=lambda c: c["id"])
     names = [clean_category_name(c["name"]) for c in categories]
-    evaluator = COCOEvaluator(ann_file, [c["id"] for c in categories])
+    evaluator = COCOEvaluator(ann_file, [c["id"] for c in categories], distributed=False)
     images = data["images"][:limit] if limit else data["images"]
     for info in tqdm(images, desc="evaluate", unit="image", disable=not progress, leave=False):
         detections = predictor.detect(Path(image_dir) / info["file_name"], names, threshold=0.0)

@@ -113,10 +113,14 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         _check_call(args)
         overrides = _processor_overrides(args)
+        out = Path(args.out)
+        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+            raise BadInput(f"--out {args.out}: cannot write a file there")
         try:
             model = load_model(args.model)
-        except (ValueError, OSError) as err:
-            raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
+        # a corrupt weights file raises the safetensors library's own error type
+        except Exception as err:  # noqa: BLE001
+            raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
         if args.device:
             try:
                 model = model.to(torch.device(args.device))
@@ -135,13 +139,31 @@ def run_predict(args: argparse.Namespace) -> int:
     viz_names = _viz_names(args.images)
     pending: list[tuple[int, Any]] = []
 
+    def fail(index: int, problem: str) -> None:
+        nonlocal failed
+        entries[index].pop("detections", None)
+        entries[index]["error"] = problem
+        failed += 1
+        tqdm.write(f"glipv2 predict: {problem}", file=sys.stderr)  # keeps the progress bar intact
+
     def flush() -> None:
-        results = predictor.predict_prepared([p for _, p in pending], [vocabulary] * len(pending), args.threshold)
+        try:
+            results = predictor.predict_prepared([p for _, p in pending], [vocabulary] * len(pending),
+                                                 args.threshold)
+        # e.g. out of memory on a huge image: the other batches still run
+        except Exception as err:  # noqa: BLE001
+            for index, _ in pending:
+                fail(index, f"{args.images[index]}: prediction failed ({type(err).__name__}: {err})")
+            pending.clear()
+            return
         for (index, _), detections in zip(pending, results):
             entries[index]["detections"] = detections.to_dict()
             if viz_dir is not None:
-                viz_dir.mkdir(parents=True, exist_ok=True)
-                draw_detections(load_image(args.images[index]), detections).save(viz_dir / viz_names[index])
+                try:
+                    viz_dir.mkdir(parents=True, exist_ok=True)
+                    draw_detections(load_image(args.images[index]), detections).save(viz_dir / viz_names[index])
+                except (OSError, ValueError) as err:
+                    fail(index, f"{args.images[index]}: cannot write the annotated image ({err})")
         pending.clear()
 
     for index, file in enumerate(tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)):
@@ -150,9 +172,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             tensor, (height, width) = processor.prepare_image(file)
         except ValueError as err:
-            entry.update(prompt=vocabulary.text, error=str(err))
-            failed += 1
-            tqdm.write(f"glipv2 predict: {err}", file=sys.stderr)  # keeps the progress bar intact
+            entry["prompt"] = vocabulary.text
+            fail(index, str(err))
             continue
         entry.update(width=width, height=height, prompt=vocabulary.text)
         pending.append((index, (tensor, (height, width))))
@@ -162,7 +183,7 @@ def run_predict(args: argparse.Namespace) -> int:
         flush()
 
     document = {"model": args.model, "threshold": args.threshold, "labels": vocabulary.names, "images": entries}
-    _write_json(Path(args.out), document)
+    _write_json(out, document)
     done = len(entries) - failed
     print(f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
           f"-> {args.out}" + (f"; {failed} failed" if failed else ""), file=sys.stderr)

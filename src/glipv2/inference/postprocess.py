@@ -112,7 +112,7 @@ class PostProcessor:
         kept = candidates.select(legacy_nms(candidates.boxes, candidates.scores, candidates.labels,
                                             self.nms_threshold))
         n = len(kept)
-        if n > self.detections_per_image:
+        if n > self.detections_per_image > 0:
             cut = torch.kthvalue(kept.scores.cpu(), n - self.detections_per_image + 1).values.item()
             kept = kept.select(kept.scores >= cut)
         return kept

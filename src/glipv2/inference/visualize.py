@@ -26,7 +26,9 @@ def draw_detections(image: Image.Image, detections: Detections, line_width: int 
     order = detections.scores.argsort().tolist()
     boxes, scores, labels = detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist()
     for i in order:
-        x1, y1, x2, y2 = boxes[i]
+        # a box under one pixel wide can come out with x2 < x1 (legacy +1 sizes); PIL refuses those
+        x1, x2 = sorted(boxes[i][0::2])
+        y1, y2 = sorted(boxes[i][1::2])
         colour = label_colour(labels[i])
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
         text = f"{detections.names[labels[i]]} {scores[i]:.2f}"

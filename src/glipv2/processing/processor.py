@@ -47,6 +47,8 @@ def official_resize_size(width: int, height: int, min_size: int, max_size: int |
         short, long = float(min(width, height)), float(max(width, height))
         if long / short * size > max_size:
             size = round(max_size * short / long)
+            if size < 1:  # an extreme aspect ratio: the official arithmetic would give a side of 0
+                return (max_size, 1) if height > width else (1, max_size)
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:
@@ -65,7 +67,7 @@ def load_image(source: ImageInput) -> Image.Image:
             with Image.open(path) as image:
                 image.load()  # decode now, so that a truncated file fails here
                 return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"{path}: cannot read the image ({err})") from err
     if isinstance(source, Image.Image):
         return source.convert("RGB")

@@ -11,6 +11,7 @@ no token. Scores go back from tokens to labels as the mean over the label's toke
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def grounding_prompt(caption: str, phrases: Sequence[str] | None = None,
     if spans is not None:
         per_label: list[tuple[Span, ...]] = []
         for i, item in enumerate(spans):
-            group = [item] if len(item) == 2 and all(isinstance(v, int) for v in item) else list(item)
+            group = [item] if len(item) == 2 and all(isinstance(v, numbers.Integral) for v in item) else list(item)
             group_spans = tuple((int(s), int(e)) for s, e in group)  # type: ignore[misc]
             for s, e in group_spans:
                 if not 0 <= s < e <= len(caption):
