@@ -89,6 +89,7 @@ class GLIPv2Config(DataclassConfig):
     fusion_embed_dim: int = 2048  # hard-coded in the official VLFuse
     fusion_dropout: float = 0.1
     use_deformable_conv: bool = True  # DYHEAD.USE_DFCONV
+    deformable_conv_impl: str = "torchvision"  # or "grid_sample": same op from stock torch ops, faster on CPU
     use_dyrelu: bool = True  # DYHEAD.USE_DYRELU
     use_scale_attention: bool = True  # DYHEAD.USE_DYFUSE
     group_norm_groups: int = 16  # GROUP_NORM.NUM_GROUPS
@@ -155,6 +156,9 @@ class GLIPv2Config(DataclassConfig):
             problems.append("inference_threshold and nms_threshold must lie in [0, 1]")
         if min(self.pre_nms_top_n, self.detections_per_image, self.test_min_size, self.test_max_size) < 1:
             problems.append("pre_nms_top_n, detections_per_image, test_min_size and test_max_size must be >= 1")
+        if self.deformable_conv_impl not in ("torchvision", "grid_sample"):
+            problems.append(f"deformable_conv_impl must be 'torchvision' or 'grid_sample', not "
+                            f"{self.deformable_conv_impl!r}")
         if self.num_head_blocks < 1:
             problems.append("num_head_blocks must be >= 1")
         for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):

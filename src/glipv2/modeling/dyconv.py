@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+from .deform_conv import modulated_deform_conv
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -27,10 +28,12 @@ def reread_as(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class Conv3x3GN(nn.Module):
     """3×3 conv (modulated deformable when offsets are given) + GroupNorm (`DyConv.k.{conv,bn}`)."""
 
-    def __init__(self, channels_in: int, channels_out: int, stride: int, groups: int, deformable: bool) -> None:
+    def __init__(self, channels_in: int, channels_out: int, stride: int, groups: int, deformable: bool,
+                 deformable_impl: str = "torchvision") -> None:
         super().__init__()
         self.stride = stride
         self.deformable = deformable
+        self.deformable_impl = deformable_impl
         self.conv = nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1)
         self.bn = nn.GroupNorm(groups, channels_out)
         if deformable:  # official modulated-DCN init: uniform(±1/sqrt(fan_in)), zero bias
@@ -52,8 +55,8 @@ class Conv3x3GN(nn.Module):
             oh, ow = self.output_size(*x.shape[-2:])
             if offset.shape[-2:] != (oh, ow):
                 offset, mask = reread_as(offset, oh, ow), reread_as(mask, oh, ow)
-            y = deform_conv2d(x, offset, self.conv.weight, self.conv.bias, stride=self.stride, padding=1,
-                              mask=mask)
+            y = modulated_deform_conv(x, offset, self.conv.weight, self.conv.bias, self.stride, 1, mask,
+                                      self.deformable_impl)
         return self.bn(y)
 
 
@@ -81,12 +84,12 @@ class DyConv(nn.Module):
     """
 
     def __init__(self, channels_in: int, channels: int, groups: int, deformable: bool, dyrelu: bool,
-                 scale_attention: bool) -> None:
+                 scale_attention: bool, deformable_impl: str = "torchvision") -> None:
         super().__init__()
         self.DyConv = nn.ModuleList([
-            Conv3x3GN(channels_in, channels, 1, groups, deformable),
-            Conv3x3GN(channels_in, channels, 1, groups, deformable),
-            Conv3x3GN(channels_in, channels, 2, groups, deformable),
+            Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
+            Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
+            Conv3x3GN(channels_in, channels, 2, groups, deformable, deformable_impl),
         ])
         # Sequential keeps the official key `AttnConv.1` (index 0 is the pooling)
         self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels_in, 1, 1), nn.ReLU(inplace=True)) \

@@ -74,7 +74,8 @@ class VLDyHeadBlock(nn.Module):
         self.dyconv = DyConv(channels_in, c, config.group_norm_groups,
                              deformable=config.use_deformable_conv and same,
                              dyrelu=config.use_dyrelu and same,
-                             scale_attention=config.use_scale_attention and same)
+                             scale_attention=config.use_scale_attention and same,
+                             deformable_impl=config.deformable_conv_impl)
 
     def forward(self, visual: list[torch.Tensor], text: torch.Tensor,
                 text_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
