@@ -80,3 +80,11 @@ def test_no_predictions_is_zero_and_unknown_categories_are_an_error(ann_file: Pa
     assert evaluator.evaluate()["bbox"]["AP"] == 0.0
     with pytest.raises(ValueError, match="unknown category ids"):
         COCOEvaluator(ann_file, [3, 99])
+
+
+def test_figures_without_ground_truth_are_none(ann_file: Path) -> None:
+    evaluator = COCOEvaluator(ann_file, [3, 7])
+    evaluator.process([1], [detections([[12, 9, 41, 31]], [0.9], [0])])
+    metrics = evaluator.evaluate()["bbox"]
+    assert metrics["APl"] is None  # no ground-truth box is larger than 96² pixels
+    assert metrics["AP"] is not None and 0 <= metrics["AP"] <= 1

@@ -51,8 +51,9 @@ class COCOEvaluator:
             self.image_ids.append(int(image_id))
             self.results.extend(detections.to_coco(int(image_id), self.category_ids))
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        """{"bbox": {"AP", "AP50", ..., "AR100"}} as fractions; empty on ranks other than 0."""
+    def evaluate(self) -> dict[str, dict[str, float | None]]:
+        """{"bbox": {"AP", "AP50", ..., "AR100"}} as fractions (None where the ground truth has no
+        object of that kind); empty on ranks other than 0."""
         results, image_ids = self.results, self.image_ids
         if self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
@@ -72,11 +73,12 @@ class COCOEvaluator:
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        return {"bbox": {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}}
+        # pycocotools writes -1 where a figure has no ground truth (e.g. APl without large objects)
+        return {"bbox": {name: (float(v) if v >= 0 else None) for name, v in zip(STAT_NAMES, coco_eval.stats)}}
 
 
 def evaluate_detection(predictor: Any, ann_file: str | Path, image_dir: str | Path, limit: int | None = None,
-                       progress: bool = True) -> dict[str, dict[str, float]]:
+                       progress: bool = True) -> dict[str, dict[str, float | None]]:
     """Run `predictor.detect` on the images of a COCO json with its categories as the class prompt
     (names cleaned as official) and score the detections (threshold 0: all the post-processing
     keeps). Runs in this process alone (no collective)."""
