@@ -153,8 +153,8 @@ class Predictor:
     def grounding_vocabulary(self, caption: str, phrases: Sequence[str] | None = None,
                              spans: Sequence[Span | Sequence[Span]] | None = None) -> Vocabulary:
         prompt = grounding_prompt(caption, phrases, spans)
-        tokens = self.processor.tokenize(prompt.text)
-        prompt.positive_map(tokens.offsets[0], tokens.attention_mask[0])  # every phrase must fit
+        encoded = self.encode(prompt.text)  # needed for the forward anyway; cached from here on
+        prompt.positive_map(encoded.offsets, encoded.attention_mask)  # every phrase must fit the token slots
         return Vocabulary(list(prompt.names), [PromptChunk(prompt, 0)], prompt.text)
 
     def clear_text_cache(self) -> None:
