@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .inference import PostProcessor, Predictor
+from .inference import PostProcessor
 from .modeling import GLIPv2, build_model
-from .processing import GLIPv2Processor, image_to_tensor, pad_batch
+from .processing import grounding_prompt, image_to_tensor, pad_batch
 
 DEMO_CAPTION = "red circle. blue square. green triangle."
 DEMO_PHRASES = ("red circle", "blue square", "green triangle")
@@ -38,7 +38,8 @@ def run_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
     model: GLIPv2 = build_model(model_name).eval()
     build_s = time.perf_counter() - t0
     pixel_values, image_sizes = pad_batch([image_to_tensor(demo_image())], model.config.size_divisibility)
-    text = model.tokenize(DEMO_CAPTION)
+    prompt = grounding_prompt(DEMO_CAPTION, phrases=list(DEMO_PHRASES))
+    text = model.tokenize(prompt.text)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model(pixel_values, text.input_ids, text.attention_mask, image_sizes)
@@ -51,13 +52,13 @@ def run_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
         print(f"  P{level + 3}: region-word logits {tuple(s.shape)}, anchors {tuple(a.shape)}")
     print(f"  P̊ {tuple(out.token_features.shape)} -> P {tuple(out.fused_token_features.shape)}")
 
-    # the official post-processing (Predictor): the best detection per phrase
-    predictor = Predictor(model, GLIPv2Processor.from_config(model.config, model.tokenizer, resize=False),
-                          postprocessor=PostProcessor(inference_threshold=0.0))
-    detections = predictor.ground(demo_image(), DEMO_CAPTION, phrases=list(DEMO_PHRASES), threshold=0.0)
+    # the official post-processing of this same output (no resize: boxes are in image pixels);
+    # detections come best first, so each phrase's first one is its best
+    [detections] = PostProcessor(inference_threshold=0.0)(
+        out, [prompt.positive_map(text.offsets[0], text.attention_mask[0])])
     summary: dict[str, object] = {}
     for index, phrase in enumerate(DEMO_PHRASES):
-        mine = detections[detections.labels == index]
+        mine = detections.select(detections.labels == index)
         if len(mine) == 0:
             continue
         box, score = mine.boxes[0].tolist(), float(mine.scores[0])

@@ -27,6 +27,7 @@ from glipv2.convert import (
     official_to_ours,
     ours_to_official,
 )
+from glipv2.convert.synthetic import read_state_dict_shapes
 
 # Official keys a glipv2 model intentionally has no tensor for (see convert/official.py `_IGNORED`).
 IGNORED = [
@@ -40,17 +41,9 @@ _IGNORED_RE = re.compile(r"module\.(language_backbone\.body\.model\.(embeddings\
 
 
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Parse `key<TAB>(d0, d1, ...)` lines (Python tuple syntax, `(96,)` for 1-D)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        key, sep, shape = line.partition("\t")
-        where = f"{path.name}:{line_no}"
-        assert sep and re.fullmatch(r"\((\d+(, \d+)*,?)?\)", shape), f"{where}: bad line {line!r}"
-        assert key.startswith("module."), f"{where}: official keys carry the DDP prefix"
-        assert key not in shapes, f"{where}: duplicate key {key}"
-        shapes[key] = tuple(int(d) for d in re.findall(r"\d+", shape))
+    """The listing (parsed and checked by `read_state_dict_shapes`); official keys carry `module.`."""
+    shapes = read_state_dict_shapes(path)
+    assert all(key.startswith("module.") for key in shapes), f"{path.name}: official keys carry the DDP prefix"
     return shapes
 
 

@@ -21,7 +21,6 @@ from .checkpoint import convert_checkpoint
 from .official_config import resolve_config
 
 CACHE_ENV = "GLIPV2_CACHE"
-DEFAULT_REPO = "GLIPModel/GLIP"
 
 # Released checkpoints (glip_reference.md section 12) -> the preset describing their network.
 OFFICIAL_CHECKPOINTS: dict[str, str] = {

@@ -21,14 +21,10 @@ while its checkpoint holds a 64-wide BERT), so an optional Hugging Face `BertCon
 from __future__ import annotations
 
 import ast
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..modeling.config import BERT_BASE_UNCASED_CONFIG, GLIPv2Config
+from ..modeling.config import BERT_BASE_UNCASED_CONFIG, GLIPv2Config, read_mapping
 from ..modeling.registry import get_config
 from .official import ConversionError
 
@@ -43,16 +39,12 @@ _DEFAULTS: dict[str, Any] = {
     "MODEL.SWINT.WINDOW_SIZE": 7,
     "MODEL.SWINT.MLP_RATIO": 4.0,
     "MODEL.SWINT.DROP_PATH_RATE": 0.2,
-    "MODEL.SWINT.APE": False,
     "MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN": 256,
     "MODEL.LANGUAGE_BACKBONE.PAD_MAX": True,
-    "MODEL.LANGUAGE_BACKBONE.N_LAYERS": 1,
     "MODEL.LANGUAGE_BACKBONE.LANG_DIM": 768,
     "MODEL.DYHEAD.NUM_CLASSES": 81,
     "MODEL.DYHEAD.PRIOR_PROB": 0.01,
     "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE": 256,
-    "MODEL.FPN.USE_GN": False,
-    "MODEL.FPN.USE_RELU": False,
     "MODEL.FPN.DROP_BLOCK": True,
     "MODEL.FPN.DROP_PROB": 0.3,
     "MODEL.FPN.DROP_SIZE": 3,
@@ -64,10 +56,7 @@ _DEFAULTS: dict[str, Any] = {
     "MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER": False,
     "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS": False,
     "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS": False,
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": False,
     "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM": 64,
-    "MODEL.DYHEAD.FUSE_CONFIG.SEPARATE_BIDIRECTIONAL": False,
-    "MODEL.DYHEAD.FUSE_CONFIG.STABLE_SOFTMAX_2D": False,
     "MODEL.DYHEAD.USE_CHECKPOINT": False,
 }
 
@@ -112,17 +101,7 @@ PROMPT_EMBEDDING_ROWS = 1000
 
 def read_official_yaml(path: str | Path) -> dict[str, Any]:
     """The YAML as nested dicts (`yaml.safe_load`), or `ValueError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid YAML file ({err})") from err
-    if not isinstance(data, dict):
-        # a file's content, not an argument's type: ValueError like every other bad input
-        raise ValueError(f"{path}: expected a mapping of yacs keys (MODEL:, ...) at the top")  # noqa: TRY004
-    return data
+    return read_mapping(path, "yaml", "a mapping of yacs keys (MODEL:, ...)")
 
 
 def load_text_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -134,15 +113,7 @@ def load_text_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     if isinstance(source, dict):
         data = dict(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a JSON file ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object (a Hugging Face BertConfig)")  # noqa: TRY004
+        data = read_mapping(source, "json", "a JSON object (a Hugging Face BertConfig)")
     model_type = data.get("model_type", "bert")
     if model_type != "bert":
         raise ValueError(f"{where}: model_type = {model_type!r}; the text encoder must be a BERT "
@@ -280,12 +251,10 @@ def config_from_official_dict(cfg: dict[str, Any], text_config: str | Path | dic
                                         if fuse["USE_SHALLOW_CONTRASTIVE_LOSS"] else 0),
         "pixel_mean": pixel_mean, "pixel_std": pixel_std, "size_divisibility": divisibility,
     }
-    # pre-/post-processing settings, where this GLIPv2Config has them
-    optional = {"test_min_size": min_size, "test_max_size": max_size,
-                "inference_threshold": atss["INFERENCE_TH"], "pre_nms_top_n": atss["PRE_NMS_TOP_N"],
-                "nms_threshold": atss["NMS_TH"], "detections_per_image": atss["DETECTIONS_PER_IMG"]}
-    known = {f.name for f in dataclasses.fields(GLIPv2Config)}
-    fields.update({k: v for k, v in optional.items() if k in known})
+    # pre- and post-processing settings
+    fields.update({"test_min_size": min_size, "test_max_size": max_size,
+                   "inference_threshold": atss["INFERENCE_TH"], "pre_nms_top_n": atss["PRE_NMS_TOP_N"],
+                   "nms_threshold": atss["NMS_TH"], "detections_per_image": atss["DETECTIONS_PER_IMG"]})
     try:
         return GLIPv2Config(**fields)
     except ValueError as err:

@@ -8,11 +8,13 @@ belongs to (-1 for none), which L_inter uses to find positives across images.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..processing.image import image_to_tensor
 from ..processing.processor import GLIPv2Processor
 from ..processing.prompts import span_tokens
 from .grounding import GroundingSample
@@ -63,8 +65,6 @@ class GroundingCollator:
             skipped.extend(sample.meta.get("dropped", []))
         if not good:
             return None
-        from ..processing.image import image_to_tensor
-
         tensors = [image_to_tensor(s.image, self.processor.pixel_mean, self.processor.pixel_std) for s in good]
         batch = self.processor.batch_images(tensors, [t.shape[1:] for t in tensors])
         tokens = self.processor.tokenize([s.caption for s in good])
@@ -106,8 +106,6 @@ class SafeDataset(torch.utils.data.Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> GroundingSample | Skipped:
-        import random
-
         try:
             sample = self.dataset[index]
             if self.transform is not None:

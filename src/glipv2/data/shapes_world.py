@@ -84,7 +84,6 @@ _MAX_ROTATION_DEG = 12.0  # enough to vary the look; a 45-degree square would re
 _SAME_COLOUR_GAP = 3  # px between the boxes of two objects of the same colour
 # Standard normal quantiles at the midpoints of 256 equal-probability bins (see render_scene's noise).
 _NORMAL_TABLE = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
-_SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "heldout": 2}
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 _DIRECTIONS = ("leftmost", "rightmost", "topmost", "bottommost")
 RELATIONS: dict[str, str] = {"left": "to the left of", "right": "to the right of", "above": "above",
@@ -122,7 +121,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     _check_split(split)
     if seed < 0 or index < 0:
         raise ValueError("seed and index must be non-negative")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _SPLIT_CODES[split], index])))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, SPLITS.index(split), index])))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.ops import box_iou
 
 from ..modeling.anchors import encode_boxes
 
@@ -50,13 +51,9 @@ class ATSSTargets:
 def box_iou_legacy(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """(N, 4), (M, 4) xyxy -> (N, M) IoU where a box spans x2 - x1 + 1 pixels (official
     `boxlist_iou`; intersections also get the +1 and are clamped at 0)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0] + 1) * (boxes1[:, 3] - boxes1[:, 1] + 1)
-    area2 = (boxes2[:, 2] - boxes2[:, 0] + 1) * (boxes2[:, 3] - boxes2[:, 1] + 1)
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt + 1).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2[None, :] - inter)
+    # torchvision's IoU of boxes grown by one pixel at the far corner is exactly the +1 IoU
+    grow = boxes1.new_tensor([0.0, 0.0, 1.0, 1.0])
+    return box_iou(boxes1 + grow, boxes2 + grow)
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:

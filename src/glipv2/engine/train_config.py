@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..modeling.config import DataclassConfig
+from ..modeling.config import DataclassConfig, read_mapping
 
 FREEZABLE = ("backbone", "fpn", "text_encoder", "head")
 
@@ -68,13 +67,5 @@ class TrainConfig(DataclassConfig):
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """From a JSON or YAML file of field: value pairs."""
-        text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
-        return cls.from_dict(data)
+        fmt = "yaml" if str(path).endswith((".yaml", ".yml")) else "json"
+        return cls.from_dict(read_mapping(path, fmt, "a mapping of TrainConfig fields"))

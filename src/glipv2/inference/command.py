@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..processing.processor import GLIPv2Processor, load_image
@@ -137,7 +138,7 @@ def run_predict(args: argparse.Namespace) -> int:
     failed = 0
     viz_dir = Path(args.viz) if args.viz else None
     viz_names = _viz_names(args.images)
-    pending: list[tuple[int, Any]] = []
+    pending: list[tuple[int, Any, Image.Image | None]] = []  # (index, prepared tensor, image kept for --viz)
 
     def fail(index: int, problem: str) -> None:
         nonlocal failed
@@ -148,20 +149,20 @@ def run_predict(args: argparse.Namespace) -> int:
 
     def flush() -> None:
         try:
-            results = predictor.predict_prepared([p for _, p in pending], [vocabulary] * len(pending),
+            results = predictor.predict_prepared([p for _, p, _ in pending], [vocabulary] * len(pending),
                                                  args.threshold)
         # e.g. out of memory on a huge image: the other batches still run
         except Exception as err:  # noqa: BLE001
-            for index, _ in pending:
+            for index, _, _ in pending:
                 fail(index, f"{args.images[index]}: prediction failed ({type(err).__name__}: {err})")
             pending.clear()
             return
-        for (index, _), detections in zip(pending, results):
+        for (index, _, image), detections in zip(pending, results):
             entries[index]["detections"] = detections.to_dict()
-            if viz_dir is not None:
+            if image is not None:
                 try:
-                    viz_dir.mkdir(parents=True, exist_ok=True)
-                    draw_detections(load_image(args.images[index]), detections).save(viz_dir / viz_names[index])
+                    viz_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+                    draw_detections(image, detections).save(viz_dir / viz_names[index])  # type: ignore[operator]
                 except (OSError, ValueError) as err:
                     fail(index, f"{args.images[index]}: cannot write the annotated image ({err})")
         pending.clear()
@@ -170,13 +171,14 @@ def run_predict(args: argparse.Namespace) -> int:
         entry: dict[str, Any] = {"file": file}
         entries.append(entry)
         try:
-            tensor, (height, width) = processor.prepare_image(file)
+            image = load_image(file)  # read once: the same pixels feed the model and the annotated PNG
+            tensor, (height, width) = processor.prepare_image(image)
         except ValueError as err:
             entry["prompt"] = vocabulary.text
             fail(index, str(err))
             continue
         entry.update(width=width, height=height, prompt=vocabulary.text)
-        pending.append((index, (tensor, (height, width))))
+        pending.append((index, (tensor, (height, width)), image if viz_dir is not None else None))
         if len(pending) >= args.batch_size:
             flush()
     if pending:

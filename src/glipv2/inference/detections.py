@@ -32,7 +32,7 @@ class Detections:
 
     def __getitem__(self, index: torch.Tensor | slice | int) -> Detections:
         if isinstance(index, int):
-            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+            index = torch.tensor([index])
         return Detections(self.boxes[index], self.scores[index], self.labels[index], self.names, self.image_size,
                           self.prompt)
 

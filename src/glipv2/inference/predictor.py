@@ -8,18 +8,15 @@ folder of images or a dataset encodes each chunk once.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..modeling.glipv2 import GLIPv2
 from ..modeling.text_encoder import TextFeatures
-from ..processing.processor import GLIPv2Processor, ImageInput
+from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image
 from ..processing.prompts import DETECTION_SEPARATOR, Prompt, PromptChunk, Span, grounding_prompt
 from .detections import Detections
 from .postprocess import PostProcessor, RawDetections
@@ -77,10 +74,6 @@ class Vocabulary:
     text: str
 
 
-def _is_single_image(images: object) -> bool:
-    return isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
-
-
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -105,13 +98,14 @@ class Predictor:
         self.postprocessor = postprocessor or PostProcessor.from_config(model.config)
         self.batch_size = batch_size
         self.text_cache = TextFeatureCache(text_cache_size)
+        self._vocabularies: OrderedDict[tuple[tuple[str, ...], int | None], Vocabulary] = OrderedDict()
 
     # --- public API -----------------------------------------------------------------------------
     def detect(self, images: ImageInput | Sequence[ImageInput], classes: Sequence[str] | Sequence[Sequence[str]],
                threshold: float = 0.5, chunk_size: int | None = None) -> Detections | list[Detections]:
         """Detect `classes` (one list for all images, or one list per image). Vocabularies longer
         than the model's token slots run in chunks (`chunk_size` names each, or packed)."""
-        single = _is_single_image(images)
+        single = is_single_image(images)
         image_list = [images] if single else list(images)  # type: ignore[list-item]
         if len(classes) > 0 and not isinstance(classes[0], str):
             if len(classes) != len(image_list):
@@ -129,7 +123,7 @@ class Predictor:
         """Ground the phrases of a caption (one caption for all images, or one per image);
         phrases are found in the caption (whole words), given as spans, or — if neither — are
         the caption's pieces between punctuation marks. Labels index the phrases."""
-        single = _is_single_image(images)
+        single = is_single_image(images)
         image_list = [images] if single else list(images)  # type: ignore[list-item]
         if isinstance(caption, str):
             vocabularies = [self.grounding_vocabulary(caption, phrases, spans)] * len(image_list)  # type: ignore[arg-type]
@@ -146,6 +140,20 @@ class Predictor:
         return results[0] if single else results
 
     def detection_vocabulary(self, classes: Sequence[str], chunk_size: int | None = None) -> Vocabulary:
+        """The chunked prompts of a class list; kept for the next call with the same list, so a
+        folder of images does not re-tokenize a long vocabulary per image."""
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+            return self._chunk(classes, chunk_size)  # let the prompt builder name the problem
+        key = (tuple(classes), chunk_size)
+        vocabulary = self._vocabularies.get(key)
+        if vocabulary is None:
+            vocabulary = self._chunk(classes, chunk_size)
+            self._vocabularies[key] = vocabulary
+            while len(self._vocabularies) > max(1, self.text_cache.max_entries):
+                self._vocabularies.popitem(last=False)
+        return vocabulary
+
+    def _chunk(self, classes: Sequence[str], chunk_size: int | None) -> Vocabulary:
         chunks = self.processor.chunk_classes(classes, chunk_size)
         names = [n for c in chunks for n in c.prompt.names]
         return Vocabulary(names, chunks, DETECTION_SEPARATOR.join(names))
@@ -160,6 +168,7 @@ class Predictor:
     def clear_text_cache(self) -> None:
         """Forget cached text features (needed after changing the model's text-side weights)."""
         self.text_cache.clear()
+        self._vocabularies.clear()
 
     # --- the pipeline ---------------------------------------------------------------------------
     def predict(self, images: Sequence[ImageInput], vocabularies: Sequence[Vocabulary],

@@ -30,6 +30,31 @@ BERT_BASE_UNCASED_CONFIG: dict[str, Any] = {
 }
 
 
+def read_mapping(path: str | Path, fmt: str, expected: str) -> dict[str, Any]:
+    """A JSON or YAML file (`fmt` "json" | "yaml") whose top level must be a mapping; any problem is a
+    `ValueError` naming the file (`expected` says what the mapping should hold)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+        if fmt == "yaml":
+            import yaml
+
+            data = yaml.safe_load(text)
+            data = {} if data is None else data  # an empty file: no entries
+        else:
+            data = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from err
+    except Exception as err:  # noqa: BLE001 — yaml.YAMLError or json.JSONDecodeError
+        raise ValueError(f"{path}: not a valid {fmt.upper()} file ({err})") from err
+    if not isinstance(data, dict):
+        # a file's content, not an argument's type: ValueError like every other bad input
+        raise ValueError(f"{path}: expected {expected} at the top")  # noqa: TRY004
+    return data
+
+
 class DataclassConfig:
     """JSON round trip for config dataclasses: unknown fields are an error, lists become tuples."""
 

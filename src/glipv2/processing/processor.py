@@ -56,6 +56,11 @@ def official_resize_size(width: int, height: int, min_size: int, max_size: int |
     return size, int(size * width / height)
 
 
+def is_single_image(images: object) -> bool:
+    """True for one image (path, PIL image or array), False for a sequence of them."""
+    return isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
+
+
 def load_image(source: ImageInput) -> Image.Image:
     """An RGB PIL image from a path, a PIL image or an (H, W[, 3|4]) uint8 array; unreadable or
     corrupt files raise `ValueError` naming the file."""
@@ -135,7 +140,7 @@ class GLIPv2Processor:
 
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> ImageBatch:
         """Images -> one padded batch (see `ImageBatch`)."""
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        if is_single_image(images):
             images = [images]
         prepared = [self.prepare_image(image) for image in images]
         return self.batch_images([t for t, _ in prepared], [s for _, s in prepared])

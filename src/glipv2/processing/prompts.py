@@ -148,14 +148,14 @@ def grounding_prompt(caption: str, phrases: Sequence[str] | None = None,
             phrases = [phrases]
         if len(phrases) == 0:
             raise ValueError("the phrase list is empty")
+        names = [_check_name(phrase, f"phrase {i}") for i, phrase in enumerate(phrases)]
         found: list[tuple[Span, ...]] = []
-        for i, phrase in enumerate(phrases):
-            phrase = _check_name(phrase, f"phrase {i}")
-            occurrences = find_phrase(caption, phrase)
+        for name in names:
+            occurrences = find_phrase(caption, name)
             if not occurrences:
-                raise ValueError(f"phrase {phrase!r} does not occur in the caption {caption!r}")
+                raise ValueError(f"phrase {name!r} does not occur in the caption {caption!r}")
             found.append(tuple(occurrences))
-        return Prompt(caption, tuple(p.strip() for p in phrases), tuple(found))
+        return Prompt(caption, tuple(names), tuple(found))
     pieces: list[tuple[str, Span]] = []
     cursor = 0
     for piece in _PHRASE_BREAKS.split(caption):
