@@ -1,4 +1,4 @@
-"""Command line: `glipv2 models | demo | predict | convert | data | train`. Each command lives beside the code it drives."""
+"""Command line: `glipv2 models | demo | predict | convert | data | train | eval`. Each command lives beside the code it drives."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert.command import add_convert_parser
     from .data.command import add_data_parser
     from .engine.command import add_train_parser
+    from .evaluation.command import add_eval_parser
     from .inference.command import add_predict_parser
 
     parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_data_parser(sub)
     add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

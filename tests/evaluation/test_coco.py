@@ -12,6 +12,7 @@ import torch
 
 from glipv2 import Detections
 from glipv2.evaluation import COCOEvaluator
+from glipv2.evaluation.base import EvalSample
 
 GT = {
     "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.png"},
@@ -35,6 +36,10 @@ def detections(boxes: list[list[float]], scores: list[float], labels: list[int])
                       ["cat", "dog"], (80, 100))
 
 
+def samples(*image_ids: int) -> list[EvalSample]:
+    return [EvalSample(Path(f"{i}.png"), i, classes=("cat", "dog")) for i in image_ids]
+
+
 @pytest.fixture
 def ann_file(tmp_path: Path) -> Path:
     path = tmp_path / "gt.json"
@@ -44,7 +49,7 @@ def ann_file(tmp_path: Path) -> Path:
 
 def test_ground_truth_as_predictions_gives_ap_1(ann_file: Path) -> None:
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process([1, 2], [
+    evaluator.process(samples(1, 2), [
         detections([legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
                    [0.9, 0.8], [0, 1]),
         detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
@@ -60,7 +65,7 @@ def test_matches_pycocotools_called_directly(ann_file: Path) -> None:
     boxes1 = [[12, 9, 41, 31], [48, 42, 85, 66], [0, 0, 20, 20]]
     boxes2 = [[5, 5, 50, 58]]
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process([1, 2], [detections(boxes1, [0.9, 0.6, 0.3], [0, 1, 1]), detections(boxes2, [0.5], [0])])
+    evaluator.process(samples(1, 2), [detections(boxes1, [0.9, 0.6, 0.3], [0, 1, 1]), detections(boxes2, [0.5], [0])])
     ours = evaluator.evaluate()["bbox"]
     results = evaluator.results
     with contextlib.redirect_stdout(io.StringIO()):
@@ -76,7 +81,7 @@ def test_matches_pycocotools_called_directly(ann_file: Path) -> None:
 
 def test_no_predictions_is_zero_and_unknown_categories_are_an_error(ann_file: Path) -> None:
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process([1], [detections([], [], [])])
+    evaluator.process(samples(1), [detections([], [], [])])
     assert evaluator.evaluate()["bbox"]["AP"] == 0.0
     with pytest.raises(ValueError, match="unknown category ids"):
         COCOEvaluator(ann_file, [3, 99])
@@ -84,7 +89,7 @@ def test_no_predictions_is_zero_and_unknown_categories_are_an_error(ann_file: Pa
 
 def test_figures_without_ground_truth_are_none(ann_file: Path) -> None:
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process([1], [detections([[12, 9, 41, 31]], [0.9], [0])])
+    evaluator.process(samples(1), [detections([[12, 9, 41, 31]], [0.9], [0])])
     metrics = evaluator.evaluate()["bbox"]
     assert metrics["APl"] is None  # no ground-truth box is larger than 96² pixels
     assert metrics["AP"] is not None and 0 <= metrics["AP"] <= 1

@@ -8,7 +8,6 @@ CPU, NCCL on GPU).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,32 +42,6 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 class BadInput(ValueError):
     pass
-
-
-def _device(args: argparse.Namespace) -> Any:
-    import torch
-
-    if args.device:
-        try:
-            device = torch.device(args.device)
-            torch.empty(0, device=device)
-        except (RuntimeError, ValueError) as err:
-            raise BadInput(f"--device {args.device}: {str(err).splitlines()[0]}") from None
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # before NCCL init, so each rank's collectives use its own GPU
-    return device
-
-
-def _init_distributed(device: Any) -> None:
-    """Join the process group `torchrun` describes (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def _shapes_data(out: Path, num_images: int, rank: int) -> tuple[Path, Path, Path, Path]:
@@ -112,8 +85,11 @@ def run_train(args: argparse.Namespace) -> int:
             config = config.replace(**overrides)
         except (OSError, ValueError) as err:
             raise BadInput(f"--config: {err}") from None
-        device = _device(args)
-        _init_distributed(device)
+        try:
+            device = distributed.select_device(args.device)
+        except ValueError as err:
+            raise BadInput(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
+        distributed.init_from_env(device)
         out = Path(args.out)
         if args.train_ann is None:
             train_ann, train_images, val_ann, val_images = _shapes_data(out, args.shapes_images,

@@ -7,8 +7,33 @@ the same order: callers only branch on *global* quantities (sizes returned by th
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """`name` if given (ValueError when this machine has no such device), else this rank's GPU
+    (`cuda:LOCAL_RANK`) when there is one, else the CPU."""
+    if name:
+        try:
+            device = torch.device(name)
+            torch.empty(0, device=device)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"device {name}: {str(err).splitlines()[0]}") from None
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_from_env(device: torch.device) -> None:
+    """Join the process group `torchrun` describes (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL init, so each rank's collectives use its own GPU
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def is_initialized() -> bool:

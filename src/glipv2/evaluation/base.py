@@ -1,0 +1,223 @@
+"""The evaluator protocol (detectron2's `reset / process / evaluate`) and the loop that feeds it.
+
+A benchmark is a list of `EvalSample`s (an image and the prompt to run on it) and an evaluator.
+`run_benchmark` runs the `Predictor` over the samples — each DDP rank over its own share — and
+hands the detections to the evaluator; `evaluate()` gathers every rank's predictions to rank 0 and
+scores them there with the standard tool of the task.
+
+Evaluators keep their predictions as COCO results entries (`image_id`, `category_id`,
+`bbox` = [x, y, w, h], `score`), so a predictions file written by one run can be scored again
+without a model (`add_results`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..inference.detections import Detections
+from ..processing.prompts import Span
+
+Results = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One image and the prompt to run on it.
+
+    image_id: the id its predictions are filed under (COCO results `image_id`; for grounding
+    data, the id of the image-sentence entry). A detection prompt gives `classes`; a grounding
+    prompt gives `caption` and, per phrase, its character spans `spans` (phrase k -> label k)."""
+
+    image: Path
+    image_id: int
+    classes: tuple[str, ...] | None = None
+    caption: str | None = None
+    spans: tuple[tuple[Span, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.classes is None) == (self.caption is None):
+            raise ValueError(f"sample {self.image_id}: give either classes or a caption")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0 (a collective: all ranks must call it); None on other ranks.
+    Outside DDP: `[obj]`."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered if dist.get_rank() == 0 else None
+
+
+class DatasetEvaluator(ABC):
+    """reset() -> process(inputs, outputs) per batch -> evaluate() -> {task: {metric: value}}."""
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    @abstractmethod
+    def process(self, inputs: Sequence[EvalSample], outputs: Sequence[Detections]) -> None: ...
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, Any]: ...
+
+
+class ResultsEvaluator(DatasetEvaluator):
+    """An evaluator that collects COCO results entries and scores them on rank 0.
+
+    Subclasses give `to_results` (detections of one sample -> entries) and `score` (all entries
+    and the evaluated image ids -> metrics). `distributed=False` evaluates this process's
+    predictions alone (e.g. rank 0 evaluating during training)."""
+
+    def __init__(self, distributed: bool = True) -> None:
+        self.distributed = distributed
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: Results = []
+        self.image_ids: list[int] = []
+        self.gathered: Results | None = None  # every rank's entries, on rank 0 after evaluate()
+
+    def process(self, inputs: Sequence[EvalSample], outputs: Sequence[Detections]) -> None:
+        if len(inputs) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs for {len(inputs)} inputs")
+        for sample, detections in zip(inputs, outputs):
+            self.image_ids.append(sample.image_id)
+            self.results.extend(self.to_results(sample, detections))
+
+    def add_results(self, results: Results, image_ids: Iterable[int] | None = None) -> None:
+        """Entries from a predictions file; `image_ids` are the images they cover (default: every
+        image the evaluator knows, so an image without a prediction counts as a miss)."""
+        self.validate_results(results)
+        self.results.extend(results)
+        self.image_ids.extend(self.known_image_ids() if image_ids is None else [int(i) for i in image_ids])
+
+    def predictions(self) -> Results:
+        """All ranks' entries after `evaluate()` (on rank 0), else this process's: what `glipv2 eval`
+        writes as the predictions file beside the metrics."""
+        return list(self.results if self.gathered is None else self.gathered)
+
+    def evaluate(self) -> dict[str, Any]:
+        parts = gather_to_main((self.results, self.image_ids)) if self.distributed else [(self.results,
+                                                                                           self.image_ids)]
+        if parts is None:
+            return {}
+        results = [r for part, _ in parts for r in part]
+        image_ids = sorted({i for _, part in parts for i in part})
+        self.gathered = results
+        return self.score(results, image_ids)
+
+    @abstractmethod
+    def to_results(self, sample: EvalSample, detections: Detections) -> Results: ...
+
+    @abstractmethod
+    def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def known_image_ids(self) -> list[int]: ...
+
+    def validate_results(self, results: Results) -> None:
+        """Raise ValueError naming what is wrong with predictions read from a file (the default
+        checks the entry layout; subclasses add unknown image / category ids)."""
+        check_results_layout(results)
+
+
+def check_results_layout(results: Any) -> None:
+    if not isinstance(results, list):
+        raise ValueError("predictions must be a JSON list of COCO results entries")  # noqa: TRY004 (file content)
+    for i, entry in enumerate(results):
+        if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox", "score"} <= entry.keys():
+            raise ValueError(f"prediction {i}: needs image_id, category_id, bbox and score, got {entry!r:.200}")
+        bbox = entry["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"prediction {i}: bbox must be [x, y, width, height], got {bbox!r:.200}")
+
+
+@dataclass
+class Benchmark:
+    """Samples to run and the evaluator that scores them. `detections_per_image` overrides the
+    model's post-processing cap (LVIS keeps 300); `chunk_size` splits long class lists."""
+
+    name: str
+    samples: list[EvalSample]
+    evaluator: ResultsEvaluator
+    detections_per_image: int | None = None
+    chunk_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_images(self) -> None:
+        """Fail before any forward pass when the annotation file and the image folder disagree."""
+        missing = [s.image for s in self.samples if not s.image.is_file()]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:3])
+            raise FileNotFoundError(f"{self.name}: {len(missing)} of {len(self.samples)} images listed in the "
+                                    f"annotations are not in the image folder (e.g. {shown})")
+
+
+def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, limit: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Run `predictor` (a `Predictor`) on the benchmark's samples (under DDP, with a distributed
+    evaluator, this rank's share), feed the evaluator and return its metrics (on rank 0; {} elsewhere). Scores are kept down to
+    the post-processing's own threshold (threshold 0 here), as the official evaluation does."""
+    from ..inference.postprocess import PostProcessor
+
+    samples = benchmark.samples[:limit] if limit else benchmark.samples
+    if benchmark.evaluator.distributed and is_distributed():  # else this process evaluates alone
+        samples = samples[dist.get_rank()::dist.get_world_size()]
+    benchmark.evaluator.reset()
+    saved = predictor.postprocessor
+    if benchmark.detections_per_image is not None:
+        predictor.postprocessor = PostProcessor.from_config(predictor.model.config,
+                                                            detections_per_image=benchmark.detections_per_image)
+    try:
+        bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", disable=not progress, dynamic_ncols=True)
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start:start + batch_size]
+            vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
+            detections = predictor.predict([s.image for s in batch], vocabularies, threshold=0.0)
+            benchmark.evaluator.process(batch, detections)
+            bar.update(len(batch))
+        bar.close()
+    finally:
+        predictor.postprocessor = saved
+    return benchmark.evaluator.evaluate()
+
+
+def vocabulary_of(predictor: Any, sample: EvalSample, chunk_size: int | None = None) -> Any:
+    if sample.classes is not None:
+        return predictor.detection_vocabulary(list(sample.classes), chunk_size)
+    return predictor.grounding_vocabulary(sample.caption, spans=[list(s) for s in sample.spans or ()])
+
+
+def read_results(path: str | Path) -> Results:
+    """A COCO results json (a list of entries) with a one-line error when it is not one."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such predictions file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON file ({err})") from None
+    check_results_layout(results)
+    return results
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write atomically (a crash leaves the previous file or none, never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,246 @@
+"""`glipv2 eval {coco,lvis,odinw,flickr,refcoco}`: a model (or a predictions file) on a benchmark.
+
+Writes the metrics json (`--out`) and, beside it, the raw predictions in COCO results format
+(`<out stem>_predictions.json`; for ODinW a mapping dataset name -> entries), and prints a table.
+Problems with the call (model, annotations that do not match the image folder, a malformed
+predictions file) are one line on stderr and exit code 2, before any forward pass. Under
+`torchrun` each rank runs its share of the images and rank 0 scores and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import Benchmark, read_results, run_benchmark, write_json
+
+EXIT_BAD_INPUT = 2
+TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="score a model on COCO, LVIS, ODinW, Flickr30k or RefCOCO",
+        description="Evaluate with the benchmark's standard protocol: box AP (COCO, LVIS incl. FixedAP, ODinW), "
+                    "Recall@1/5/10 (Flickr30k), accuracy at IoU 0.5 (RefCOCO/+/g).")
+    p.add_argument("task", choices=TASKS)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME_OR_DIR", help="a model folder, a hub id, or a preset")
+    source.add_argument("--predictions", metavar="FILE",
+                        help="score this COCO results file instead of running a model")
+    p.add_argument("--ann", required=True, metavar="FILE",
+                   help="annotations: COCO/LVIS instances json, MDETR-style json, refer-format refs(*).p; "
+                        "for odinw the folder of datasets")
+    p.add_argument("--images", metavar="DIR", help="image folder (odinw: images lie beside each dataset's json)")
+    p.add_argument("--split", help="refer-format RefCOCO split (val, testA, ...)")
+    p.add_argument("--pattern", default="*.json", metavar="GLOB",
+                   help="odinw: which json files under --ann are datasets (e.g. '*valid*/*.json'; default *.json)")
+    p.add_argument("--chunk-size", type=int, metavar="N", help="class names per prompt (lvis default 40)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (per dataset)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", metavar="SHORT,LONG", help="test resize (default: the model's)")
+    size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the metrics json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+class BadInput(ValueError):
+    """A problem with the call, reported as one line."""
+
+
+def predictions_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_predictions.json")
+
+
+def build_benchmarks(args: argparse.Namespace, distributed: bool = True) -> list[Benchmark]:
+    """The benchmark(s) of a task; ODinW gives one per dataset."""
+    ann = Path(args.ann)
+    images = Path(args.images) if args.images else None
+    if args.task != "odinw" and images is None and args.model is not None:
+        raise BadInput(f"glipv2 eval {args.task} --model needs --images")
+    image_dir = images or ann.parent
+    if args.task == "coco":
+        from .coco import coco_benchmark
+
+        return [coco_benchmark(ann, image_dir, distributed=distributed)]
+    if args.task == "lvis":
+        from .lvis import lvis_benchmark
+
+        return [lvis_benchmark(ann, image_dir, chunk_size=args.chunk_size or 40, distributed=distributed)]
+    if args.task == "odinw":
+        from .odinw import odinw_benchmarks
+
+        return odinw_benchmarks(ann, distributed=distributed, pattern=args.pattern)
+    if args.task == "flickr":
+        from .grounding import flickr_benchmark
+
+        return [flickr_benchmark(ann, image_dir, distributed=distributed)]
+    from .grounding import refexp_benchmark
+
+    return [refexp_benchmark(ann, image_dir, split=args.split, distributed=distributed)]
+
+
+def _check_call(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "limit", "chunk_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise BadInput(f"--{name.replace('_', '-')} {value}: must be >= 1")
+    out = Path(args.out)
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise BadInput(f"--out {args.out}: cannot write a file there")
+    if args.predictions and (args.size or args.no_resize or args.device):
+        raise BadInput("--size, --no-resize and --device go with --model, not --predictions")
+
+
+def _load_predictor(args: argparse.Namespace) -> Any:
+    from ..engine import distributed
+    from ..inference.command import BadInput as PredictBadInput
+    from ..inference.command import _processor_overrides
+    from ..inference.predictor import Predictor
+    from ..modeling.loading import load_model
+    from ..processing.processor import GLIPv2Processor
+
+    try:
+        overrides = _processor_overrides(args)
+    except PredictBadInput as err:
+        raise BadInput(str(err)) from None
+    try:
+        device = distributed.select_device(args.device)
+    except ValueError as err:
+        raise BadInput(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
+    distributed.init_from_env(device)
+    try:
+        model = load_model(args.model)
+    # a corrupt weights file raises the safetensors library's own error type
+    except Exception as err:  # noqa: BLE001
+        raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
+    processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
+    return Predictor(model, processor, device=device, batch_size=args.batch_size)
+
+
+def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) -> dict[str, Any]:
+    try:
+        loaded = read_results(args.predictions) if args.task != "odinw" else _read_odinw_results(args.predictions)
+        per_benchmark = {b.name: loaded if args.task != "odinw" else loaded.get(b.name, []) for b in benchmarks}
+        if args.task == "odinw":
+            unknown = sorted(set(loaded) - {b.name for b in benchmarks})
+            if unknown:
+                raise ValueError(f"{args.predictions}: predictions for datasets not under --ann: {unknown[:5]}")
+        for b in benchmarks:
+            b.evaluator.reset()
+            b.evaluator.add_results(per_benchmark[b.name])
+    except (OSError, ValueError) as err:
+        raise BadInput(str(err)) from None
+    return {b.name: b.evaluator.evaluate() for b in benchmarks}
+
+
+def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such predictions file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # noqa: TRY004 (file content)
+    from .base import check_results_layout
+
+    for name, entries in data.items():
+        try:
+            check_results_layout(entries)
+        except ValueError as err:
+            raise ValueError(f"{path}: dataset {name}: {err}") from None
+    return data
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..engine import distributed
+
+    started = time.perf_counter()
+    try:
+        _check_call(args)
+        predictor = _load_predictor(args) if args.model else None
+        try:
+            benchmarks = build_benchmarks(args)
+        except (OSError, ValueError) as err:
+            raise BadInput(str(err).splitlines()[0]) from None
+        if predictor is None:
+            metrics_by_name = _score_predictions(args, benchmarks)
+            images = 0
+        else:
+            for benchmark in benchmarks:
+                if args.limit:
+                    benchmark.samples = benchmark.samples[:args.limit]
+                try:
+                    benchmark.check_images()
+                except FileNotFoundError as err:
+                    raise BadInput(str(err)) from None
+            if args.chunk_size and args.task != "lvis":
+                for benchmark in benchmarks:
+                    benchmark.chunk_size = args.chunk_size
+            metrics_by_name = {}
+            images = 0
+            for benchmark in benchmarks:
+                metrics_by_name[benchmark.name] = run_benchmark(predictor, benchmark, batch_size=args.batch_size,
+                                                                progress=not args.no_progress)
+                images += len(benchmark.samples)
+    except BadInput as err:
+        print(f"glipv2 eval: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if distributed.get_rank() != 0:
+        return 0
+    seconds = time.perf_counter() - started
+    if args.task == "odinw":
+        from .odinw import odinw_summary
+
+        metrics = odinw_summary(metrics_by_name)
+        predictions: Any = {b.name: b.evaluator.predictions() for b in benchmarks}
+    else:
+        metrics = metrics_by_name[benchmarks[0].name]
+        predictions = benchmarks[0].evaluator.predictions()
+    out = Path(args.out)
+    write_json(out, metrics)
+    if args.model:
+        write_json(predictions_path(out), predictions)
+    print(format_metrics(metrics))
+    done = f"{images} images in {seconds:.1f} s ({images / seconds:.2f} images/s); " if images else ""
+    written = f"{out}" + (f" and {predictions_path(out)}" if args.model else "")
+    print(f"{done}wrote {written}", file=sys.stderr)
+    return 0
+
+
+def format_metrics(metrics: dict[str, Any], indent: str = "") -> str:
+    """Nested metrics as aligned tables: one row of names and one of values per group of figures."""
+    lines: list[str] = []
+    figures = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    if figures:
+        lines.extend(_table(figures, indent))
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}")
+            lines.append(format_metrics(value, indent + "  "))
+    return "\n".join(lines)
+
+
+def _table(figures: dict[str, Any], indent: str) -> list[str]:
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value)
+
+    cells = [(str(k), cell(v)) for k, v in figures.items()]
+    widths = [max(len(k), len(v)) for k, v in cells]
+    return [indent + "  ".join(k.rjust(w) for (k, _), w in zip(cells, widths)),
+            indent + "  ".join(v.rjust(w) for (_, v), w in zip(cells, widths))]
