@@ -50,8 +50,8 @@ def main() -> None:
               f"{torch.get_num_threads()} threads")
         speeds: dict[int, list[float]] = {1: [], 4: []}
         for r in range(args.rounds):
-            for batch_size in speeds:
-                speeds[batch_size].append(run_once(args.model, data, Path(tmp) / "metrics.json", batch_size))
+            for batch_size, measured in speeds.items():
+                measured.append(run_once(args.model, data, Path(tmp) / "metrics.json", batch_size))
             print(f"round {r + 1}: " + ", ".join(f"batch {b}: {s[-1]:.2f} images/s" for b, s in speeds.items()))
         medians = {b: statistics.median(s) for b, s in speeds.items()}
         print("median: " + ", ".join(f"batch {b}: {m:.2f} images/s" for b, m in medians.items())

@@ -13,6 +13,7 @@ import torch
 from glipv2 import Detections
 from glipv2.evaluation import COCOEvaluator
 from glipv2.evaluation.base import EvalSample
+from glipv2.evaluation.coco import STAT_NAMES, coco_benchmark
 
 GT = {
     "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.png"},
@@ -67,22 +68,42 @@ def test_matches_pycocotools_called_directly(ann_file: Path) -> None:
     evaluator = COCOEvaluator(ann_file, [3, 7])
     evaluator.process(samples(1, 2), [detections(boxes1, [0.9, 0.6, 0.3], [0, 1, 1]), detections(boxes2, [0.5], [0])])
     ours = evaluator.evaluate()["bbox"]
-    results = evaluator.results
+    # written by hand: label 0 -> category 3, label 1 -> category 7; [x, y, x2 - x1 + 1, y2 - y1 + 1]
+    expected = [
+        {"image_id": 1, "category_id": 3, "bbox": [12, 9, 30, 23], "score": 0.9},
+        {"image_id": 1, "category_id": 7, "bbox": [48, 42, 38, 25], "score": 0.6},
+        {"image_id": 1, "category_id": 7, "bbox": [0, 0, 21, 21], "score": 0.3},
+        {"image_id": 2, "category_id": 3, "bbox": [5, 5, 46, 54], "score": 0.5},
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann_file))
-        direct = COCOeval(gt, gt.loadRes(results), "bbox")
+        direct = COCOeval(gt, gt.loadRes(expected), "bbox")
         direct.evaluate()
         direct.accumulate()
         direct.summarize()
-    assert ours["AP"] == pytest.approx(float(direct.stats[0])) and ours["AP50"] == pytest.approx(float(direct.stats[1]))
-    assert 0 < ours["AP"] < 1
-    assert results[0]["bbox"] == [12, 9, 30, 23]  # legacy +1 size: x2 - x1 + 1
+    assert list(ours) == list(STAT_NAMES)
+    for name, value in zip(STAT_NAMES, direct.stats):
+        assert ours[name] == (None if value == -1 else pytest.approx(float(value))), name
+    assert 0 < ours["AP"] < 1 and ours["APl"] is None  # not trivially 0 / 1; -1 came out as None
 
 
-def test_no_predictions_is_zero_and_unknown_categories_are_an_error(ann_file: Path) -> None:
+def test_predictions_are_left_as_results_entries(ann_file: Path) -> None:
+    # pycocotools' loadRes adds segmentation / area / id / iscrowd to what it is given; the
+    # predictions file must hold the entries as they were
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process(samples(1), [detections([], [], [])])
-    assert evaluator.evaluate()["bbox"]["AP"] == 0.0
+    evaluator.process(samples(1, 2), [detections([[12, 9, 41, 31]], [0.9], [0]), detections([[5, 5, 50, 58]], [0.5], [0])])
+    evaluator.evaluate()
+    predictions = evaluator.predictions()
+    assert len(predictions) == 2
+    assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in predictions)
+
+
+def test_no_predictions_is_zero_where_defined_and_unknown_categories_are_an_error(ann_file: Path) -> None:
+    evaluator = COCOEvaluator(ann_file, [3, 7])
+    evaluator.process(samples(1, 2), [detections([], [], []), detections([], [], [])])
+    metrics = evaluator.evaluate()["bbox"]
+    # the ground truth has small (600), medium (1200, 3600) but no large (> 96²) boxes
+    assert metrics == {**dict.fromkeys(STAT_NAMES, 0.0), "APl": None}
     with pytest.raises(ValueError, match="unknown category ids"):
         COCOEvaluator(ann_file, [3, 99])
 
@@ -93,3 +114,50 @@ def test_figures_without_ground_truth_are_none(ann_file: Path) -> None:
     metrics = evaluator.evaluate()["bbox"]
     assert metrics["APl"] is None  # no ground-truth box is larger than 96² pixels
     assert metrics["AP"] is not None and 0 <= metrics["AP"] <= 1
+
+
+def test_annotations_without_area_and_iscrowd_are_filled_in(tmp_path: Path) -> None:
+    # COCOeval reads both (area ranges, crowd matching); w * h and 0 are what loadRes gives boxes
+    bare = {**GT, "annotations": [{k: v for k, v in a.items() if k not in ("area", "iscrowd")}
+                                  for a in GT["annotations"]]}
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps(bare))
+    evaluator = COCOEvaluator(path, [3, 7])
+    assert [(a["area"], a["iscrowd"]) for a in evaluator.coco.dataset["annotations"]] == [(600, 0), (1200, 0),
+                                                                                          (3600, 0)]
+    evaluator.process(samples(1, 2), [
+        detections([legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
+                   [0.9, 0.8], [0, 1]),
+        detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
+    ])
+    metrics = evaluator.evaluate()["bbox"]
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["APs"] == pytest.approx(1.0)
+
+
+def _with(key: str, index: int, **changes: object) -> dict[str, object]:
+    entries = [dict(e) for e in GT[key]]
+    entries[index].update(changes)
+    return {**GT, key: entries}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (_with("images", 0, id="1"), "images entry 0: id must be an integer"),
+    (_with("categories", 1, id=True), "categories entry 1: id must be an integer"),
+    (_with("annotations", 2, id=[3]), "annotations entry 2: id must be an integer"),
+    (_with("annotations", 0, image_id=1.0), "annotations entry 0: image_id must be an integer"),
+    (_with("annotations", 1, category_id=None), "annotations entry 1: category_id must be an integer"),
+    (_with("annotations", 0, bbox=[1, 2, 3]), r"annotations entry 0: bbox must be \[x, y, width, height\]"),
+    (_with("annotations", 0, bbox=[1, 2, 3, float("nan")]), "annotations entry 0: bbox must be"),
+    (_with("annotations", 0, bbox=[1, 2, 3, "4"]), "annotations entry 0: bbox must be"),
+    (_with("annotations", 1, image_id=5), "annotations entry 1: image_id 5 is not an image"),
+    (_with("annotations", 2, category_id=4), "annotations entry 2: category_id 4 is not a category"),
+    (_with("images", 1, file_name=None), "image entries need a file_name"),
+    ({**GT, "images": [GT["images"][0], {"id": 2}]}, "image entries need a file_name"),
+])
+def test_malformed_annotation_files_are_one_line_errors(tmp_path: Path, data: dict[str, object],
+                                                        message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as error:
+        coco_benchmark(path, tmp_path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)

@@ -130,5 +130,29 @@ def test_odinw_folder_gives_a_table_per_dataset_and_the_average(shapes: Path, mo
     # and the mapping re-scores without a model
     again = tmp_path / "again.json"
     assert run("odinw", "--predictions", str(tmp_path / "odinw_predictions.json"), "--ann", str(shapes),
-               "--pattern", "instances.json", "--out", str(again)) == 0
-    assert json.loads(again.read_text())["datasets"]["instances"]["bbox"]["AR100"] is not None
+               "--pattern", "instances.json", "--out", str(again), "--limit", "1") == 0
+    assert json.loads(again.read_text()) == metrics  # --limit: the same image as the model run
+
+
+def test_unwritable_out_fails_before_any_work(shapes: Path, model_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert run("coco", "--model", str(model_dir), "--ann", str(shapes / "instances.json"), "--images",
+               str(shapes / "images"), "--out", str(tmp_path / "file" / "m.json"), *SMALL) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and "images/s" not in err
+
+
+def test_a_caption_too_long_for_the_model_fails_before_any_forward(model_dir: Path, shapes: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    caption = " ".join(["a very long caption"] * 80) + " with a red circle"
+    entry = {"id": 1, "file_name": "val_000000.png", "caption": caption,
+             "tokens_positive_eval": [[[len(caption) - 10, len(caption)]]]}
+    ann = {"images": [entry], "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 5, 5], "category_id": 1,
+                                               "tokens_positive": [[len(caption) - 10, len(caption)]]}],
+           "categories": [{"id": 1, "name": "object"}]}
+    (tmp_path / "long.json").write_text(json.dumps(ann))
+    assert run("flickr", "--model", str(model_dir), "--ann", str(tmp_path / "long.json"), "--images",
+               str(shapes / "images"), "--out", str(tmp_path / "m.json"), *SMALL) == 2
+    err = capsys.readouterr().err
+    assert "flickr: image id 1:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

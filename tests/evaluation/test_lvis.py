@@ -197,7 +197,7 @@ def test_labels_outside_the_prompt_are_an_error(ann_file: Path) -> None:
 def test_bad_annotation_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such annotation file"):
         lvis_benchmark(tmp_path / "missing.json", tmp_path)
-    coco_like = {**GT, "categories": [{"id": 1, "name": "a"}]}
+    coco_like = {**GT, "categories": [{"id": c["id"], "name": c["name"]} for c in GT["categories"]]}
     (tmp_path / "coco.json").write_text(json.dumps(coco_like))
     with pytest.raises(ValueError, match="not an LVIS annotation file"):
         lvis_benchmark(tmp_path / "coco.json", tmp_path)
@@ -206,6 +206,9 @@ def test_bad_annotation_files_are_one_line_errors(tmp_path: Path) -> None:
     no_box = {**GT, "annotations": [{k: v for k, v in GT["annotations"][0].items() if k != "bbox"}]}
     with pytest.raises(ValueError, match="annotations entry 0 lacks bbox"):
         lvis_benchmark(_write(tmp_path, no_box), tmp_path)
+    stray = {**GT, "annotations": [*GT["annotations"], {**GT["annotations"][0], "id": 6, "category_id": 4}]}
+    with pytest.raises(ValueError, match="annotations entry 5: category_id 4 is not a category"):
+        lvis_benchmark(_write(tmp_path, stray), tmp_path)
 
 
 def _write(folder: Path, data: dict[str, Any]) -> Path:

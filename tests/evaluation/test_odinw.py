@@ -172,6 +172,14 @@ def test_malformed_entries_are_named(root: Path) -> None:
         odinw_benchmarks(root)
 
 
+def test_annotations_naming_no_image_of_the_file_are_named(root: Path) -> None:
+    stray = {**AQUARIUM, "annotations": [*AQUARIUM["annotations"], {**AQUARIUM["annotations"][0], "id": 3,
+                                                                     "image_id": 9}]}
+    write(root / "aquarium/valid/annotations.json", stray)
+    with pytest.raises(ValueError, match="annotations entry 2: image_id 9 is not an image of the file"):
+        odinw_benchmarks(root)
+
+
 def test_predictions_with_unknown_ids_are_named(root: Path) -> None:
     aquarium, _ = odinw_benchmarks(root)
     entry = {"image_id": 1, "category_id": 9, "bbox": [0, 0, 5, 5], "score": 0.5}

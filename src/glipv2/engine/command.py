@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
             val_ann = Path(args.val_ann) if args.val_ann else None
             val_images = Path(args.val_images) if args.val_images else None
         try:
-            model = load_model(args.model, warn=False)
+            model = load_model(args.model, warn=False, **config.model_overrides)
         except (ValueError, OSError) as err:
             raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
         try:

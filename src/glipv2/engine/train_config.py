@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..modeling.config import DataclassConfig, read_mapping
 
@@ -44,6 +45,11 @@ class TrainConfig(DataclassConfig):
     checkpoint_every: int = 200
     eval_every: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite losses before training stops
+    # GLIPv2Config fields changed when the model is built or loaded (e.g. {"mlm_head": false,
+    # "deformable_conv_impl": "grid_sample"}) and LossConfig fields (e.g. {"use_inter": false}):
+    # so that one file describes a whole recipe
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    losses: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._coerce_tuples()
@@ -61,6 +67,17 @@ class TrainConfig(DataclassConfig):
             problems.append("eval_every, warmup_steps and num_workers must be >= 0")
         if self.lr <= 0 or self.language_lr < 0 or self.weight_decay < 0:
             problems.append("lr must be > 0, language_lr and weight_decay >= 0")
+        from ..modeling.config import GLIPv2Config
+        from .criterion import LossConfig
+
+        for name, target in (("model_overrides", GLIPv2Config), ("losses", LossConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                problems.append(f"{name} must be a mapping of {target.__name__} fields")
+                continue
+            unknown = sorted(set(value) - set(target.__dataclass_fields__))
+            if unknown:
+                problems.append(f"{name}: unknown {target.__name__} field(s) {', '.join(unknown)}")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 

@@ -79,11 +79,17 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 class ModelEMA:
-    """Exponential moving average of the model's floating-point state (official MODEL_EMA)."""
+    """Exponential moving average of the model's floating-point state (official MODEL_EMA).
+
+    Frozen parameters are left out: they do not change, and averaging a value with itself in
+    floating point need not give it back bit for bit (a frozen pretrained text encoder must stay
+    identical to its source so that saved weights can refer to it)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()
+                       if v.is_floating_point() and k not in frozen}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -160,7 +166,7 @@ class Trainer:
         self.evaluate = evaluate
         self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
         self.frozen = freeze(model, config)
-        self.criterion = GLIPv2Criterion(loss_config or LossConfig.for_model(model.config), model)
+        self.criterion = GLIPv2Criterion(loss_config or LossConfig.for_model(model.config, **config.losses), model)
         self.masking = (MaskingVocab.from_tokenizer(model.tokenizer) if self.criterion.config.use_mlm else None)
         # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
         self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr,
@@ -205,6 +211,16 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)
         return path
+
+    def save_model(self, directory: Path) -> Path:
+        """`save_pretrained` of the trained model; a frozen pretrained text encoder is referred to,
+        not copied (the folder shrinks by the encoder's size), unless it no longer equals its source."""
+        if "text_encoder" in self.config.freeze and self.model.config.text_weights:
+            try:
+                return self.model.save_pretrained(directory, reference_text_weights=True)
+            except ValueError:
+                pass  # e.g. weights loaded from elsewhere: keep them with the model
+        return self.model.save_pretrained(directory)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -409,5 +425,5 @@ class Trainer:
             self.ema.apply_to(self.model)
         metrics = self.run_evaluation()
         if self.rank == 0:
-            self.model.save_pretrained(self.output_dir / "model")
+            self.save_model(self.output_dir / "model")
         return {"losses": last, "eval": metrics, "skipped": dict(self.skipped), "steps": self.step}

@@ -3,7 +3,8 @@
 A benchmark is a list of `EvalSample`s (an image and the prompt to run on it) and an evaluator.
 `run_benchmark` runs the `Predictor` over the samples — each DDP rank over its own share — and
 hands the detections to the evaluator; `evaluate()` gathers every rank's predictions to rank 0 and
-scores them there with the standard tool of the task.
+scores them there with the standard tool of the task. `DatasetEvaluators` feeds several evaluators
+at once.
 
 Evaluators keep their predictions as COCO results entries (`image_id`, `category_id`,
 `bbox` = [x, y, w, h], `score`), so a predictions file written by one run can be scored again
@@ -12,11 +13,13 @@ without a model (`add_results`).
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +60,10 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     Outside DDP: `[obj]`."""
     if not is_distributed():
         return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered if dist.get_rank() == 0 else None
+    main = dist.get_rank() == 0
+    gathered: list[Any] | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, gathered, dst=0)  # only rank 0 holds everyone's predictions
+    return gathered
 
 
 class DatasetEvaluator(ABC):
@@ -73,6 +77,36 @@ class DatasetEvaluator(ABC):
 
     @abstractmethod
     def evaluate(self) -> dict[str, Any]: ...
+
+
+class DatasetEvaluators(DatasetEvaluator):
+    """Several evaluators fed the same inputs and outputs; `evaluate()` merges their metrics
+    (two evaluators reporting the same task name is an error)."""
+
+    def __init__(self, evaluators: Sequence[DatasetEvaluator]) -> None:
+        self.evaluators = list(evaluators)
+
+    @property
+    def distributed(self) -> bool:
+        return any(getattr(e, "distributed", True) for e in self.evaluators)
+
+    def reset(self) -> None:
+        for evaluator in self.evaluators:
+            evaluator.reset()
+
+    def process(self, inputs: Sequence[EvalSample], outputs: Sequence[Detections]) -> None:
+        for evaluator in self.evaluators:
+            evaluator.process(inputs, outputs)
+
+    def evaluate(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for evaluator in self.evaluators:
+            metrics = evaluator.evaluate()
+            clash = sorted(set(merged) & set(metrics))
+            if clash:
+                raise ValueError(f"two evaluators report {clash}")
+            merged.update(metrics)
+        return merged
 
 
 class ResultsEvaluator(DatasetEvaluator):
@@ -136,14 +170,39 @@ class ResultsEvaluator(DatasetEvaluator):
 
 
 def check_results_layout(results: Any) -> None:
+    """Raise ValueError naming the first entry that is not a COCO results entry: integer
+    `image_id` and `category_id`, `bbox` of four finite numbers, a finite numeric `score`."""
     if not isinstance(results, list):
         raise ValueError("predictions must be a JSON list of COCO results entries")  # noqa: TRY004 (file content)
     for i, entry in enumerate(results):
         if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox", "score"} <= entry.keys():
             raise ValueError(f"prediction {i}: needs image_id, category_id, bbox and score, got {entry!r:.200}")
+        for key in ("image_id", "category_id"):
+            if not is_int(entry[key]):
+                raise ValueError(f"prediction {i}: {key} must be an integer, got {entry[key]!r:.100}")
         bbox = entry["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite(v) for v in bbox)):
             raise ValueError(f"prediction {i}: bbox must be [x, y, width, height], got {bbox!r:.200}")
+        if not is_finite(entry["score"]):
+            raise ValueError(f"prediction {i}: score must be a finite number, got {entry['score']!r:.100}")
+
+
+def check_known_ids(results: Results, image_ids: Iterable[int], category_ids: Iterable[int]) -> None:
+    """Raise ValueError when predictions name images or categories the annotations do not have."""
+    images = sorted({r["image_id"] for r in results} - set(image_ids))
+    categories = sorted({r["category_id"] for r in results} - set(category_ids))
+    if images:
+        raise ValueError(f"predictions for {len(images)} image ids not in the annotations: {images[:5]}")
+    if categories:
+        raise ValueError(f"predictions with category ids not in the annotations: {categories[:10]}")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -153,10 +212,9 @@ class Benchmark:
 
     name: str
     samples: list[EvalSample]
-    evaluator: ResultsEvaluator
+    evaluator: DatasetEvaluator
     detections_per_image: int | None = None
     chunk_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check_images(self) -> None:
         """Fail before any forward pass when the annotation file and the image folder disagree."""
@@ -167,23 +225,40 @@ class Benchmark:
                                     f"annotations are not in the image folder (e.g. {shown})")
 
 
-def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, limit: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Run `predictor` (a `Predictor`) on the benchmark's samples (under DDP, with a distributed
-    evaluator, this rank's share), feed the evaluator and return its metrics (on rank 0; {} elsewhere). Scores are kept down to
-    the post-processing's own threshold (threshold 0 here), as the official evaluation does."""
-    from ..inference.postprocess import PostProcessor
+    def check_prompts(self, predictor: Any) -> None:
+        """Fail before any forward pass when a prompt does not fit the model's token slots (e.g. a
+        long caption): builds every sample's prompt and positive map with the tokenizer alone."""
+        from ..processing.prompts import grounding_prompt
 
-    samples = benchmark.samples[:limit] if limit else benchmark.samples
-    if benchmark.evaluator.distributed and is_distributed():  # else this process evaluates alone
+        for sample in self.samples:
+            try:
+                if sample.classes is not None:
+                    predictor.detection_vocabulary(list(sample.classes), self.chunk_size)  # cached per class list
+                    continue
+                prompt = grounding_prompt(sample.caption, spans=[list(s) for s in sample.spans or ()])
+                tokens = predictor.processor.tokenize(prompt.text)
+                prompt.positive_map(tokens.offsets[0], tokens.attention_mask[0])
+            except ValueError as err:
+                raise ValueError(f"{self.name}: image id {sample.image_id}: {err}") from None
+
+
+def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Run `predictor` (a `Predictor`) on the benchmark's samples (under DDP, with a distributed
+    evaluator, this rank's share), feed the evaluator and return its metrics (on rank 0; {}
+    elsewhere). Scores are kept down to the post-processing's own threshold (threshold 0 here), as
+    the official evaluation does."""
+    samples = benchmark.samples
+    sharded = getattr(benchmark.evaluator, "distributed", True) and is_distributed()
+    if sharded:  # else this process evaluates alone
         samples = samples[dist.get_rank()::dist.get_world_size()]
     benchmark.evaluator.reset()
     saved = predictor.postprocessor
     if benchmark.detections_per_image is not None:
-        predictor.postprocessor = PostProcessor.from_config(predictor.model.config,
-                                                            detections_per_image=benchmark.detections_per_image)
+        predictor.postprocessor = copy.copy(saved)  # the caller's settings, with this benchmark's cap
+        predictor.postprocessor.detections_per_image = benchmark.detections_per_image
     try:
-        bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", dynamic_ncols=True, leave=False,
+                   disable=not progress or (sharded and dist.get_rank() != 0))
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]

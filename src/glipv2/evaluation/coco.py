@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.detections import Detections
-from .base import Benchmark, EvalSample, Results, ResultsEvaluator, run_benchmark
+from .base import (
+    Benchmark,
+    EvalSample,
+    Results,
+    ResultsEvaluator,
+    check_known_ids,
+    is_finite,
+    is_int,
+    run_benchmark,
+)
 
 # COCOeval.stats order
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -23,10 +32,15 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 def load_coco(ann_file: str | Path) -> Any:
     """A pycocotools `COCO` of an instances json, with one-line errors for a missing or malformed file."""
-    from pycocotools.coco import COCO
-
     data = read_annotations(ann_file, ("images", "annotations", "categories"))
     check_instances(ann_file, data)
+    return coco_index(data)
+
+
+def coco_index(data: dict[str, Any]) -> Any:
+    """A pycocotools `COCO` over an already loaded (and checked) instances dict."""
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
@@ -47,14 +61,17 @@ def read_annotations(ann_file: str | Path, required: Sequence[str]) -> dict[str,
     return data
 
 
-# the fields the COCO index needs of each entry (a missing one would be a KeyError deep inside it)
+# the fields every entry must have: the ids for the COCO index (a missing one would be a KeyError
+# deep inside it), bbox for the box evaluation, name for the class prompt
 _REQUIRED_FIELDS = {"images": ("id",), "annotations": ("id", "image_id", "category_id", "bbox"),
                     "categories": ("id", "name")}
 
 
 def check_instances(ann_file: str | Path, data: dict[str, Any]) -> None:
     """Raise ValueError naming the first entry of images / annotations / categories that is not
-    an object with the fields the COCO index and the evaluation need."""
+    an object with the fields the COCO index and the evaluation need: integer ids, a bbox of
+    four finite numbers, and an image and a category that the file has. Fills in, in place, what
+    the evaluation reads but COCO-style files may leave out: `area` (w * h) and `iscrowd` (0)."""
     for key, fields in _REQUIRED_FIELDS.items():
         entries = data[key]
         if not isinstance(entries, list):
@@ -63,6 +80,29 @@ def check_instances(ann_file: str | Path, data: dict[str, Any]) -> None:
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:
                 raise ValueError(f"{ann_file}: {key} entry {index} lacks {', '.join(missing)}: {entry!r:.100}")
+            for id_key in ("id", "image_id", "category_id"):
+                if id_key in fields and not is_int(entry[id_key]):
+                    raise ValueError(f"{ann_file}: {key} entry {index}: {id_key} must be an integer, "
+                                     f"got {entry[id_key]!r:.100}")
+    image_ids = {entry["id"] for entry in data["images"]}
+    category_ids = {entry["id"] for entry in data["categories"]}
+    for index, ann in enumerate(data["annotations"]):
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite(v) for v in bbox)):
+            raise ValueError(f"{ann_file}: annotations entry {index}: bbox must be [x, y, width, height], "
+                             f"got {bbox!r:.100}")
+        if ann["image_id"] not in image_ids:
+            raise ValueError(f"{ann_file}: annotations entry {index}: image_id {ann['image_id']} is not an image "
+                             "of the file")
+        if ann["category_id"] not in category_ids:
+            raise ValueError(f"{ann_file}: annotations entry {index}: category_id {ann['category_id']} is not a "
+                             "category of the file")
+        # COCOeval (pycocotools and faster-coco-eval) sorts ground truth into the area ranges
+        # (APs / APm / APl) by each box's `area`, and pycocotools reads `iscrowd` when matching:
+        # without them it fails with a KeyError mid-evaluation. The defaults are those its
+        # `loadRes` gives boxes (area w * h, not a crowd).
+        ann.setdefault("area", bbox[2] * bbox[3])
+        ann.setdefault("iscrowd", 0)
 
 
 def coco_stats(coco_eval: Any) -> dict[str, float | None]:
@@ -93,21 +133,23 @@ class COCOEvaluator(ResultsEvaluator):
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
-        known_images, known_categories = set(self.coco.getImgIds()), set(self.coco.getCatIds())
-        images = sorted({r["image_id"] for r in results} - known_images, key=str)
-        categories = sorted({r["category_id"] for r in results} - known_categories, key=str)
-        if images:
-            raise ValueError(f"predictions for {len(images)} image ids not in the annotations: {images[:5]}")
-        if categories:
-            raise ValueError(f"predictions with category ids not in the annotations: {categories[:10]}")
+        check_known_ids(results, self.coco.getImgIds(), self.coco.getCatIds())
 
     def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]:
-        if not results or not image_ids:
+        if not image_ids:
             return {"bbox": dict.fromkeys(STAT_NAMES, 0.0)}
         from pycocotools.cocoeval import COCOeval
 
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_eval = COCOeval(self.coco, self.coco.loadRes(results), "bbox")
+            # loadRes adds segmentation / area / id / iscrowd to the entries in place, and the
+            # entries are what `predictions()` writes out: give it copies. It cannot load an empty
+            # list (it looks at the first entry), so no results are scored against an index of the
+            # ground truth's images and categories without boxes: figures with ground truth come out
+            # 0, those without it -1 (None), as with any other results.
+            detections = (self.coco.loadRes([dict(r) for r in results]) if results else
+                          coco_index({"images": self.coco.dataset["images"],
+                                      "categories": self.coco.dataset["categories"], "annotations": []}))
+            coco_eval = COCOeval(self.coco, detections, "bbox")
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -125,8 +167,11 @@ def coco_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: boo
     if not categories:
         raise ValueError(f"{ann_file}: no categories")
     names = tuple(clean_category_name(str(c["name"])) for c in categories)
-    samples = [EvalSample(Path(image_dir) / info["file_name"], int(info["id"]), classes=names)
-               for info in coco.dataset["images"]]
+    samples: list[EvalSample] = []
+    for info in coco.dataset["images"]:
+        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            raise ValueError(f"{ann_file}: image entries need a file_name, got {info!r:.100}")
+        samples.append(EvalSample(Path(image_dir) / info["file_name"], info["id"], classes=names))
     evaluator = COCOEvaluator(coco, [int(c["id"]) for c in categories], distributed=distributed)
     return Benchmark(name, samples, evaluator)
 

@@ -93,11 +93,22 @@ def _check_call(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BadInput(f"--{name.replace('_', '-')} {value}: must be >= 1")
-    out = Path(args.out)
-    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
-        raise BadInput(f"--out {args.out}: cannot write a file there")
+    _check_writable(Path(args.out))
     if args.predictions and (args.size or args.no_resize or args.device):
         raise BadInput("--size, --no-resize and --device go with --model, not --predictions")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not after an hour of evaluation, when the metrics cannot be written."""
+    if out.is_dir():
+        raise BadInput(f"--out {out}: is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BadInput(f"--out {out}: cannot write there ({err.strerror or err})") from None
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
@@ -136,7 +147,9 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
                 raise ValueError(f"{args.predictions}: predictions for datasets not under --ann: {unknown[:5]}")
         for b in benchmarks:
             b.evaluator.reset()
-            b.evaluator.add_results(per_benchmark[b.name])
+            # with --limit, the images a limited model run covered; else every annotated image
+            covered = [s.image_id for s in b.samples[:args.limit]] if args.limit else None
+            b.evaluator.add_results(per_benchmark[b.name], covered)
     except (OSError, ValueError) as err:
         raise BadInput(str(err)) from None
     return {b.name: b.evaluator.evaluate() for b in benchmarks}
@@ -180,13 +193,15 @@ def run_eval(args: argparse.Namespace) -> int:
             for benchmark in benchmarks:
                 if args.limit:
                     benchmark.samples = benchmark.samples[:args.limit]
-                try:
-                    benchmark.check_images()
-                except FileNotFoundError as err:
-                    raise BadInput(str(err)) from None
             if args.chunk_size and args.task != "lvis":
                 for benchmark in benchmarks:
                     benchmark.chunk_size = args.chunk_size
+            for benchmark in benchmarks:
+                try:
+                    benchmark.check_images()
+                    benchmark.check_prompts(predictor)
+                except (FileNotFoundError, ValueError) as err:
+                    raise BadInput(str(err)) from None
             metrics_by_name = {}
             images = 0
             started = time.perf_counter()  # model loading excluded; forward passes and scoring included
@@ -209,10 +224,14 @@ def run_eval(args: argparse.Namespace) -> int:
         metrics = metrics_by_name[benchmarks[0].name]
         predictions = benchmarks[0].evaluator.predictions()
     out = Path(args.out)
-    write_json(out, metrics)
-    if args.model:
-        write_json(predictions_path(out), predictions)
     print(format_metrics(metrics))
+    try:
+        write_json(out, metrics)
+        if args.model:
+            write_json(predictions_path(out), predictions)
+    except OSError as err:  # the table above still holds the figures
+        print(f"glipv2 eval: cannot write the results ({err})", file=sys.stderr)
+        return 1
     done = f"{images} images in {seconds:.1f} s ({images / seconds:.2f} images/s); " if images else ""
     written = f"{out}" + (f" and {predictions_path(out)}" if args.model else "")
     print(f"{done}wrote {written}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.detections import Detections
-from .base import Benchmark, EvalSample, Results, ResultsEvaluator
+from .base import Benchmark, EvalSample, Results, ResultsEvaluator, check_known_ids
 from .coco import check_instances, read_annotations
 
 DETS_PER_IMAGE = 300  # LVIS API default (LVISResults / LVISEval max_dets)
@@ -182,13 +182,7 @@ class LVISEvaluator(ResultsEvaluator):
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
-        known_images, known_categories = set(self.lvis.getImgIds()), set(self.lvis.getCatIds())
-        images = sorted({r["image_id"] for r in results} - known_images, key=str)
-        categories = sorted({r["category_id"] for r in results} - known_categories, key=str)
-        if images:
-            raise ValueError(f"predictions for {len(images)} image ids not in the annotations: {images[:5]}")
-        if categories:
-            raise ValueError(f"predictions with category ids not in the annotations: {categories[:10]}")
+        check_known_ids(results, self.lvis.getImgIds(), self.lvis.getCatIds())
 
     def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]:
         if not image_ids:

@@ -20,15 +20,13 @@ replaces the global one.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import Benchmark, EvalSample
-from .coco import COCOEvaluator, check_instances
+from .coco import COCOEvaluator, check_instances, coco_index
 
 PROMPT_SUFFIX = ".prompt.json"
 SHARED_PROMPT = "prompt.json"
@@ -151,8 +149,6 @@ def _image_path(folder: Path, file_name: str) -> Path:
 
 def odinw_benchmark(name: str, ann_file: Path, data: dict[str, Any], distributed: bool = True) -> Benchmark:
     """The benchmark of one dataset (see the module docstring for the prompt)."""
-    from pycocotools.coco import COCO
-
     from ..data.grounding import clean_category_name
 
     check_instances(ann_file, data)
@@ -172,18 +168,14 @@ def odinw_benchmark(name: str, ann_file: Path, data: dict[str, Any], distributed
         if "file_name" not in info:
             raise ValueError(f"{ann_file}: image entries need a file_name, got {info!r:.100}")
         samples.append(EvalSample(_image_path(ann_file.parent, str(info["file_name"])), int(info["id"]), **prompt))
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
-        coco.createIndex()
-    evaluator = COCOEvaluator(coco, [int(c["id"]) for c in categories], distributed=distributed)
-    return Benchmark(name, samples, evaluator, extra={"ann_file": str(ann_file),
-                                                     "prompt_file": str(prompt_file) if prompt_file else None})
+    evaluator = COCOEvaluator(coco_index(data), [int(c["id"]) for c in categories], distributed=distributed)
+    return Benchmark(name, samples, evaluator)
 
 
 def odinw_benchmarks(root: str | Path, distributed: bool = True, pattern: str = "*.json") -> list[Benchmark]:
-    """One benchmark per COCO instances json under `root` (see `find_datasets`; `pattern`, a
-    glob on file names, picks e.g. one split of a tree holding train/valid/test)."""
+    """One benchmark per COCO instances json under `root` (see `find_datasets`). `pattern` is a
+    `Path.rglob` glob, matched against the last components of each path relative to `root`, not
+    only the file name: '*valid*/*.json' picks the valid split of a tree holding train/valid/test."""
     return [odinw_benchmark(name, path, data, distributed) for name, path, data in find_datasets(root, pattern)]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerFast
@@ -18,12 +19,13 @@ from .config import GLIPv2Config
 from .fpn import FPN
 from .mlm_head import MLMHead
 from .outputs import GLIPv2Output
-from .text_encoder import TextEncoder, TextFeatures, load_tokenizer
+from .text_encoder import TextEncoder, TextFeatures, load_tokenizer, state_fingerprint
 from .vl_dyhead import VLDyHead
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+TEXT_PREFIX = "text_encoder."
 
 
 class RegionWordContrastiveProjection(nn.Module):
@@ -128,18 +130,39 @@ class GLIPv2(nn.Module):
         )
 
     # --- persistence -----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str], save_tokenizer: bool = True) -> Path:
-        """Write `config.json`, `model.safetensors` (and the tokenizer files) into `directory`."""
+    def save_pretrained(self, directory: str | os.PathLike[str], save_tokenizer: bool = True,
+                        reference_text_weights: bool = False) -> Path:
+        """Write `config.json`, `model.safetensors` (and the tokenizer files) into `directory`.
+
+        reference_text_weights: leave the text encoder out of the weights file and record its
+        pretrained source (`config.text_weights`, e.g. the MiniLM package) with a fingerprint
+        instead — for a model trained with a frozen text encoder (the shipped tiny weights). Loading
+        rebuilds it from that source and refuses a source whose weights differ."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.config.save(out / CONFIG_NAME)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        metadata = {"format": "pt", "library": "glipv2"}
+        if reference_text_weights:
+            metadata.update(self._text_weights_reference(state))
+            state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
         tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "library": "glipv2"})
+        save_file(state, str(tmp), metadata=metadata)
         os.replace(tmp, out / WEIGHTS_NAME)  # never leave a half-written weights file
         if save_tokenizer:
             self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         return out
+
+    def _text_weights_reference(self, state: dict[str, torch.Tensor]) -> dict[str, str]:
+        source = self.config.text_weights
+        if not source:
+            raise ValueError("reference_text_weights needs a pretrained text encoder source (config.text_weights)")
+        ours = state_fingerprint({k: v for k, v in state.items() if k.startswith(TEXT_PREFIX)})
+        pretrained = TextEncoder(self.config.text_encoder, source).state_dict()
+        if ours != state_fingerprint({TEXT_PREFIX + k: v for k, v in pretrained.items()}):
+            raise ValueError(f"the text encoder differs from its pretrained source {source!r} (was it trained?); "
+                             "save it with the weights (reference_text_weights=False)")
+        return {"text_weights": source, "text_weights_sha256": ours}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None,
@@ -172,9 +195,21 @@ class GLIPv2(nn.Module):
         config = GLIPv2Config.load(directory / CONFIG_NAME)
         if config_overrides:
             config = config.replace(**config_overrides)
-        model = cls(config, load_text_weights=False)
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        load_state_dict_strict(model, state, source=str(directory / WEIGHTS_NAME))
+        weights = directory / WEIGHTS_NAME
+        with safe_open(str(weights), "pt") as f:
+            metadata = f.metadata() or {}
+        referenced = metadata.get("text_weights")
+        if referenced is not None and referenced != config.text_weights:
+            raise ValueError(f"{weights}: refers to text weights {referenced!r}, the config to {config.text_weights!r}")
+        model = cls(config, load_text_weights=referenced is not None)
+        state = load_file(str(weights), device=str(map_location))
+        if referenced is not None:
+            text_state = {TEXT_PREFIX + k: v for k, v in model.text_encoder.state_dict().items()}
+            if state_fingerprint(text_state) != metadata.get("text_weights_sha256"):
+                raise ValueError(f"{weights}: the installed text weights {referenced!r} differ from the ones this "
+                                 "model was trained with")
+            state.update(text_state)
+        load_state_dict_strict(model, state, source=str(weights))
         if (directory / TOKENIZER_DIR).is_dir():
             model.tokenizer_source = str(directory / TOKENIZER_DIR)
         return model.eval()

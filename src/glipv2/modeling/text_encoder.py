@@ -80,6 +80,17 @@ class TextFeatures:
     mask: torch.Tensor
 
 
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors, in name order:
+    equal exactly when the weights are bit-identical."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 class TextEncoder(nn.Module):
     """BERT without pooler (`language_backbone.body.model` in official checkpoints)."""
 
