@@ -18,7 +18,7 @@ def _models(_: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.model)
+    run_demo(args.model, weights=args.weights, out=args.out)
     return 0
 
 
@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the named model variants").set_defaults(func=_models)
-    demo = sub.add_parser("demo", help="run a preset on a built-in image")
-    demo.add_argument("--model", default="glipv2_tiny", choices=list_models())
+    demo = sub.add_parser("demo", help="detection and grounding with the shipped tiny weights on ShapesWorld images")
+    demo.add_argument("--weights", metavar="DIR",
+                      help="a model folder (default: weights/glipv2_tiny_shapes when present)")
+    demo.add_argument("--out", default="demo_out", metavar="DIR", help="where the JSON and PNGs go (default demo_out)")
+    demo.add_argument("--model", default="glipv2_tiny", choices=list_models(),
+                      help="preset for the random-weights forward-pass summary when no weights are found")
     demo.set_defaults(func=_demo)
     add_predict_parser(sub)
     add_convert_parser(sub)

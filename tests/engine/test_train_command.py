@@ -51,3 +51,28 @@ def test_bad_calls_give_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert main(["train", "--out", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_config_file_changes_the_model_and_the_losses(tmp_path: Path, tiny_config: Any,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "shapes"
+    generate_shapes_world(data, 2, seed=0, split="train")
+    model_dir = GLIPv2(tiny_config(pad_to_max_query_len=False, region_word_contrastive_dim=16,
+                                   mlm_head=True)).save_pretrained(tmp_path / "start")
+    recipe = {"max_steps": 1, "batch_size": 2, "min_sizes": [96], "max_size": 128, "warmup_steps": 0,
+              "log_every": 1, "model_overrides": {"mlm_head": False, "deformable_conv_impl": "grid_sample"},
+              "losses": {"use_inter": False}}
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps(recipe))
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--train-ann", str(data / "instances.json"),
+                 "--train-images", str(data / "images"), "--config", str(config), "--out", str(out)]) == 0
+    [step] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert "loss_inter" not in step and "loss_mlm" not in step and "loss_intra" in step
+    trained = GLIPv2.from_pretrained(out / "model")
+    assert trained.config.mlm_head is False and trained.config.deformable_conv_impl == "grid_sample"
+
+    config.write_text(json.dumps({**recipe, "losses": {"use_intre": False}}))
+    assert main(["train", "--model", str(model_dir), "--train-ann", str(data / "instances.json"),
+                 "--train-images", str(data / "images"), "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown LossConfig field(s) use_intre" in capsys.readouterr().err

@@ -209,6 +209,9 @@ class GLIPv2(nn.Module):
                 raise ValueError(f"{weights}: the installed text weights {referenced!r} differ from the ones this "
                                  "model was trained with")
             state.update(text_state)
+        if config_overrides:
+            # a head switched off by the overrides (e.g. mlm_head=False for fine-tuning) drops its weights
+            state = {k: v for k, v in state.items() if getattr(model, k.split(".")[0], True) is not None}
         load_state_dict_strict(model, state, source=str(weights))
         if (directory / TOKENIZER_DIR).is_dir():
             model.tokenizer_source = str(directory / TOKENIZER_DIR)
