@@ -277,14 +277,21 @@ def vocabulary_of(predictor: Any, sample: EvalSample, chunk_size: int | None = N
     return predictor.grounding_vocabulary(sample.caption, spans=[list(s) for s in sample.spans or ()])
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content, with one-line errors naming the file (`what`: e.g. "annotation")."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: {what} file is not a JSON file ({err})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
+
+
 def read_results(path: str | Path) -> Results:
     """A COCO results json (a list of entries) with a one-line error when it is not one."""
-    try:
-        results = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such predictions file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON file ({err})") from None
+    results = read_json(path, "predictions")
     check_results_layout(results)
     return results
 

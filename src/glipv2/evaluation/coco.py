@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from .base import (
     check_known_ids,
     is_finite,
     is_int,
+    read_json,
     run_benchmark,
 )
 
@@ -49,12 +49,7 @@ def coco_index(data: dict[str, Any]) -> Any:
 
 
 def read_annotations(ann_file: str | Path, required: Sequence[str]) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(ann_file).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{ann_file}: no such annotation file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{ann_file}: not a JSON file ({err})") from None
+    data = read_json(ann_file, "annotation")
     missing = [key for key in required if not isinstance(data, dict) or key not in data]
     if missing:
         raise ValueError(f"{ann_file}: not a COCO-style annotation file (missing {', '.join(missing)})")

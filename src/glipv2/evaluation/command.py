@@ -156,14 +156,9 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
 
 
 def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
-    import json
+    from .base import read_json
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such predictions file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON file ({err})") from None
+    data = read_json(path, "predictions")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # noqa: TRY004 (file content)
     from .base import check_results_layout

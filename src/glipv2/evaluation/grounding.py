@@ -40,7 +40,7 @@ from torchvision.ops import box_iou
 
 from ..inference.detections import Detections
 from ..processing.prompts import Span
-from .base import Benchmark, EvalSample, Results, ResultsEvaluator
+from .base import Benchmark, EvalSample, Results, ResultsEvaluator, check_known_ids
 from .coco import read_annotations
 
 RANKS = (1, 5, 10)  # the k of Recall@k / Precision@k, as reported by MDETR and GLIP
@@ -180,20 +180,6 @@ def _rates(first_hits: list[int | None], prefix: str) -> dict[str, float]:
             for k in RANKS}
 
 
-def _check_known_images(results: Results, known: Iterable[int]) -> None:
-    """ValueError naming (the first few) image ids that are not entries, or scores that are not numbers."""
-    known = set(known)
-    unknown = sorted({repr(r["image_id"]) for r in results
-                      if not (isinstance(r["image_id"], int) and r["image_id"] in known)})
-    if unknown:
-        raise ValueError(f"predictions for {len(unknown)} image ids not in the annotations: "
-                         f"{', '.join(unknown[:5])}")
-    bad = [i for i, r in enumerate(results)
-           if isinstance(r["score"], bool) or not isinstance(r["score"], (int, float))]
-    if bad:
-        raise ValueError(f"predictions {bad[:5]}: score must be a number")
-
-
 # --- Flickr30k Entities ---------------------------------------------------------------------------
 def load_flickr(ann_file: str | Path) -> list[FlickrEntry]:
     """The entries of an MDETR-style Flickr30k Entities json (see the module docstring). Phrases
@@ -231,20 +217,16 @@ def load_flickr(ann_file: str | Path) -> list[FlickrEntry]:
     return entries
 
 
-class FlickrEvaluator(ResultsEvaluator):
-    """Recall@1/5/10 of phrase grounding, any-box and merged-box protocols at once.
+class _EntriesEvaluator(ResultsEvaluator):
+    """Grounding evaluators: one prompt per annotation entry (filed under its id), predictions
+    written with the plain COCO box size, image ids checked against the entries."""
 
-    `evaluate()` -> {"flickr": {"any_box": {"R@1", "R@5", "R@10"}, "merged_box": {"R@1", "R@5",
-    "R@10"}, "phrases": N}}: fractions in [0, 1] over the N phrases (with at least one
-    ground-truth box) of the evaluated entries; all 0.0 when there is nothing to score."""
-
-    def __init__(self, ann_file: str | Path | Sequence[FlickrEntry], distributed: bool = True) -> None:
-        entries = list(ann_file) if isinstance(ann_file, (list, tuple)) else load_flickr(ann_file)
+    def __init__(self, entries: Sequence[FlickrEntry] | Sequence[RefExpEntry], distributed: bool) -> None:
         self.entries = {e.image_id: e for e in entries}
         super().__init__(distributed)
 
     def to_results(self, sample: EvalSample, detections: Detections) -> Results:
-        # label k is phrase k -> category k + 1 (the to_coco default); plain COCO box size
+        # label k is phrase k -> category k + 1 (the to_coco default)
         return detections.to_coco(sample.image_id, legacy_box_size=False)
 
     def known_image_ids(self) -> list[int]:
@@ -252,7 +234,22 @@ class FlickrEvaluator(ResultsEvaluator):
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
-        _check_known_images(results, self.entries)
+        check_known_ids(results, self.entries, {r["category_id"] for r in results})
+
+
+class FlickrEvaluator(_EntriesEvaluator):
+    """Recall@1/5/10 of phrase grounding, any-box and merged-box protocols at once.
+
+    `evaluate()` -> {"flickr": {"any_box": {"R@1", "R@5", "R@10"}, "merged_box": {"R@1", "R@5",
+    "R@10"}, "phrases": N}}: fractions in [0, 1] over the N phrases (with at least one
+    ground-truth box) of the evaluated entries; all 0.0 when there is nothing to score."""
+
+    def __init__(self, ann_file: str | Path | Sequence[FlickrEntry], distributed: bool = True) -> None:
+        super().__init__(list(ann_file) if isinstance(ann_file, (list, tuple)) else load_flickr(ann_file),
+                         distributed)
+
+    def validate_results(self, results: Results) -> None:
+        super().validate_results(results)
         bad = sorted({(r["image_id"], r["category_id"]) for r in results
                       if not _is_label_id(r["category_id"], len(self.entries[r["image_id"]].spans))}, key=str)
         if bad:
@@ -397,7 +394,7 @@ def _load_refer(path: Path, split: str | None) -> list[RefExpEntry]:
     return entries
 
 
-class RefExpEvaluator(ResultsEvaluator):
+class RefExpEvaluator(_EntriesEvaluator):
     """Top-k accuracy at IoU >= 0.5 of referring expressions.
 
     `evaluate()` -> {"refexp": {"P@1", "P@5", "P@10", "expressions": N}}: fractions in [0, 1] of
@@ -406,19 +403,11 @@ class RefExpEvaluator(ResultsEvaluator):
 
     def __init__(self, ann_file: str | Path | Sequence[RefExpEntry], split: str | None = None,
                  distributed: bool = True) -> None:
-        entries = list(ann_file) if isinstance(ann_file, (list, tuple)) else load_refexp(ann_file, split)
-        self.entries = {e.image_id: e for e in entries}
-        super().__init__(distributed)
-
-    def to_results(self, sample: EvalSample, detections: Detections) -> Results:
-        return detections.to_coco(sample.image_id, legacy_box_size=False)
-
-    def known_image_ids(self) -> list[int]:
-        return sorted(self.entries)
+        super().__init__(list(ann_file) if isinstance(ann_file, (list, tuple)) else load_refexp(ann_file, split),
+                         distributed)
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
-        _check_known_images(results, self.entries)
         # the prompt has one phrase, so its label 0 is category 1
         bad = sorted({r["category_id"] for r in results if not _is_label_id(r["category_id"], 1)}, key=str)
         if bad:

@@ -20,12 +20,11 @@ replaces the global one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Benchmark, EvalSample
+from .base import Benchmark, EvalSample, read_json
 from .coco import COCOEvaluator, check_instances, coco_index
 
 PROMPT_SUFFIX = ".prompt.json"
@@ -37,15 +36,6 @@ _SUMMARY_KEYS = ("AP", "AP50")
 
 def _is_prompt_file(path: Path) -> bool:
     return path.name == SHARED_PROMPT or path.name.endswith(PROMPT_SUFFIX)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: {what} is not a JSON file ({err})") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
 
 
 def _is_instances(data: Any) -> bool:
@@ -69,7 +59,7 @@ def find_datasets(root: str | Path, pattern: str = "*.json") -> list[tuple[str, 
     for path in candidates:
         if _is_prompt_file(path):
             continue
-        data = _read_json(path, "annotation file")
+        data = read_json(path, "annotation")
         if _is_instances(data):
             name = path.relative_to(base).with_suffix("").as_posix()
             found.append((name, path, data))
@@ -96,7 +86,7 @@ def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: 
                    ) -> tuple[str, tuple[tuple[tuple[int, int], ...], ...]]:
     """The caption of a prompt file and per category (label k = names[k]) its one positive span
     (start, end) in characters — the name's text only, not its prefix or suffix."""
-    spec = _read_json(prompt_file, "prompt file")
+    spec = read_json(prompt_file, "prompt")
     if not isinstance(spec, dict):
         raise ValueError(  # noqa: TRY004 (file content: the CLI reports ValueErrors as one line)
             f"{prompt_file}: a prompt file is a JSON object with prefix, suffix, names, categories")
