@@ -187,10 +187,11 @@ def check_results_layout(results: Any) -> None:
             raise ValueError(f"prediction {i}: score must be a finite number, got {entry['score']!r:.100}")
 
 
-def check_known_ids(results: Results, image_ids: Iterable[int], category_ids: Iterable[int]) -> None:
-    """Raise ValueError when predictions name images or categories the annotations do not have."""
+def check_known_ids(results: Results, image_ids: Iterable[int], category_ids: Iterable[int] | None = None) -> None:
+    """Raise ValueError when predictions name images or categories the annotations do not have
+    (categories unchecked when `category_ids` is None: grounding labels are per-entry phrases)."""
     images = sorted({r["image_id"] for r in results} - set(image_ids))
-    categories = sorted({r["category_id"] for r in results} - set(category_ids))
+    categories = [] if category_ids is None else sorted({r["category_id"] for r in results} - set(category_ids))
     if images:
         raise ValueError(f"predictions for {len(images)} image ids not in the annotations: {images[:5]}")
     if categories:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import Benchmark, read_results, run_benchmark, write_json
+from .base import Benchmark, check_results_layout, read_json, read_results, run_benchmark, write_json
 
 EXIT_BAD_INPUT = 2
 TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
@@ -114,13 +114,13 @@ def _check_writable(out: Path) -> None:
 def _load_predictor(args: argparse.Namespace) -> Any:
     from ..engine import distributed
     from ..inference.command import BadInput as PredictBadInput
-    from ..inference.command import _processor_overrides
+    from ..inference.command import processor_overrides
     from ..inference.predictor import Predictor
     from ..modeling.loading import load_model
     from ..processing.processor import GLIPv2Processor
 
     try:
-        overrides = _processor_overrides(args)
+        overrides = processor_overrides(args)
     except PredictBadInput as err:
         raise BadInput(str(err)) from None
     try:
@@ -156,13 +156,9 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
 
 
 def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
-    from .base import read_json
-
     data = read_json(path, "predictions")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # noqa: TRY004 (file content)
-    from .base import check_results_layout
-
     for name, entries in data.items():
         try:
             check_results_layout(entries)

@@ -55,7 +55,7 @@ class BadInput(ValueError):
     """A problem with the call, reported as one line."""
 
 
-def _processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_resize:
         return {"resize": False}
     if args.size is None:
@@ -113,7 +113,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     try:
         _check_call(args)
-        overrides = _processor_overrides(args)
+        overrides = processor_overrides(args)
         out = Path(args.out)
         if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
             raise BadInput(f"--out {args.out}: cannot write a file there")
