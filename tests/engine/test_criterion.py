@@ -128,6 +128,29 @@ def test_loss_intra_focal_by_hand() -> None:
     assert logits.grad is not None and not logits.grad[..., 2].any()  # the padding slot gets nothing
 
 
+def test_token_accuracy_by_hand() -> None:
+    """Image 0: anchors 0 and 1 belong to box 0 (phrase = slots 0-1), anchor 2 is background.
+    Anchor 0's best real slot is 1 (hit); anchor 1's best is slot 3, but slot 3 is padding, so its
+    best real slot is 2 (miss). Image 1: anchor 0 belongs to box 1 (slot 2) and scores slot 2
+    highest (hit). 2 hits of 3 positives."""
+    logits = torch.tensor([[[0.0, 1.0, -1.0, 9.0], [0.5, 0.2, 0.9, 9.0], [5.0, 5.0, 5.0, 5.0]],
+                           [[0.1, 0.2, 0.3, -9.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    maps = [torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])]
+    crit = GLIPv2Criterion(LossConfig())
+    accuracy = crit.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])],
+                                   [{"positive_map": m} for m in maps])
+    assert accuracy.item() == pytest.approx(2 / 3)
+    none = crit.token_accuracy(logits, mask, [assignment([-1, -1, -1])] * 2, [{"positive_map": m} for m in maps])
+    assert none.item() == 0.0
+    # with token labels, only phrase tokens compete: image 0's slot 2 is no phrase's ("."), so
+    # anchor 1's best candidate becomes slot 0, in its own phrase
+    labelled = [{"positive_map": maps[0], "token_labels": torch.tensor([7, 7, -1, -1])},
+                {"positive_map": maps[1], "token_labels": torch.tensor([3, -1, 5, -1])}]
+    accuracy = crit.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])], labelled)
+    assert accuracy.item() == pytest.approx(1.0)
+
+
 # --- L_inter ----------------------------------------------------------------------------------------
 def test_loss_inter_two_images_by_hand() -> None:
     """Identity projections and temperature 1, so the logits are the cosines of the given vectors.
@@ -332,6 +355,8 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
     crit = GLIPv2Criterion(LossConfig.for_model(model.config), model)
     losses = crit(out, targets)
 
+    accuracy = losses.pop("token_accuracy")
+    assert 0.0 <= accuracy.item() <= 1.0 and not accuracy.requires_grad
     assert set(losses) == {"loss_giou", "loss_centerness", "loss_intra", "loss_inter", "loss_mlm", "loss"}
     assert all(bool(torch.isfinite(v)) for v in losses.values()), losses
     assert all(v.item() > 0 for v in losses.values()), losses

@@ -134,13 +134,15 @@ class GLIPv2Criterion(nn.Module):
 
     `forward(output, targets)` returns every enabled, weighted loss — `loss_giou`,
     `loss_centerness` (together L_loc), `loss_intra`, `loss_inter`, `loss_mlm` — and `loss`, their
-    sum. Targets, one dict per image (boxes in the model's input frame, i.e. the resized, unpadded
-    image; T = the number of token slots of the output):
+    sum — plus `token_accuracy`, a diagnostic without gradient (see that method). Targets, one
+    dict per image (boxes in the model's input frame, i.e. the resized, unpadded image; T = the
+    number of token slots of the output):
 
         boxes:        (N, 4) float xyxy
         positive_map: (N, T) float / bool, the token slots of each box's phrase (binarised: > 0)
         labels:       (N,) long, the global label / phrase identity of each box (for L_inter)
-        token_labels: (T,) long, the same identity for each token slot, -1 for none (for L_inter)
+        token_labels: (T,) long, the same identity for each token slot, -1 for none (for L_inter;
+                      optional otherwise, narrows `token_accuracy` to phrase tokens)
         mlm_labels:   (T,) long, optional: original ids of the masked tokens, -100 elsewhere
 
     Maps shorter than T are padded (zeros, -1, -100); longer ones are cut when the extra slots
@@ -203,6 +205,8 @@ class GLIPv2Criterion(nn.Module):
         if not losses:
             raise ValueError("every loss is switched off in the LossConfig")
         losses["loss"] = torch.stack(list(losses.values())).sum()
+        # a diagnostic beside the losses, without gradient (logged by the trainer)
+        losses["token_accuracy"] = self.token_accuracy(flat.logits, output.text_attention_mask, assignments, prepared)
         return losses
 
     def assign(self, anchors: torch.Tensor, num_anchors_per_level: Sequence[int],
@@ -255,6 +259,30 @@ class GLIPv2Criterion(nn.Module):
                                       gamma=self.config.focal_gamma, reduction="none")
         real = text_attention_mask.to(logits.device).bool()[:, None, :]
         return torch.where(real, per_pair, torch.zeros_like(per_pair)).sum() / num_pos
+
+    @torch.no_grad()
+    def token_accuracy(self, logits: torch.Tensor, text_attention_mask: torch.Tensor,
+                       assignments: Sequence[ATSSTargets], targets: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Share of the positive anchors whose highest-scoring phrase token lies in their own box's
+        phrase (detectron2's `fg_cls_accuracy`, for S). L_intra can fall while S only says "an
+        object is here" and ranks every word alike; this number stays near 1 / (phrases in the
+        prompt) until S tells the phrases apart.
+
+        logits: (B, A, T); text_attention_mask: (B, T). Candidates are the tokens of any phrase of
+        the prompt (`token_labels` >= 0, so not "." or [CLS]) when the target has `token_labels`,
+        else every real token. Returns a 0-d tensor, 0 without positives."""
+        real = text_attention_mask.to(logits.device).bool()
+        hits, total = 0, 0
+        for b, (a, t) in enumerate(zip(assignments, targets)):
+            anchors = a.positive.nonzero().flatten()
+            if anchors.numel() == 0:
+                continue
+            candidates = real[b] & (t["token_labels"] >= 0) if "token_labels" in t else real[b]
+            best = logits[b, anchors].masked_fill(~candidates, float("-inf")).argmax(-1)  # (P,)
+            rows = t["positive_map"][a.matched_gt[anchors]]  # (P, T)
+            hits += int((rows.gather(1, best[:, None]) > 0).sum())
+            total += anchors.numel()
+        return torch.tensor(hits / total if total else 0.0, device=logits.device)
 
     # --- L_inter ---------------------------------------------------------------------------------
     def loss_inter(self, region_features: Sequence[torch.Tensor], token_features: torch.Tensor,
@@ -374,6 +402,7 @@ class GLIPv2Criterion(nn.Module):
             if labels.shape[0] != num_boxes:
                 raise ValueError(f"target {index}: {labels.shape[0]} labels for {num_boxes} boxes")
             out["labels"] = labels
+        if "token_labels" in target:  # L_inter's positives; also `token_accuracy`'s candidate tokens
             token_labels = torch.as_tensor(target["token_labels"], dtype=torch.long, device=device).reshape(-1)
             out["token_labels"] = _fit_slots(token_labels, num_tokens, -1, f"target {index} token_labels")
         if self.config.use_mlm:
