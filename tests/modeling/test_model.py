@@ -407,6 +407,15 @@ def test_prompt_embedding_shorter_than_prompt_is_rejected(tiny_config: Callable[
         tiny_config(prompt_embedding_rows=8)
 
 
+def test_temperatures_start_at_their_configured_log_scales(tiny_config: Callable[..., GLIPv2Config]) -> None:
+    """DYHEAD.LOG_SCALE sets the temperature of S = O·Pᵀ, DYHEAD.SHALLOW_LOG_SCALE the one of L_inter."""
+    model = build(tiny_config(region_word_contrastive_dim=8, log_scale_init=-2.3,
+                              region_word_contrastive_log_scale_init=-1.5))
+    assert model.head.log_scale.item() == pytest.approx(-2.3)
+    assert model.region_word_contrastive is not None
+    assert model.region_word_contrastive.log_scale.item() == pytest.approx(-1.5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[..., GLIPv2Config],
                                                          bert_tokenizer: Tokenizer) -> None:
     """Recomputing the head blocks in backward (official DYHEAD.USE_CHECKPOINT) changes memory, not

@@ -44,6 +44,7 @@ _DEFAULTS: dict[str, Any] = {
     "MODEL.LANGUAGE_BACKBONE.LANG_DIM": 768,
     "MODEL.DYHEAD.NUM_CLASSES": 81,
     "MODEL.DYHEAD.PRIOR_PROB": 0.01,
+    "MODEL.DYHEAD.SHALLOW_LOG_SCALE": 0.0,
     "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE": 256,
     "MODEL.FPN.DROP_BLOCK": True,
     "MODEL.FPN.DROP_PROB": 0.3,
@@ -164,7 +165,7 @@ def config_from_official_dict(cfg: dict[str, Any], text_config: str | Path | dic
     dyhead = {k: r.get(f"MODEL.DYHEAD.{k}", kind) for k, kind in (
         ("CHANNELS", "int"), ("NUM_CONVS", "int"), ("NUM_CLASSES", "int"), ("USE_DYFUSE", "bool"),
         ("USE_DYRELU", "bool"), ("USE_DFCONV", "bool"), ("LOG_SCALE", "float"), ("PRIOR_PROB", "float"),
-        ("USE_CHECKPOINT", "bool"))}
+        ("SHALLOW_LOG_SCALE", "float"), ("USE_CHECKPOINT", "bool"))}
     cosine_scale = r.get("MODEL.DYHEAD.COSINE_SCALE", "float", -1.0)
     fuse = {k: r.get(f"MODEL.DYHEAD.FUSE_CONFIG.{k}", kind) for k, kind in (
         ("EARLY_FUSE_ON", "bool"), ("USE_FUSED_FEATURES_DOT_PRODUCT", "bool"), ("JOINT_EMB_SIZE", "int"),
@@ -249,6 +250,7 @@ def config_from_official_dict(cfg: dict[str, Any], text_config: str | Path | dic
         "mlm_head": fuse["MLM_LOSS"],
         "region_word_contrastive_dim": (fuse["SHALLOW_CONTRASTIVE_HIDDEN_DIM"]
                                         if fuse["USE_SHALLOW_CONTRASTIVE_LOSS"] else 0),
+        "region_word_contrastive_log_scale_init": dyhead["SHALLOW_LOG_SCALE"],
         "pixel_mean": pixel_mean, "pixel_std": pixel_std, "size_divisibility": divisibility,
     }
     # pre- and post-processing settings

@@ -133,6 +133,7 @@ class GLIPv2Config(DataclassConfig):
     # --- GLIPv2 additions --------------------------------------------------------------------
     mlm_head: bool = False  # BERT LM head on the fused text features P (for L_mlm)
     region_word_contrastive_dim: int = 0  # 0 = off; projection size of O̊ and P̊ for L_inter
+    region_word_contrastive_log_scale_init: float = 0.0  # DYHEAD.SHALLOW_LOG_SCALE: L_inter temperature
 
     # --- pre-processing constants (INPUT.*) --------------------------------------------------
     pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)  # BGR, 0-255

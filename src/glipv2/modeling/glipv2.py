@@ -32,11 +32,11 @@ class RegionWordContrastiveProjection(nn.Module):
     """Projections of the pre-fusion O̊ and P̊ into a shared space for L_inter, with a learnable
     temperature (official `shallow_contrastive_projection_{image,text}`, `shallow_log_scale`)."""
 
-    def __init__(self, region_dim: int, token_dim: int, dim: int) -> None:
+    def __init__(self, region_dim: int, token_dim: int, dim: int, log_scale_init: float = 0.0) -> None:
         super().__init__()
         self.region = nn.Linear(region_dim, dim)
         self.token = nn.Linear(token_dim, dim)
-        self.log_scale = nn.Parameter(torch.zeros(1))
+        self.log_scale = nn.Parameter(torch.full((1,), float(log_scale_init)))
 
 
 class GLIPv2(nn.Module):
@@ -61,7 +61,8 @@ class GLIPv2(nn.Module):
         self.mlm_head = MLMHead(config) if config.mlm_head else None
         self.region_word_contrastive = (
             RegionWordContrastiveProjection(config.fpn_channels, config.text_hidden_size,
-                                            config.region_word_contrastive_dim)
+                                            config.region_word_contrastive_dim,
+                                            config.region_word_contrastive_log_scale_init)
             if config.region_word_contrastive_dim else None)
         self.tokenizer_source: str = config.tokenizer
         self._tokenizer: PreTrainedTokenizerFast | None = None
