@@ -113,6 +113,17 @@ def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tiny_
     assert [r["in_a_row"] for r in log if "skipped_step" in r] == [1, 2, 3]
 
 
+def test_a_fresh_start_sets_the_older_log_aside(tiny_config: Any, tmp_path: Path) -> None:
+    first = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=2)
+    first.train()
+    older = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=1)
+    again.train(resume=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+    assert (tmp_path / "run" / "metrics.previous.jsonl").read_text() == older
+
+
 def test_a_non_finite_gradient_skips_the_step(tiny_config: Any, tmp_path: Path) -> None:
     trainer = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=1)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

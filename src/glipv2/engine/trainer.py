@@ -40,6 +40,7 @@ from .train_config import TrainConfig
 
 CHECKPOINT_NAME = "last.pt"
 METRICS_NAME = "metrics.jsonl"
+PREVIOUS_METRICS_NAME = "metrics.previous.jsonl"  # the log of the run a fresh start replaced
 
 
 class TrainingStopped(RuntimeError):
@@ -366,10 +367,14 @@ class Trainer:
         """Train to `max_steps` (from the last checkpoint of `output_dir` when `resume`); returns
         the last logged losses and the final evaluation."""
         cfg = self.config
-        if resume and self.checkpoint_path.is_file():
+        resumed = resume and self.checkpoint_path.is_file()
+        if resumed:
             self.load_checkpoint(self.checkpoint_path)
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            log = self.output_dir / METRICS_NAME
+            if not resumed and log.is_file():  # a fresh run's log must not continue an older run's
+                log.replace(self.output_dir / PREVIOUS_METRICS_NAME)
             (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         data = self.batches()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0,
