@@ -187,6 +187,10 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.output_dir / CHECKPOINT_NAME
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / METRICS_NAME
+
     def save_checkpoint(self, path: Path | None = None) -> Path:
         """Everything needed to continue exactly; written to a temporary file, then renamed."""
         path = path or self.checkpoint_path
@@ -345,7 +349,7 @@ class Trainer:
         if self.rank != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / METRICS_NAME, "a") as f:
+        with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def run_evaluation(self) -> dict[str, Any]:
@@ -372,9 +376,8 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            log = self.output_dir / METRICS_NAME
-            if not resumed and log.is_file():  # a fresh run's log must not continue an older run's
-                log.replace(self.output_dir / PREVIOUS_METRICS_NAME)
+            if not resumed and self.metrics_path.is_file():  # a fresh run's log must not continue an older run's
+                self.metrics_path.replace(self.output_dir / PREVIOUS_METRICS_NAME)
             (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         data = self.batches()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0,
