@@ -25,6 +25,7 @@ from glipv2.engine.distributed import (
     get_rank,
     get_world_size,
     scale_gradient,
+    select_device,
 )
 from glipv2.modeling.anchors import AnchorGenerator
 from glipv2.modeling.glipv2 import RegionWordContrastiveProjection
@@ -137,6 +138,21 @@ def test_helpers_without_a_process_group() -> None:
     assert all_reduce_mean(4.0).item() == 4.0
     assert all_reduce_mean(torch.tensor([2.5], requires_grad=True)).requires_grad is False
     assert scale_gradient(x, 1) is x
+
+
+def test_select_device_gives_a_bare_cuda_this_ranks_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `torch.cuda.set_device` rejects an index-less "cuda", so `--device cuda` once crashed training.
+    # The allocation probe is stubbed out: this test needs no GPU.
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: None)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert select_device("cuda") == torch.device("cuda", 1)
+    assert select_device("cuda:0") == torch.device("cuda", 0)
+    assert select_device("cpu") == torch.device("cpu")
+
+
+def test_select_device_rejects_an_unknown_device() -> None:
+    with pytest.raises(ValueError, match="device nonsense"):
+        select_device("nonsense")
 
 
 def test_two_process_gloo_group(tmp_path: Path) -> None:

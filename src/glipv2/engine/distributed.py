@@ -15,17 +15,19 @@ import torch.distributed as dist
 
 def select_device(name: str | None = None) -> torch.device:
     """`name` if given (ValueError when this machine has no such device), else this rank's GPU
-    (`cuda:LOCAL_RANK`) when there is one, else the CPU."""
+    (`cuda:LOCAL_RANK`) when there is one, else the CPU. A bare "cuda" also means this rank's GPU:
+    `torch.cuda.set_device` (in `init_from_env`) needs an index."""
+    local_gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name:
         try:
             device = torch.device(name)
+            if device.type == "cuda" and device.index is None:
+                device = local_gpu
             torch.empty(0, device=device)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"device {name}: {str(err).splitlines()[0]}") from None
         return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    return local_gpu if torch.cuda.is_available() else torch.device("cpu")
 
 
 def init_from_env(device: torch.device) -> None:
