@@ -208,3 +208,75 @@ def test_one_pixel_boxes_are_dropped_as_official() -> None:
     boxes = torch.tensor([[3.0, 3.0, 3.0, 8.0], [3.0, 3.0, 4.0, 8.0], [50.0, 1.0, 60.0, 5.0]])
     _, keep = sanitize_boxes(boxes, 40, 30)
     assert keep.tolist() == [False, True, False]
+
+
+# --- instance masks ---------------------------------------------------------------------------------
+def rle_of(mask: torch.Tensor, compressed: bool = True) -> dict[str, Any]:
+    """COCO RLE of an (H, W) mask, compressed (a counts string) or not (column-major run lengths)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+        return {"size": list(mask.shape), "counts": rle["counts"].decode("ascii")}
+    flat = mask.t().reshape(-1).tolist()
+    counts, value, run = [], 0, 0
+    for v in flat:
+        if v != value:
+            counts.append(run)
+            value, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def test_coco_masks_are_decoded_from_polygons_and_rle(tmp_path: Path) -> None:
+    square = torch.zeros(30, 40, dtype=torch.bool)
+    square[5:10, 2:12] = True
+    path = write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 5, 10, 5], "segmentation": [[2, 5, 12, 5, 12, 10, 2, 10]]},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [2, 5, 10, 5], "segmentation": rle_of(square)},
+        {"id": 3, "image_id": 1, "category_id": 5, "bbox": [2, 5, 10, 5], "segmentation": rle_of(square, False)},
+        {"id": 4, "image_id": 1, "category_id": 7, "bbox": [2, 5, 10, 5]},  # no segmentation: dropped
+        {"id": 5, "image_id": 1, "category_id": 7, "bbox": [2, 5, 10, 5], "segmentation": [[1, 2]]},  # no polygon
+        {"id": 6, "image_id": 1, "category_id": 7, "bbox": [2, 5, 10, 5],
+         "segmentation": {"size": [10, 10], "counts": [100]}},  # another image's size
+    ])
+    dataset = CocoGroundingDataset(path, tmp_path / "images", max_categories=4, with_masks=True)
+    sample = dataset[0]
+    assert sample.masks is not None and sample.masks.dtype == torch.bool and sample.masks.shape == (3, 30, 40)
+    for mask in sample.masks:
+        assert torch.equal(mask, square)
+    assert dataset.skips.as_dict() == {"box without a usable segmentation": 3}
+    # without with_masks the segmentation is not read (and the box without one is kept)
+    assert CocoGroundingDataset(path, tmp_path / "images", max_categories=4)[0].masks is None
+
+
+def test_resize_and_flip_move_masks_with_their_boxes() -> None:
+    image = Image.new("RGB", (40, 20), (10, 20, 30))
+    mask = torch.zeros(1, 20, 40, dtype=torch.bool)
+    mask[0, 2:6, 1:9] = True  # the box's pixels, x 1..8, y 2..5
+    sample = GroundingSample(image, "a dot on the left", torch.tensor([[1.0, 2.0, 8.0, 5.0]]),
+                             torch.tensor([label_id("dot")]), {label_id("dot"): ((2, 5),)}, masks=mask)
+    for transform in (RandomResize([40], 1000), RandomHorizontalFlip(1.0)):
+        out = transform(sample, random.Random(0))
+        assert out.masks is not None and out.masks.shape[1:] == (out.image.size[1], out.image.size[0])
+        ys, xs = torch.nonzero(out.masks[0], as_tuple=True)
+        x1, y1, x2, y2 = out.boxes[0].tolist()
+        # the mask fills its box to within a pixel (legacy +1 box size, nearest resampling)
+        assert abs(xs.min() - x1) <= 1 and abs(xs.max() - x2) <= 1, (xs.min(), xs.max(), x1, x2)
+        assert abs(ys.min() - y1) <= 1 and abs(ys.max() - y2) <= 1, (ys.min(), ys.max(), y1, y2)
+
+
+def test_collate_keeps_the_masks_of_the_kept_boxes(tmp_path: Path, bert_tokenizer: Any) -> None:
+    polygon = [[1, 2, 11, 2, 11, 7, 1, 7]]
+    path = write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 5], "segmentation": polygon},
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [5, 5, 4, 4], "segmentation": [[5, 5, 9, 5, 9, 9, 5, 9]]},
+    ])
+    ds = SafeDataset(CocoGroundingDataset(path, tmp_path / "images", max_categories=4, with_masks=True))
+    batch = GroundingCollator(GLIPv2Processor(bert_tokenizer, pad_to_max_query_len=False))([ds[0]])
+    assert batch is not None
+    target = batch.targets[0]
+    assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (2, 30, 40)
+    assert target["masks"].sum(dim=(1, 2)).tolist() == [50, 16]  # 10x5 and 4x4 pixels

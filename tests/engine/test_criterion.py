@@ -1,5 +1,5 @@
 """GLIPv2Criterion: each loss against a small hand-computed case (GIoU, L_loc's weighting, the
-focal L_intra, L_inter with known cross-image positives, L_mlm), target handling, and the whole
+focal L_intra, L_inter with known cross-image positives, L_mlm, L_mask), target handling, and the whole
 criterion on a tiny model (finite losses whose gradients reach the backbone, head and projections;
 images without boxes)."""
 
@@ -242,6 +242,26 @@ def test_loss_mlm_by_hand() -> None:
         crit.loss_mlm(None, targets)
 
 
+def test_loss_mask_by_hand() -> None:
+    """A 10x10 mask whose left half is set, cut along the whole image at M = 2 (RoIAlign, 2x2 samples
+    per bin: x = 1.125, 3.375 | 5.625, 7.875) is [[1, 0], [1, 0]]; L_mask is the mean BCE of the four
+    pixels. A second image without masks adds nothing."""
+    mask = torch.zeros(1, 10, 10, dtype=torch.uint8)
+    mask[:, :, :5] = 1
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0]])
+    targets = [{"boxes": boxes, "masks": mask}, {"boxes": boxes}]
+    crit = GLIPv2Criterion(LossConfig(use_mask=True))
+    expected = (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 1) + bce(3.0, 0)) / 4
+    assert crit.loss_mask([logits, torch.zeros(1, 2, 2)], targets).item() == pytest.approx(expected, rel=1e-6)
+    nothing = crit.loss_mask([logits.requires_grad_()], [{"boxes": boxes}])
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    with pytest.raises(ValueError, match="mask_logits"):
+        crit.loss_mask(None, targets)
+    with pytest.raises(ValueError, match="mask logits of 1 boxes for 2 boxes"):
+        crit.loss_mask([logits], [{"boxes": boxes.repeat(2, 1), "masks": mask.repeat(2, 1, 1)}])
+
+
 # --- configuration and targets ----------------------------------------------------------------------
 def test_loss_config() -> None:
     assert LossConfig().giou_weight == 2.0 and not LossConfig().use_inter and not LossConfig().use_mlm
@@ -249,6 +269,8 @@ def test_loss_config() -> None:
     cfg = LossConfig.for_model(glipv2_like, mlm_weight=0.5)
     assert cfg.use_inter and cfg.use_mlm and cfg.mlm_weight == 0.5
     assert not LossConfig.for_model(GLIPv2Config()).use_inter
+    assert LossConfig.for_model(GLIPv2Config(mask_head=True)).use_mask
+    assert not LossConfig.for_model(GLIPv2Config()).use_mask
     with pytest.raises(ValueError, match="intra_weight"):
         LossConfig(intra_weight=-1.0)
     with pytest.raises(ValueError, match="region-word contrastive projection"):

@@ -1,5 +1,6 @@
 """The trainer: solver groups and schedule, deterministic data order, non-finite losses, exact
-resume after SIGKILL, and a 2-process gloo step equal to one process on the same global batch."""
+resume after SIGKILL, a 2-process gloo step equal to one process on the same global batch, and
+L_mask for a model with a mask head."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ def make_dataset(root: Path, n: int = 6, size: tuple[int, int] = (96, 64)) -> Pa
         ImageDraw.Draw(image).ellipse([x, y, x + 30, y + 30], fill=(220, 30, 30))
         image.save(root / "images" / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "width": size[0], "height": size[1]})
-        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, 31, 31], "iscrowd": 0})
+        # the circle's outline as the segmentation polygon (used when the model has a mask head)
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        polygon = np.stack([x + 15.5 + 15.5 * np.cos(angles), y + 15.5 + 15.5 * np.sin(angles)], 1).ravel()
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, 31, 31], "iscrowd": 0,
+                            "segmentation": [polygon.round(2).tolist()]})
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue square"}]}))
@@ -56,7 +61,8 @@ def make_trainer(model: GLIPv2, root: Path | str, out: Path | str, **config: Any
     root = Path(root)
     cfg = TrainConfig(**{"max_steps": 4, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "lr": 1e-3,
                          "min_sizes": (64,), "max_size": 96, **config})
-    dataset = SafeDataset(CocoGroundingDataset(make_dataset(root), root / "images"))
+    dataset = SafeDataset(CocoGroundingDataset(make_dataset(root), root / "images",
+                                               with_masks=model.config.mask_head))
     collator = GroundingCollator(GLIPv2Processor.from_config(model.config, model.tokenizer))
     return Trainer(model, dataset, collator, cfg, out)
 
@@ -111,6 +117,18 @@ def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tiny_
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["in_a_row"] for r in log if "skipped_step" in r] == [1, 2, 3]
+
+
+def test_a_model_with_a_mask_head_trains_with_l_mask(tiny_config: Any, tmp_path: Path) -> None:
+    model = tiny_model(tiny_config, mask_head=True, mask_head_channels=8, mask_head_convs=1)
+    before = {k: v.clone() for k, v in model.mask_head.state_dict().items()}
+    make_trainer(model, tmp_path / "data", tmp_path / "run", max_steps=2).train()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert all(math.isfinite(r["loss_mask"]) and r["loss_mask"] > 0 for r in logged)
+    after = model.mask_head.state_dict()
+    assert not torch.equal(before["token_projection.weight"], after["token_projection.weight"].cpu())
+    assert not torch.equal(before["convs.0.weight"], after["convs.0.weight"].cpu())
 
 
 def test_a_fresh_start_sets_the_older_log_aside(tiny_config: Any, tmp_path: Path) -> None:

@@ -161,3 +161,30 @@ def test_malformed_annotation_files_are_one_line_errors(tmp_path: Path, data: di
     with pytest.raises(ValueError, match=message) as error:
         coco_benchmark(path, tmp_path)
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_detections_with_masks_get_mask_ap_too(tmp_path: Path) -> None:
+    """Ground truth with polygons; predicted boxes exact, masks exact for one object and a quarter
+    of the other: box AP 1, mask AP50 = 1/2 (one category each) — the quarter mask has IoU 0.25."""
+    gt = json.loads(json.dumps(GT))
+    gt["annotations"] = gt["annotations"][:2]
+    for ann in gt["annotations"]:
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    masks = torch.zeros(2, 80, 100, dtype=torch.bool)
+    masks[0, 10:30, 10:40] = True  # the first box's pixels
+    masks[1, 40:55, 50:70] = True  # a quarter of the second
+    dets = detections([legacy_xyxy(a["bbox"]) for a in gt["annotations"]], [0.9, 0.8], [0, 1])
+    dets.masks = masks
+    evaluator = COCOEvaluator(path, [3, 7])
+    evaluator.process(samples(1), [dets])
+    metrics = evaluator.evaluate()
+    assert metrics["bbox"]["AP50"] == pytest.approx(1.0)
+    assert metrics["segm"]["AP50"] == pytest.approx(0.5)
+    # without masks in the detections there is no mask AP
+    evaluator = COCOEvaluator(path, [3, 7])
+    evaluator.process(samples(1), [detections([legacy_xyxy(a["bbox"]) for a in gt["annotations"]], [0.9, 0.8],
+                                              [0, 1])])
+    assert set(evaluator.evaluate()) == {"bbox"}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from glipv2 import Detections, GLIPv2, GLIPv2Processor, Predictor
 from glipv2.inference import PostProcessor
+from glipv2.processing.prompts import DETECTION_SEPARATOR
 
 FIXTURE_CAPTION = "red circle. blue square. green triangle."
 FIXTURE_PHRASES = ["red circle", "blue square", "green triangle"]
@@ -205,3 +206,67 @@ def test_drawing_survives_boxes_narrower_than_a_pixel() -> None:
 
     dets = Detections(torch.tensor([[10.0, 5.0, 9.5, 4.6]]), torch.tensor([0.5]), torch.tensor([0]), ["cat"], (20, 30))
     assert draw_detections(Image.new("RGB", (30, 20)), dets).size == (30, 20)
+
+
+# --- masks -------------------------------------------------------------------------------------------
+def test_a_mask_head_gives_each_detection_a_mask_of_its_own_label(tiny_config: Callable[..., Any],
+                                                                  random_image: Callable[..., Image.Image],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = GLIPv2(tiny_config(pad_to_max_query_len=False, mask_head=True, mask_head_channels=8, mask_head_convs=1))
+    predictor = Predictor(model, postprocessor=PostProcessor(inference_threshold=0.0, detections_per_image=20))
+    asked: list[list[torch.Tensor]] = []
+    real = model.predict_mask_logits
+
+    def spy(output: Any, boxes: list[torch.Tensor], token_weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        asked.append(token_weights)
+        return real(output, boxes, token_weights)
+
+    monkeypatch.setattr(model, "predict_mask_logits", spy)
+    image = random_image(3, (90, 70))
+    names = ["red circle", "blue square", "star"]
+    dets = predictor.detect(image, names, threshold=0.0)
+    assert len(dets) > 0 and dets.masks is not None
+    assert dets.masks.dtype == torch.bool and dets.masks.shape == (len(dets), 70, 90)
+    # every mask lies inside its box (Mask R-CNN's paste pads the box by a pixel or two)
+    for mask, (x1, y1, x2, y2) in zip(dets.masks, dets.boxes.tolist()):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(xs):
+            assert xs.min() >= x1 - 3 and xs.max() <= x2 + 3 and ys.min() >= y1 - 3 and ys.max() <= y2 + 3
+    # each detection's mask was asked for with the tokens of its label
+    (weights,) = asked[0]
+    encoded = predictor.encode(DETECTION_SEPARATOR.join(names))
+    positive = predictor.processor.chunk_classes(names)[0].prompt.positive_map(encoded.offsets, encoded.attention_mask)
+    rows = [tuple(torch.nonzero(row).flatten().tolist()) for row in positive]
+    asked_labels = [rows.index(tuple(torch.nonzero(w).flatten().tolist())) for w in weights]
+    assert sorted(asked_labels) == sorted(dets.labels.tolist())  # threshold 0: every detection is kept
+    # exports carry the masks: COCO RLE that decodes back to them
+    from pycocotools import mask as mask_utils
+
+    entry = dets.to_coco(7)[0]
+    decoded = mask_utils.decode({"size": entry["segmentation"]["size"],
+                                 "counts": entry["segmentation"]["counts"].encode()})
+    assert torch.equal(torch.from_numpy(decoded).bool(), dets.masks[0])
+    assert dets.to_dict()[0]["mask_rle"] == entry["segmentation"]
+    assert dets[0].masks is not None and dets[0].masks.shape == (1, 70, 90)
+
+
+def test_without_a_mask_head_there_are_no_masks(make_predictor: Callable[..., Predictor],
+                                                random_image: Callable[..., Image.Image]) -> None:
+    dets = make_predictor().detect(random_image(4), ["cat", "dog"], threshold=0.0)
+    assert dets.masks is None and "segmentation" not in dets.to_coco(1)[0] and "mask_rle" not in dets.to_dict()[0]
+
+
+def test_drawing_tints_the_masks() -> None:
+    from glipv2.inference.visualize import draw_detections, label_colour
+
+    masks = torch.zeros(1, 40, 60, dtype=torch.bool)
+    masks[0, 26:32, 30:40] = True
+    # the name tag sits above the box, clear of the mask
+    dets = Detections(torch.tensor([[2.0, 20.0, 57.0, 37.0]]), torch.tensor([0.9]), torch.tensor([0]), ["cat"],
+                      (40, 60), masks=masks)
+    drawn = draw_detections(Image.new("RGB", (60, 40)), dets, mask_opacity=1.0)
+    assert drawn.getpixel((35, 29)) == label_colour(0)  # inside the mask
+    assert drawn.getpixel((10, 34)) == (0, 0, 0)  # inside the box, outside the mask
+    with pytest.raises(ValueError, match="masks of"):
+        draw_detections(Image.new("RGB", (61, 40)), dets)

@@ -3,7 +3,8 @@
 Targets follow the criterion's contract (`glipv2.engine.criterion`): `boxes` (N, 4) legacy xyxy in
 the model's input frame, `positive_map` (N, T) — the tokens of the phrase naming each box —,
 `labels` (N,) phrase identities and `token_labels` (T,) the identity of the phrase each token
-belongs to (-1 for none), which L_inter uses to find positives across images.
+belongs to (-1 for none), which L_inter uses to find positives across images; and, for samples
+with instance masks, `masks` (N, h, w) uint8 in the same frame (L_mask).
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ class GroundingCollator:
                 skipped.extend(["box whose phrase is past the token limit"] * (len(box_tokens) - len(keep)))
             positive_map = (torch.stack([box_tokens[j] for j in keep]).float() if keep
                             else torch.zeros(0, offsets.shape[0]))
-            targets.append({"boxes": sample.boxes[keep].float(), "positive_map": positive_map,
-                            "labels": sample.box_labels[keep], "token_labels": token_labels})
+            target = {"boxes": sample.boxes[keep].float(), "positive_map": positive_map,
+                      "labels": sample.box_labels[keep], "token_labels": token_labels}
+            if sample.masks is not None:
+                target["masks"] = sample.masks[keep].to(torch.uint8)
+            targets.append(target)
         return TrainingBatch(batch.pixel_values, batch.image_sizes, tokens.input_ids, tokens.attention_mask,
                              targets, [s.caption for s in good], [s.image_id for s in good], skipped)
 

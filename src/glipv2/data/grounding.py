@@ -49,7 +49,8 @@ class GroundingSample:
     identity of the phrase naming each box; phrases: identity -> its character spans in the caption,
     for every labelled phrase (negatives included); box_spans: optionally, per box, the spans of its
     own mention (grounding data: two "a dog"s are the same phrase identity but different boxes'
-    targets); without them a box's target is every span of its phrase (class prompts)."""
+    targets); without them a box's target is every span of its phrase (class prompts); masks:
+    optionally (N, H, W) bool, each box's instance mask in image pixels (for the mask head)."""
 
     image: Image.Image
     caption: str
@@ -59,6 +60,7 @@ class GroundingSample:
     image_id: int | str = 0
     meta: dict[str, Any] = field(default_factory=dict)
     box_spans: list[tuple[Span, ...]] | None = None
+    masks: torch.Tensor | None = None
 
     def spans_of_box(self, index: int) -> tuple[Span, ...]:
         if self.box_spans is not None:
@@ -100,6 +102,30 @@ class DataError(ValueError):
     """A sample that cannot be used (missing field, unreadable image); skipped and counted."""
 
 
+def decode_segmentation(segmentation: Any, width: int, height: int) -> torch.Tensor:
+    """A COCO `segmentation` — polygons, compressed RLE or uncompressed RLE — as an (H, W) bool mask.
+    Raises `ValueError` for anything else or for an RLE of another image size."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        if isinstance(segmentation, list):
+            polygons = [[float(v) for v in poly] for poly in segmentation]
+            if not polygons or any(len(poly) < 6 or len(poly) % 2 for poly in polygons):
+                raise ValueError("a polygon needs at least 3 (x, y) points")
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+            if [int(v) for v in segmentation["size"]] != [height, width]:
+                raise ValueError(f"RLE of size {segmentation['size']} for an image of {height}x{width}")
+            counts = segmentation["counts"]
+            rle = (mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list)
+                   else {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts})
+        else:
+            raise ValueError(f"not polygons or RLE: {type(segmentation).__name__}")
+        return torch.from_numpy(mask_utils.decode(rle).astype(bool))
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"malformed segmentation ({err})") from None
+
+
 def _read_json(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
@@ -113,10 +139,12 @@ def _read_json(path: str | Path) -> dict[str, Any]:
 class CocoGroundingDataset(torch.utils.data.Dataset):
     """COCO instances json as grounding data: per image, a class prompt of its categories plus
     sampled negatives (up to `max_categories` names, order shuffled), boxes pointing at their
-    category's span. Boxes are xywh in the json; crowd boxes are ignored."""
+    category's span. Boxes are xywh in the json; crowd boxes are ignored. With `with_masks`, each
+    box also carries its decoded `segmentation` (a box without a usable one is dropped and counted)."""
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, max_categories: int = MAX_PROMPT_CATEGORIES,
-                 shuffle_categories: bool = True, seed: int = 0, skips: SkipCounter | None = None) -> None:
+                 shuffle_categories: bool = True, seed: int = 0, skips: SkipCounter | None = None,
+                 with_masks: bool = False) -> None:
         data = _read_json(ann_file)
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
@@ -132,6 +160,7 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.skips = skips or SkipCounter()
+        self.with_masks = with_masks
 
     def set_epoch(self, epoch: int) -> None:
         """Negatives and order are drawn from (seed, epoch, index): reproducible, new each epoch."""
@@ -147,7 +176,7 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         except (KeyError, TypeError) as err:
             raise DataError(f"image entry {index} lacks {err}") from None
         image = load_image(self.image_dir / file_name)
-        boxes, cats, dropped = [], [], []
+        boxes, cats, dropped, masks = [], [], [], []
         for ann in self.annotations.get(image_id, []):
             if ann.get("iscrowd", 0):
                 continue
@@ -160,6 +189,12 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             if category not in self.categories:
                 dropped.append("box with unknown category")
                 continue
+            if self.with_masks:
+                try:
+                    masks.append(decode_segmentation(ann["segmentation"], *image.size))
+                except (KeyError, ValueError):
+                    dropped.append("box without a usable segmentation")
+                    continue
             boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
             cats.append(category)
         box_tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
@@ -168,6 +203,10 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
         cats = [c for c, k in zip(cats, keep.tolist()) if k]
         box_tensor = box_tensor[keep]
+        mask_tensor = None
+        if self.with_masks:
+            mask_tensor = (torch.stack(masks) if masks else torch.zeros(0, image.size[1], image.size[0],
+                                                                        dtype=torch.bool))[keep]
 
         rng = random.Random(hash((self.seed, self.epoch, index)))
         positives = sorted(set(cats))
@@ -183,7 +222,8 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         for reason in dropped:
             self.skips.add(reason)
         return GroundingSample(image, caption, box_tensor[keep_boxes], labels, phrases, image_id,
-                               {"dropped": dropped})
+                               {"dropped": dropped},
+                               masks=None if mask_tensor is None else mask_tensor[keep_boxes])
 
 
 def _join(names: Any) -> tuple[str, list[Span]]:
@@ -255,6 +295,7 @@ def build_grounding_dataset(ann_file: str | Path, image_dir: str | Path, **kwarg
     data = _read_json(ann_file)
     first = data["images"][0] if data["images"] else {}
     if isinstance(first, dict) and "caption" in first:
+        # grounding json carries no masks here: its images add nothing to L_mask
         return MdetrGroundingDataset(ann_file, image_dir, skips=kwargs.get("skips"))
     return CocoGroundingDataset(ann_file, image_dir, **kwargs)
 

@@ -67,11 +67,14 @@ class RandomResize:
             return sample
         image = sample.image.resize((w, h), Image.BILINEAR)
         scale = torch.tensor([w / width, h / height, w / width, h / height])
-        return replace(sample, image=image, boxes=sample.boxes * scale)
+        masks = sample.masks
+        if masks is not None:
+            masks = torch.nn.functional.interpolate(masks[None].float(), size=(h, w), mode="nearest")[0] > 0.5
+        return replace(sample, image=image, boxes=sample.boxes * scale, masks=masks)
 
 
 class RandomHorizontalFlip:
-    """Mirror the image and boxes; "left" and "right" trade places in the caption."""
+    """Mirror the image, boxes and masks; "left" and "right" trade places in the caption."""
 
     def __init__(self, probability: float = 0.5) -> None:
         self.probability = probability
@@ -83,9 +86,10 @@ class RandomHorizontalFlip:
         boxes = sample.boxes.clone()
         # legacy +1 convention (official BoxList.transpose): x1' = W - x2 - 1
         boxes[:, 0], boxes[:, 2] = width - sample.boxes[:, 2] - 1, width - sample.boxes[:, 0] - 1
+        masks = None if sample.masks is None else sample.masks.flip(-1)
         caption, phrases = swap_left_right(sample.caption, sample.phrases)
         if caption == sample.caption:
-            return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes)
+            return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, masks=masks)
         box_spans = None
         if sample.box_spans is not None:
             _, moved = swap_left_right(sample.caption, dict(enumerate(sample.box_spans)))
@@ -104,7 +108,7 @@ class RandomHorizontalFlip:
                        phrases={relabel.get(k, k): v for k, v in phrases.items()},
                        box_labels=torch.tensor([relabel.get(int(v), int(v)) for v in sample.box_labels.tolist()],
                                                dtype=torch.long),
-                       box_spans=box_spans)
+                       box_spans=box_spans, masks=masks)
 
 
 class ColourJitter:

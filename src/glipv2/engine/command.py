@@ -104,7 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
         try:
             dataset = build_grounding_dataset(train_ann, train_images, max_categories=config.max_categories,
-                                              seed=config.seed)
+                                              seed=config.seed, with_masks=model.config.mask_head)
         except (ValueError, OSError, IndexError) as err:
             raise BadInput(f"--train-ann {train_ann}: {err}") from None
     except BadInput as err:

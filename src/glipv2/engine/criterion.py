@@ -1,6 +1,6 @@
 """The GLIPv2 training losses.
 
-    L = L_loc + L_intra + L_inter + L_mlm
+    L = L_loc + L_intra + L_inter + L_mlm (+ L_mask)
 
 * L_loc (box localisation, official `loss_reg` + `loss_centerness`): GIoU between the decoded
   boxes of the positive anchors and their ground truth, weighted by the centerness targets, plus
@@ -11,6 +11,8 @@
   pre-fusion O̊ at positive anchors and P̊ are projected, L2-normalised and all-gathered; every
   region is contrasted with every real token of the global batch, and vice versa.
 * L_mlm (masked language modelling): cross-entropy of the MLM head on the corrupted tokens.
+* L_mask (segmentation, official `loss_mask` of the language-aware mask head): per-pixel binary
+  cross-entropy of the mask logits of each ground-truth box's phrase against its instance mask.
 
 Anchors are assigned with ATSS (`atss.py`). Losses are normalised by the number of positive
 anchors averaged over ranks (as the official code), so that DDP's gradient averaging gives the
@@ -29,6 +31,8 @@ Deliberate differences from the official code (microsoft/GLIP `rpn/loss.py`):
   own embeddings (scaled by the world size, see `loss_inter`), so after DDP's averaging the
   gradients equal the single-process ones. The official code evaluates only its own rows, so
   the gradients of the other ranks' rows never reach its embeddings.
+* L_mask: the mask head sees the ground-truth boxes; the official one sees the detector's
+  proposals that match a ground truth (a one-stage detector has no proposal stage to share).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import roi_align, sigmoid_focal_loss
 
 from ..modeling.anchors import decode_boxes
 from ..modeling.outputs import GLIPv2Output
@@ -75,6 +79,9 @@ class LossConfig:
     # L_mlm
     use_mlm: bool = False  # DYHEAD.FUSE_CONFIG.MLM_LOSS
     mlm_weight: float = 1.0  # DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF
+    # L_mask (language-aware mask head)
+    use_mask: bool = False  # MASK_ON
+    mask_weight: float = 1.0  # (official: unweighted `loss_mask`)
     # ATSS
     atss_topk: int = ATSS_TOPK  # ATSS.TOPK (× anchors per location, 1 here)
 
@@ -91,9 +98,10 @@ class LossConfig:
     @classmethod
     def for_model(cls, model_config: Any, **overrides: Any) -> LossConfig:
         """The official defaults, with L_inter on when the `GLIPv2Config` has a region–word
-        contrastive projection and L_mlm on when it has an MLM head."""
+        contrastive projection, L_mlm on when it has an MLM head and L_mask when it has a mask head."""
         switches = {"use_inter": bool(getattr(model_config, "region_word_contrastive_dim", 0)),
-                    "use_mlm": bool(getattr(model_config, "mlm_head", False))}
+                    "use_mlm": bool(getattr(model_config, "mlm_head", False)),
+                    "use_mask": bool(getattr(model_config, "mask_head", False))}
         return cls(**{**switches, **overrides})
 
 
@@ -133,7 +141,7 @@ class GLIPv2Criterion(nn.Module):
     """GLIPv2's training objective on a `GLIPv2Output`.
 
     `forward(output, targets)` returns every enabled, weighted loss — `loss_giou`,
-    `loss_centerness` (together L_loc), `loss_intra`, `loss_inter`, `loss_mlm` — and `loss`, their
+    `loss_centerness` (together L_loc), `loss_intra`, `loss_inter`, `loss_mlm`, `loss_mask` — and `loss`, their
     sum — plus `token_accuracy`, a diagnostic without gradient (see that method). Targets, one
     dict per image (boxes in the model's input frame, i.e. the resized, unpadded image; T = the
     number of token slots of the output):
@@ -144,6 +152,8 @@ class GLIPv2Criterion(nn.Module):
         token_labels: (T,) long, the same identity for each token slot, -1 for none (for L_inter;
                       optional otherwise, narrows `token_accuracy` to phrase tokens)
         mlm_labels:   (T,) long, optional: original ids of the masked tokens, -100 elsewhere
+        masks:        (N, h, w) bool / uint8, optional: each box's instance mask in the same frame
+                      (for L_mask; images without it add nothing to L_mask)
 
     Maps shorter than T are padded (zeros, -1, -100); longer ones are cut when the extra slots
     are empty. An image may have no boxes (all anchors are background).
@@ -202,6 +212,8 @@ class GLIPv2Criterion(nn.Module):
                 prepared, num_pos)
         if cfg.use_mlm:
             losses["loss_mlm"] = cfg.mlm_weight * self.loss_mlm(output.mlm_logits, prepared)
+        if cfg.use_mask:
+            losses["loss_mask"] = cfg.mask_weight * self.loss_mask(output.mask_logits, prepared)
         if not losses:
             raise ValueError("every loss is switched off in the LossConfig")
         losses["loss"] = torch.stack(list(losses.values())).sum()
@@ -376,6 +388,34 @@ class GLIPv2Criterion(nn.Module):
             return mlm_logits.reshape(-1)[:0].sum()  # nothing masked: a graph-connected zero
         return F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
+    # --- L_mask ----------------------------------------------------------------------------------
+    def loss_mask(self, mask_logits: Sequence[torch.Tensor] | None,
+                  targets: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """L_mask, unweighted: binary cross-entropy of each ground-truth box's phrase mask logits
+        (N_i, M, M) — computed by the model on the ground-truth boxes — against its instance mask
+        cut out along the box and resampled to M x M (RoIAlign, as official `project_masks_on_boxes`),
+        averaged over every pixel of every box of this rank. Images without `masks` are left out."""
+        if mask_logits is None:
+            raise ValueError("use_mask needs output.mask_logits: a model with a mask head, called with mask_boxes "
+                             "and mask_token_weights")
+        if len(mask_logits) != len(targets):
+            raise ValueError(f"{len(mask_logits)} mask-logit sets for {len(targets)} targets")
+        predicted, wanted = [], []
+        for index, (logits, target) in enumerate(zip(mask_logits, targets)):
+            if "masks" not in target or logits.shape[0] == 0:
+                continue
+            boxes = target["boxes"]
+            if logits.shape[0] != boxes.shape[0]:
+                raise ValueError(f"target {index}: mask logits of {logits.shape[0]} boxes for {boxes.shape[0]} boxes")
+            size = logits.shape[-1]
+            rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+            wanted.append(roi_align(target["masks"][:, None].float(), rois, (size, size), spatial_scale=1.0,
+                                    sampling_ratio=2)[:, 0])
+            predicted.append(logits.float())
+        if not predicted:
+            return torch.stack([m.sum() for m in mask_logits]).sum() * 0.0 if mask_logits else torch.zeros(())
+        return F.binary_cross_entropy_with_logits(torch.cat(predicted), torch.cat(wanted))
+
     # ------------------------------------------------------------------------------------------
     def _prepare_target(self, target: dict[str, torch.Tensor], num_tokens: int, device: torch.device,
                         index: int) -> dict[str, torch.Tensor]:
@@ -411,6 +451,11 @@ class GLIPv2Criterion(nn.Module):
                 out["mlm_labels"] = _fit_slots(mlm, num_tokens, IGNORE_INDEX, f"target {index} mlm_labels")
             else:
                 out["mlm_labels"] = torch.full((num_tokens,), IGNORE_INDEX, dtype=torch.long, device=device)
+        if self.config.use_mask and "masks" in target:
+            masks = torch.as_tensor(target["masks"], device=device)
+            if masks.ndim != 3 or masks.shape[0] != num_boxes:
+                raise ValueError(f"target {index}: masks must be (N={num_boxes}, h, w), got {tuple(masks.shape)}")
+            out["masks"] = masks
         return out
 
 

@@ -286,9 +286,15 @@ class Trainer:
                 self.config.seed * 1_000_003 + self.step * 1009 + self.rank)
             input_ids, mlm_labels = mask_tokens(input_ids, batch.attention_mask, self.masking, generator=generator)
             targets = [{**t, "mlm_labels": m} for t, m in zip(targets, mlm_labels)]
+        masks: dict[str, Any] = {}
+        if self.criterion.config.use_mask:
+            # L_mask on the ground-truth boxes of the images that have instance masks
+            masks = {"mask_boxes": [t["boxes"] if "masks" in t else t["boxes"][:0] for t in targets],
+                     "mask_token_weights": [t["positive_map"] if "masks" in t else t["positive_map"][:0]
+                                            for t in targets]}
         with self._autocast():
             output = self.model(batch.pixel_values, input_ids, batch.attention_mask, batch.image_sizes,
-                                return_mlm_logits=self.masking is not None)
+                                return_mlm_logits=self.masking is not None, **masks)
         return self.criterion(output, targets)
 
     def _all_reduce_gradients(self) -> None:

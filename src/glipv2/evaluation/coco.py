@@ -106,11 +106,13 @@ def coco_stats(coco_eval: Any) -> dict[str, float | None]:
 
 
 class COCOEvaluator(ResultsEvaluator):
-    """Box AP of detections against a COCO instances json.
+    """Box AP (and mask AP, for detections with masks) against a COCO instances json.
 
     category_ids: the category id of each label index of the detections (the class prompt's
     order). `evaluate()` -> {"bbox": {"AP", "AP50", ..., "AR100"}} as fractions, None where the
-    ground truth has no object of that kind (e.g. APl without large objects)."""
+    ground truth has no object of that kind (e.g. APl without large objects), and "segm" with
+    the same figures for masks when the detections carry masks and every annotation has a
+    `segmentation`."""
 
     def __init__(self, ann_file: str | Path | Any, category_ids: Sequence[int], distributed: bool = True) -> None:
         self.coco = ann_file if hasattr(ann_file, "loadRes") else load_coco(ann_file)
@@ -131,25 +133,38 @@ class COCOEvaluator(ResultsEvaluator):
         check_known_ids(results, self.coco.getImgIds(), self.coco.getCatIds())
 
     def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]:
+        """Box AP; mask AP too ("segm") when the detections carry masks and the ground truth has them."""
         if not image_ids:
             return {"bbox": dict.fromkeys(STAT_NAMES, 0.0)}
+        scores = {"bbox": self._coco_eval([dict(r) for r in results], image_ids, "bbox")}
+        if results and all("segmentation" in r for r in results) and self._has_masks():
+            # without the box, loadRes takes area and bbox from the mask, as mask results are scored
+            masks = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+            scores["segm"] = self._coco_eval(masks, image_ids, "segm")
+        return scores
+
+    def _has_masks(self) -> bool:
+        anns = self.coco.dataset.get("annotations", [])
+        return bool(anns) and all(a.get("segmentation") for a in anns)
+
+    def _coco_eval(self, results: Results, image_ids: list[int], iou_type: str) -> dict[str, float | None]:
         from pycocotools.cocoeval import COCOeval
 
         with contextlib.redirect_stdout(io.StringIO()):
             # loadRes adds segmentation / area / id / iscrowd to the entries in place, and the
-            # entries are what `predictions()` writes out: give it copies. It cannot load an empty
-            # list (it looks at the first entry), so no results are scored against an index of the
-            # ground truth's images and categories without boxes: figures with ground truth come out
-            # 0, those without it -1 (None), as with any other results.
-            detections = (self.coco.loadRes([dict(r) for r in results]) if results else
+            # entries are what `predictions()` writes out: the caller gives copies. It cannot load an
+            # empty list (it looks at the first entry), so no results are scored against an index of
+            # the ground truth's images and categories without boxes: figures with ground truth come
+            # out 0, those without it -1 (None), as with any other results.
+            detections = (self.coco.loadRes(results) if results else
                           coco_index({"images": self.coco.dataset["images"],
                                       "categories": self.coco.dataset["categories"], "annotations": []}))
-            coco_eval = COCOeval(self.coco, detections, "bbox")
+            coco_eval = COCOeval(self.coco, detections, iou_type)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        return {"bbox": coco_stats(coco_eval)}
+        return coco_stats(coco_eval)
 
 
 def coco_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: bool = True,

@@ -13,7 +13,9 @@ class Detections:
     """boxes: (N, 4) xyxy in original image pixels; scores: (N,) in [0, 1], descending;
     labels: (N,) int64 index into `names` (the class list, or the grounded phrases);
     names: the prompt's label names; image_size: original (height, width); prompt: the text
-    (for a chunked vocabulary, the full vocabulary joined as one prompt would be)."""
+    (for a chunked vocabulary, the full vocabulary joined as one prompt would be); masks:
+    (N, height, width) bool instance masks in original image pixels, from models with a mask head
+    (instance segmentation for class prompts, referring segmentation for grounded phrases)."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
@@ -21,6 +23,7 @@ class Detections:
     names: list[str]
     image_size: tuple[int, int]
     prompt: str = ""
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -34,7 +37,7 @@ class Detections:
         if isinstance(index, int):
             index = torch.tensor([index])
         return Detections(self.boxes[index], self.scores[index], self.labels[index], self.names, self.image_size,
-                          self.prompt)
+                          self.prompt, None if self.masks is None else self.masks[index])
 
     def above(self, threshold: float) -> Detections:
         """Only the detections scoring at least `threshold`."""
@@ -42,24 +45,50 @@ class Detections:
 
     def to_coco(self, image_id: int | str, category_ids: list[int] | dict[int, int] | None = None,
                 legacy_box_size: bool = True) -> list[dict[str, Any]]:
-        """COCO results entries `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`.
+        """COCO results entries `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`, with
+        `"segmentation"` (compressed RLE) when the detections have masks.
 
         category_ids maps a label index to a category id (default label + 1). legacy_box_size
         writes w = x2 - x1 + 1 as the official evaluation does (maskrcnn-benchmark's xywh
         conversion), so AP matches the official numbers."""
         add = 1.0 if legacy_box_size else 0.0
+        segmentations = self.mask_rles()
         results = []
-        for (x1, y1, x2, y2), score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+        for i, ((x1, y1, x2, y2), score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
+                                                                 self.labels.tolist())):
             category = label + 1 if category_ids is None else int(category_ids[label])
-            results.append({"image_id": image_id, "category_id": category,
-                            "bbox": [x1, y1, x2 - x1 + add, y2 - y1 + add], "score": score})
+            entry = {"image_id": image_id, "category_id": category,
+                     "bbox": [x1, y1, x2 - x1 + add, y2 - y1 + add], "score": score}
+            if segmentations is not None:
+                entry["segmentation"] = segmentations[i]
+            results.append(entry)
         return results
 
+    def mask_rles(self) -> list[dict[str, Any]] | None:
+        """Each mask as COCO compressed RLE `{"size": [h, w], "counts": str}`, or None without masks."""
+        if self.masks is None:
+            return None
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        rles = []
+        for mask in self.masks.detach().cpu().numpy().astype(np.uint8):
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        return rles
+
     def to_dict(self, decimals: int = 4) -> list[dict[str, Any]]:
-        """JSON-ready detections `{"box_xyxy", "score", "label", "label_index"}`."""
-        return [{"box_xyxy": [round(v, decimals) for v in box], "score": round(score, 6), "label": self.names[label],
-                 "label_index": label}
-                for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())]
+        """JSON-ready detections `{"box_xyxy", "score", "label", "label_index"}`, plus `"mask_rle"`
+        (COCO compressed RLE) when the detections have masks."""
+        segmentations = self.mask_rles()
+        out = []
+        for i, (box, score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())):
+            entry = {"box_xyxy": [round(v, decimals) for v in box], "score": round(score, 6), "label": self.names[label],
+                     "label_index": label}
+            if segmentations is not None:
+                entry["mask_rle"] = segmentations[i]
+            out.append(entry)
+        return out
 
     def to_supervision(self) -> Any:
         """A `supervision.Detections` (needs the optional `supervision` package)."""
@@ -72,6 +101,7 @@ class Detections:
         return sv.Detections(xyxy=self.boxes.detach().cpu().numpy().astype(np.float32),
                              confidence=self.scores.detach().cpu().numpy().astype(np.float32),
                              class_id=self.labels.detach().cpu().numpy().astype(int),
+                             mask=None if self.masks is None else self.masks.detach().cpu().numpy().astype(bool),
                              data={"class_name": np.array(self.label_names, dtype=object)})
 
     def __repr__(self) -> str:

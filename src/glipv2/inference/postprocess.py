@@ -24,22 +24,28 @@ from ..processing.prompts import label_scores
 @dataclass
 class RawDetections:
     """Detections of one image in the model's input frame. boxes: (N, 4) xyxy; scores: (N,);
-    labels: (N,) int64, 0-based label index into the prompt's labels."""
+    labels: (N,) int64, 0-based label index into the prompt's labels; masks: optionally (N, M, M)
+    mask probabilities inside each box (models with a mask head)."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     def select(self, index: torch.Tensor) -> RawDetections:
-        return RawDetections(self.boxes[index], self.scores[index], self.labels[index])
+        return RawDetections(self.boxes[index], self.scores[index], self.labels[index],
+                             None if self.masks is None else self.masks[index])
 
     @staticmethod
     def cat(parts: list[RawDetections]) -> RawDetections:
+        with_masks = [p.masks for p in parts if p.masks is not None]
+        if with_masks and len(with_masks) != len(parts):
+            raise ValueError("cannot concatenate detections with and without masks")
         return RawDetections(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
-                             torch.cat([p.labels for p in parts]))
+                             torch.cat([p.labels for p in parts]), torch.cat(with_masks) if with_masks else None)
 
 
 def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,

@@ -1,5 +1,8 @@
 """`Predictor`: images + class names or a caption -> `Detections`, as the official GLIP computes them.
 
+With a model that has a mask head, every detection also gets an instance mask, asked for with the
+tokens of its label (instance segmentation for class names, referring segmentation for phrases).
+
 Every image may carry its own prompt. A vocabulary longer than the model's 256 token slots is
 split into chunks, one forward pass each, merged with global label ids and no cross-chunk NMS
 (official `TEST.CHUNKED_EVALUATION`); the text encoder's output P̊ of each prompt is cached, so a
@@ -13,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ..modeling.glipv2 import GLIPv2
 from ..modeling.text_encoder import TextFeatures
@@ -200,8 +204,10 @@ class Predictor:
             merged = merged.select(torch.sort(merged.scores, descending=True, stable=True).indices)
             merged = merged.select(merged.scores > threshold)
             scale = merged.boxes.new_tensor([width / tensor.shape[2], height / tensor.shape[1]] * 2)
-            results.append(Detections(merged.boxes * scale, merged.scores, merged.labels, list(vocabulary.names),
-                                      (height, width), vocabulary.text))
+            boxes = merged.boxes * scale
+            masks = None if merged.masks is None else paste_masks(merged.masks, boxes, (height, width))
+            results.append(Detections(boxes, merged.scores, merged.labels, list(vocabulary.names),
+                                      (height, width), vocabulary.text, masks))
         return results
 
     @torch.no_grad()
@@ -212,8 +218,17 @@ class Predictor:
         text = _stack_text([e.features for e in encoded])
         positive_maps = [p.positive_map(e.offsets, e.attention_mask) for p, e in zip(prompts, encoded)]
         output = self.model(batch.pixel_values.to(self.device), image_sizes=batch.image_sizes, text_features=text)
-        return [RawDetections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu())
-                for d in self.postprocessor(output, positive_maps)]
+        found = self.postprocessor(output, positive_maps)
+        if self.model.mask_head is not None:
+            # each detection's mask is asked for with the tokens of its own label
+            slots = output.fused_token_features.shape[1]
+            weights = [_fit_token_slots(pm, slots).to(self.device)[d.labels].float()
+                       for pm, d in zip(positive_maps, found)]
+            logits = self.model.predict_mask_logits(output, [d.boxes for d in found], weights)
+            for detections, mask_logits in zip(found, logits):
+                detections.masks = mask_logits.sigmoid()
+        return [RawDetections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu(), None if d.masks is None else d.masks.cpu())
+                for d in found]
 
     def encode(self, text: str) -> EncodedText:
         """P̊ of one prompt text, from the cache when it was encoded before."""
@@ -226,6 +241,22 @@ class Predictor:
             entry = EncodedText(features, tokens.offsets[0], tokens.attention_mask[0])
             self.text_cache.put(text, entry)
         return entry
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """(N, M, M) mask probabilities inside `boxes` (N, 4, legacy xyxy, image pixels) -> (N, H, W)
+    bool masks of the image, probability > threshold (Mask R-CNN's paste, one pixel of padding)."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, *image_size, dtype=torch.bool)
+    pasted = paste_masks_in_image(masks[:, None].float(), boxes.float(), image_size, padding=1)
+    return pasted[:, 0] > threshold
+
+
+def _fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
+    """A (K, T') positive map cut or zero-padded to the batch's T token slots."""
+    positive_map = positive_map[:, :slots]
+    return torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
 
 
 def _stack_text(features: list[TextFeatures]) -> TextFeatures:

@@ -16,9 +16,13 @@ def label_colour(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: Image.Image, detections: Detections, line_width: int | None = None) -> Image.Image:
-    """A copy of `image` with every detection drawn: its box, and "name 0.87" on a filled tag."""
+def draw_detections(image: Image.Image, detections: Detections, line_width: int | None = None,
+                    mask_opacity: float = 0.45) -> Image.Image:
+    """A copy of `image` with every detection drawn: its mask (if any) tinted in its label's colour,
+    its box, and "name 0.87" on a filled tag."""
     canvas = image.convert("RGB").copy()
+    if detections.masks is not None and len(detections):
+        canvas = _tint_masks(canvas, detections, mask_opacity)
     draw = ImageDraw.Draw(canvas)
     width = line_width or max(1, round(min(canvas.size) / 200))
     font = ImageFont.load_default()
@@ -39,3 +43,16 @@ def draw_detections(image: Image.Image, detections: Detections, line_width: int 
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
         draw.text((x1 + 2, ty + 2 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
     return canvas
+
+
+def _tint_masks(canvas: Image.Image, detections: Detections, opacity: float) -> Image.Image:
+    import numpy as np
+
+    pixels = np.asarray(canvas, dtype=np.float32).copy()
+    masks = detections.masks.detach().cpu().numpy().astype(bool)  # type: ignore[union-attr]
+    if masks.shape[1:] != pixels.shape[:2]:
+        raise ValueError(f"masks of {masks.shape[1:]} for an image of {pixels.shape[:2]}")
+    for i in detections.scores.argsort().tolist():  # best last, on top
+        colour = np.array(label_colour(int(detections.labels[i])), dtype=np.float32)
+        pixels[masks[i]] = (1 - opacity) * pixels[masks[i]] + opacity * colour
+    return Image.fromarray(pixels.round().astype(np.uint8))

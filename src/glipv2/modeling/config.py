@@ -134,6 +134,13 @@ class GLIPv2Config(DataclassConfig):
     mlm_head: bool = False  # BERT LM head on the fused text features P (for L_mlm)
     region_word_contrastive_dim: int = 0  # 0 = off; projection size of O̊ and P̊ for L_inter
     region_word_contrastive_log_scale_init: float = 0.0  # DYHEAD.SHALLOW_LOG_SCALE: L_inter temperature
+    # language-aware mask head (instance / referring segmentation, official VLMaskRCNNC4Predictor)
+    mask_head: bool = False  # MASK_ON with ROI_MASK_HEAD.PREDICTOR "VLMaskRCNNC4Predictor"
+    mask_head_channels: int = 256  # ROI_MASK_HEAD.CONV_LAYERS (each entry)
+    mask_head_convs: int = 4  # len(ROI_MASK_HEAD.CONV_LAYERS)
+    mask_pooler_resolution: int = 14  # ROI_MASK_HEAD.POOLER_RESOLUTION; masks are predicted at twice this
+    mask_pooler_levels: int = 3  # the fused levels P3.. the ROI pooler reads (ROI_MASK_HEAD.POOLER_SCALES)
+    mask_sampling_ratio: int = 2  # ROI_MASK_HEAD.POOLER_SAMPLING_RATIO
 
     # --- pre-processing constants (INPUT.*) --------------------------------------------------
     pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)  # BGR, 0-255
@@ -187,6 +194,10 @@ class GLIPv2Config(DataclassConfig):
                             f"{self.deformable_conv_impl!r}")
         if self.num_head_blocks < 1:
             problems.append("num_head_blocks must be >= 1")
+        if min(self.mask_head_channels, self.mask_head_convs, self.mask_pooler_resolution) < 1:
+            problems.append("mask_head_channels, mask_head_convs and mask_pooler_resolution must be >= 1")
+        if not 1 <= self.mask_pooler_levels <= 5:
+            problems.append(f"mask_pooler_levels must be 1-5 (of P3-P7), not {self.mask_pooler_levels}")
         for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
             if key not in self.text_encoder:
                 problems.append(f"text_encoder is missing {key!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .anchors import AnchorGenerator
 from .backbone import build_backbone
 from .config import GLIPv2Config
 from .fpn import FPN
+from .mask_head import LanguageAwareMaskHead
 from .mlm_head import MLMHead
 from .outputs import GLIPv2Output
 from .text_encoder import TextEncoder, TextFeatures, load_tokenizer, state_fingerprint
@@ -64,6 +66,7 @@ class GLIPv2(nn.Module):
                                             config.region_word_contrastive_dim,
                                             config.region_word_contrastive_log_scale_init)
             if config.region_word_contrastive_dim else None)
+        self.mask_head = LanguageAwareMaskHead(config) if config.mask_head else None
         self.tokenizer_source: str = config.tokenizer
         self._tokenizer: PreTrainedTokenizerFast | None = None
 
@@ -96,10 +99,15 @@ class GLIPv2(nn.Module):
         text_features: TextFeatures | None = None,
         return_legacy_logits: bool = False,
         return_mlm_logits: bool | None = None,
+        mask_boxes: Sequence[torch.Tensor] | None = None,
+        mask_token_weights: Sequence[torch.Tensor] | None = None,
     ) -> GLIPv2Output:
         """pixel_values: (B, 3, H, W) normalised BGR images (any H, W; padding at bottom/right);
         input_ids, attention_mask: (B or 1, T) tokens, or pre-computed `text_features`;
-        image_sizes: (B, 2) unpadded (h, w), default the full tensor size."""
+        image_sizes: (B, 2) unpadded (h, w), default the full tensor size;
+        mask_boxes, mask_token_weights: per image (N_i, 4) boxes in input pixels and (N_i, T) the
+        tokens of each box's phrase, for `mask_logits` (training: the ground truth, as the mask loss
+        needs them inside the forward; inference: see `predict_mask_logits`)."""
         _check_images(pixel_values)
         batch = pixel_values.shape[0]
         if text_features is None:
@@ -122,13 +130,29 @@ class GLIPv2(nn.Module):
 
         want_mlm = self.training if return_mlm_logits is None else return_mlm_logits
         mlm_logits = self.mlm_head(head.fused_text) if (self.mlm_head is not None and want_mlm) else None
+        mask_logits = None
+        if mask_boxes is not None:
+            if mask_token_weights is None:
+                raise ValueError("mask_boxes needs mask_token_weights (the tokens of each box's phrase)")
+            mask_logits = self._mask_head()(head.fused_visual, mask_boxes, head.fused_text, mask_token_weights)
         return GLIPv2Output(
             logits=head.logits, box_regression=head.box_regression, centerness=head.centerness,
             anchors=anchors, region_features=region_features, token_features=hidden,
             fused_region_features=head.fused_visual, fused_token_features=head.fused_text,
             token_embeddings=head.token_embeddings, text_attention_mask=mask, image_sizes=image_sizes,
-            mlm_logits=mlm_logits, legacy_cls_logits=head.legacy_cls_logits,
+            mlm_logits=mlm_logits, legacy_cls_logits=head.legacy_cls_logits, mask_logits=mask_logits,
         )
+
+    def predict_mask_logits(self, output: GLIPv2Output, boxes: Sequence[torch.Tensor],
+                            token_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Mask logits (N_i, M, M) inside each of `boxes` (per image (N_i, 4), input pixels) for the
+        phrase given by `token_weights` (per image (N_i, T)), from a finished forward's fused O and P."""
+        return self._mask_head()(output.fused_region_features, boxes, output.fused_token_features, token_weights)
+
+    def _mask_head(self) -> LanguageAwareMaskHead:
+        if self.mask_head is None:
+            raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
+        return self.mask_head
 
     # --- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str], save_tokenizer: bool = True,

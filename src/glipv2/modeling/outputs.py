@@ -26,6 +26,7 @@ class GLIPv2Output:
     image_sizes:       (B, 2) unpadded (height, width) of each image in the batch
     mlm_logits:        (B, T, vocab) when the model has an MLM head, else None
     legacy_cls_logits: per level (B, 80, H, W) of the unused classic classifier, on request
+    mask_logits:       per image (N_i, M, M) mask logits of the boxes given to the forward, else None
     """
 
     logits: list[torch.Tensor]
@@ -41,3 +42,4 @@ class GLIPv2Output:
     image_sizes: torch.Tensor
     mlm_logits: torch.Tensor | None = None
     legacy_cls_logits: list[torch.Tensor] | None = None
+    mask_logits: list[torch.Tensor] | None = None
