@@ -3,10 +3,11 @@
 A Mask R-CNN mask branch on the *fused* region features O: RoIAlign from P3.. at 14x14, a stack
 of 3x3 convolutions, a 2x up-sampling to 28x28. As in the official `VLMaskRCNNC4Predictor`, the
 mask is not one channel per class but a per-pixel alignment with the fused token features P,
-`<x(u, v), W·P_t> / exp(log_scale) + P_t·b`, so that a mask can be asked for any phrase. The mask of a
-phrase is the mean of the logits of its tokens (official loss: the mean over the token channels of
-the box's phrase); as the logits are linear in P_t, that mean is computed once per box from the
-averaged token projection instead of materialising all T token channels.
+`<x(u, v), W·(P̂_t / 2) + w_0> / exp(log_scale) + P̂_t·b` with P̂ the L2-normalised P, so that a mask can be
+asked for any phrase. The mask of a phrase is the mean of the logits of its tokens (official loss: the
+mean over the token channels of the box's phrase); as the logits are linear in P̂_t, that mean is
+computed once per box from the averaged token projection instead of materialising all T token
+channels (so the official clamp at ±50000 applies to the mean, not to each token).
 """
 
 from __future__ import annotations
@@ -59,10 +60,6 @@ class LanguageAwareMaskHead(nn.Module):
                 # official MSRAFill for every weight of the mask branch, zero biases
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-
-    @property
-    def resolution(self) -> int:
-        return 2 * self.pooler.output_size[0]
 
     def forward(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], tokens: torch.Tensor,
                 token_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
