@@ -48,6 +48,12 @@ class RawDetections:
                              torch.cat([p.labels for p in parts]), torch.cat(with_masks) if with_masks else None)
 
 
+def fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
+    """A (K, T') positive map cut, or zero-padded, to a batch output's T token slots."""
+    positive_map = positive_map[:, :slots]
+    return torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
+
+
 def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                iou_threshold: float) -> torch.Tensor:
     """Per-label NMS with the legacy IoU (w = x2 - x1 + 1), suppressing IoU > threshold; returns
@@ -89,10 +95,7 @@ class PostProcessor:
         """Pre-NMS candidates of image `index` of a batch output, all levels concatenated.
         positive_map: (K, T') over the prompt's tokens; slots past T' (batch padding) count as negative."""
         h, w = (int(v) for v in output.image_sizes[index])
-        slots = output.logits[0].shape[2]
-        positive_map = positive_map[:, :slots].to(output.logits[0].device)
-        if positive_map.shape[1] < slots:
-            positive_map = torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
+        positive_map = fit_token_slots(positive_map, output.logits[0].shape[2]).to(output.logits[0].device)
         parts = []
         for logits, deltas, centerness, anchors in zip(output.logits, output.box_regression, output.centerness,
                                                         output.anchors):

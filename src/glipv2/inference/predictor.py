@@ -23,7 +23,7 @@ from ..modeling.text_encoder import TextFeatures
 from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image
 from ..processing.prompts import DETECTION_SEPARATOR, Prompt, PromptChunk, Span, grounding_prompt
 from .detections import Detections
-from .postprocess import PostProcessor, RawDetections
+from .postprocess import PostProcessor, RawDetections, fit_token_slots
 
 
 @dataclass
@@ -222,7 +222,7 @@ class Predictor:
         if self.model.mask_head is not None:
             # each detection's mask is asked for with the tokens of its own label
             slots = output.fused_token_features.shape[1]
-            weights = [_fit_token_slots(pm, slots).to(self.device)[d.labels].float()
+            weights = [fit_token_slots(pm, slots).to(self.device)[d.labels].float()
                        for pm, d in zip(positive_maps, found)]
             logits = self.model.predict_mask_logits(output, [d.boxes for d in found], weights)
             for detections, mask_logits in zip(found, logits):
@@ -251,12 +251,6 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
         return torch.zeros(0, *image_size, dtype=torch.bool)
     pasted = paste_masks_in_image(masks[:, None].float(), boxes.float(), image_size, padding=1)
     return pasted[:, 0] > threshold
-
-
-def _fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
-    """A (K, T') positive map cut or zero-padded to the batch's T token slots."""
-    positive_map = positive_map[:, :slots]
-    return torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
 
 
 def _stack_text(features: list[TextFeatures]) -> TextFeatures:
