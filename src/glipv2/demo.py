@@ -2,7 +2,8 @@
 
 With the shipped weights (`weights/glipv2_tiny_shapes`, trained by `scripts/train_tiny_shapes.sh`)
 it generates a few ShapesWorld images and runs `glipv2 predict` on them twice — detection with the
-36 colour+shape names as the class prompt, and grounding of each image's own caption — writing
+36 colour+shape names as the class prompt (one label per box: the names share their colour and shape
+words), and grounding of each image's own caption — writing
 JSON and annotated PNGs under `demo_out/` and printing what was found next to the ground truth.
 Without them (e.g. a non-editable install), it runs one forward pass of a preset with random
 detection weights and summarises the shapes, which shows what the network computes, not detections.
@@ -72,7 +73,8 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
     t0 = time.perf_counter()
     detection_json = out / "detection.json"
     if main(["predict", *images, "--model", str(weights), "--classes", ",".join(names),
-             "--threshold", str(DEMO_THRESHOLD), "--out", str(detection_json), "--viz", str(out / "detection")]) != 0:
+             "--threshold", str(DEMO_THRESHOLD), "--one-label-per-box", "--out", str(detection_json),
+             "--viz", str(out / "detection")]) != 0:
         raise RuntimeError("glipv2 predict (detection) failed; see the message above")
     grounded: list[dict[str, object]] = []
     for image, entry in zip(images, grounding["images"]):

@@ -1,4 +1,4 @@
-"""`glipv2 predict`: fixture parity from the shell, the JSON document, --viz, bad input."""
+"""`glipv2 predict`: fixture parity from the shell, the JSON document, --viz, --one-label-per-box, bad input."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from glipv2.cli import main
+from glipv2.inference import legacy_nms
 
 FIXTURE_CAPTION = "red circle. blue square. green triangle."
 FIXTURE_PHRASES = ["red circle", "blue square", "green triangle"]
@@ -40,6 +41,23 @@ def test_fixture_detections_through_the_cli(fixture_model_dir: Path, fixture_dir
                                atol=1e-3, rtol=0)
     torch.testing.assert_close(torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"],
                                atol=1e-5, rtol=0)
+
+
+def test_one_label_per_box_leaves_no_overlapping_boxes(fixture_model_dir: Path, fixture_dir: Path,
+                                                       tmp_path: Path) -> None:
+    def overlaps_across_labels(*flags: str) -> int:
+        out = tmp_path / "results.json"
+        assert predict(str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--no-resize",
+                       "--threshold", "0", "--caption", FIXTURE_CAPTION, "--phrases", *FIXTURE_PHRASES, *flags,
+                       "--out", str(out)) == 0
+        [entry] = json.loads(out.read_text())["images"]
+        boxes = torch.tensor([d["box_xyxy"] for d in entry["detections"]])
+        scores = torch.tensor([d["score"] for d in entry["detections"]])
+        # how many boxes an NMS across all labels (IoU 0.6, the model's) would still remove
+        return len(boxes) - len(legacy_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.long), 0.6))
+
+    assert overlaps_across_labels() > 0  # the official per-label NMS keeps one copy per label
+    assert overlaps_across_labels("--one-label-per-box") == 0
 
 
 def test_bad_images_are_reported_and_the_others_still_written(fixture_model_dir: Path, fixture_dir: Path,

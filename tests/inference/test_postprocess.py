@@ -76,6 +76,16 @@ def test_nms_is_per_label_and_returns_descending_scores() -> None:
     assert legacy_nms(boxes, scores, labels, 0.6).tolist() == [1, 3, 2]
 
 
+def test_one_label_per_box_keeps_the_best_label_of_overlapping_boxes() -> None:
+    # one object scored as "red circle" (0.9) and "red square" (0.6), a second box apart
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
+    candidates = RawDetections(boxes, torch.tensor([0.9, 0.6, 0.5, 0.7]), torch.tensor([0, 1, 1, 1]))
+    official = PostProcessor().select(candidates)
+    assert official.labels.tolist() == [0, 1, 1]  # per-label NMS keeps a copy of the box per label
+    kept = PostProcessor(one_label_per_box=True).select(candidates)
+    assert kept.labels.tolist() == [0, 1] and kept.scores.tolist() == pytest.approx([0.9, 0.7])
+
+
 def test_top_k_keeps_ties_at_the_cut() -> None:
     boxes = torch.tensor([[0.0, 0, 1, 1], [10, 10, 11, 11], [20, 20, 21, 21], [30, 30, 31, 31]])
     candidates = RawDetections(boxes, torch.tensor([0.9, 0.5, 0.5, 0.1]), torch.zeros(4, dtype=torch.long))

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..processing.processor import GLIPv2Processor, load_image
+from .postprocess import PostProcessor
 from .predictor import Predictor, Vocabulary
 from .visualize import draw_detections
 
@@ -42,6 +43,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     size.add_argument("--size", metavar="SHORT,LONG",
                       help="resize the shorter side to SHORT, the longer to at most LONG (default: the model's, 800,1333)")
     size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
+    p.add_argument("--one-label-per-box", action="store_true",
+                   help="keep only the best label of overlapping boxes (NMS across labels; not official), for "
+                        "class names that share words")
     p.add_argument("--chunk-size", type=int, metavar="N", help="class names per pass for long vocabularies")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="forward passes batched together")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -128,7 +132,8 @@ def run_predict(args: argparse.Namespace) -> int:
             except (RuntimeError, ValueError) as err:
                 raise BadInput(f"--device {args.device}: {err}") from None
         processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
-        predictor = Predictor(model, processor, batch_size=args.batch_size)
+        postprocessor = PostProcessor.from_config(model.config, one_label_per_box=args.one_label_per_box)
+        predictor = Predictor(model, processor, postprocessor=postprocessor, batch_size=args.batch_size)
         vocabulary = _vocabulary(args, predictor)
     except BadInput as err:
         print(f"glipv2 predict: {err}", file=sys.stderr)

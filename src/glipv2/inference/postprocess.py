@@ -76,16 +76,19 @@ class PostProcessor:
     """Region–word logits + boxes -> per-image detections (official ATSS post-processing)."""
 
     def __init__(self, inference_threshold: float = 0.05, pre_nms_top_n: int = 1000, nms_threshold: float = 0.6,
-                 detections_per_image: int = 100, min_box_size: float = 0.0) -> None:
+                 detections_per_image: int = 100, min_box_size: float = 0.0, one_label_per_box: bool = False) -> None:
         self.inference_threshold = inference_threshold
+        # not official: after the per-label NMS, one more across labels, so that names sharing words
+        # ("red circle", "red square") do not each keep a copy of the same box
+        self.one_label_per_box = one_label_per_box
         self.pre_nms_top_n = pre_nms_top_n
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
         self.min_box_size = min_box_size
 
     @classmethod
-    def from_config(cls, config: GLIPv2Config, **overrides: float) -> PostProcessor:
-        kwargs: dict[str, float] = {
+    def from_config(cls, config: GLIPv2Config, **overrides: float | bool) -> PostProcessor:
+        kwargs: dict[str, float | bool] = {
             "inference_threshold": config.inference_threshold, "pre_nms_top_n": config.pre_nms_top_n,
             "nms_threshold": config.nms_threshold, "detections_per_image": config.detections_per_image}
         kwargs.update(overrides)
@@ -117,9 +120,12 @@ class PostProcessor:
         return RawDetections.cat(parts)
 
     def select(self, candidates: RawDetections) -> RawDetections:
-        """NMS per label, then the `detections_per_image` best (ties at the cut all kept)."""
+        """NMS per label (and across labels with `one_label_per_box`), then the `detections_per_image`
+        best (ties at the cut all kept)."""
         kept = candidates.select(legacy_nms(candidates.boxes, candidates.scores, candidates.labels,
                                             self.nms_threshold))
+        if self.one_label_per_box:
+            kept = kept.select(legacy_nms(kept.boxes, kept.scores, torch.zeros_like(kept.labels), self.nms_threshold))
         n = len(kept)
         if n > self.detections_per_image > 0:
             cut = torch.kthvalue(kept.scores.cpu(), n - self.detections_per_image + 1).values.item()
