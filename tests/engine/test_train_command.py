@@ -1,4 +1,5 @@
-"""`glipv2 train`: a short run on a ShapesWorld split with periodic evaluation, and bad input."""
+"""`glipv2 train`: a short run on a ShapesWorld split with periodic evaluation, one without any, and bad
+input."""
 
 from __future__ import annotations
 
@@ -41,10 +42,27 @@ def test_train_on_shapes_world_with_evaluation(tmp_path: Path, tiny_config: Any)
     assert not torch.equal(trained.state_dict()["head.bias0"], GLIPv2.from_pretrained(model_dir).state_dict()["head.bias0"])
 
 
+def test_no_val_generates_no_val_split_and_evaluates_nothing(tmp_path: Path, tiny_config: Any) -> None:
+    torch.manual_seed(0)
+    model_dir = GLIPv2(tiny_config(pad_to_max_query_len=False, region_word_contrastive_dim=16)
+                       ).save_pretrained(tmp_path / "start")
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"max_steps": 1, "batch_size": 2, "min_sizes": [96], "max_size": 128,
+                                  "warmup_steps": 0, "log_every": 1, "eval_every": 1}))
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--shapes-images", "2", "--no-val", "--config", str(config),
+                 "--out", str(out)]) == 0
+    assert (out / "data" / "train" / "instances.json").is_file() and not (out / "data" / "val").exists()
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1] and not any("eval" in r for r in log)
+    assert (out / "model" / "config.json").is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--train-ann", "x.json"], "--train-ann and --train-images go together"),
     (["--train-ann", "missing.json", "--train-images", "."], "missing.json"),
     (["--config", "nowhere.yaml", "--train-ann", "a", "--train-images", "b"], "--config"),
+    (["--no-val", "--val-ann", "a", "--val-images", "b"], "--no-val and --val-ann exclude each other"),
 ])
 def test_bad_calls_give_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                             message: str) -> None:

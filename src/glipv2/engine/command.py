@@ -34,6 +34,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--shapes-images", type=int, default=2000, metavar="N",
                    help="ShapesWorld train images to generate when no --train-ann is given (default 2000)")
     p.add_argument("--val-limit", type=int, default=200, metavar="N", help="images of the val set per evaluation")
+    p.add_argument("--no-val", action="store_true",
+                   help="no evaluation during or after training, and no ShapesWorld val split (score the model "
+                        "folder with `glipv2 eval` instead)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.set_defaults(func=run_train)
@@ -44,19 +47,24 @@ class BadInput(ValueError):
     pass
 
 
-def _shapes_data(out: Path, num_images: int, rank: int) -> tuple[Path, Path, Path, Path]:
-    """Generate (once) a ShapesWorld train and val split inside the run folder."""
+def _shapes_data(out: Path, num_images: int, rank: int, with_val: bool = True
+                 ) -> tuple[Path, Path, Path | None, Path | None]:
+    """Generate (once) a ShapesWorld train split, and unless `with_val` is off a val split, inside the
+    run folder."""
     import torch.distributed as dist
 
     from ..data.shapes_world import generate_shapes_world
 
     train, val = out / "data" / "train", out / "data" / "val"
+    splits = [(train, num_images, 0, "train")] + ([(val, 200, 1, "val")] if with_val else [])
     if rank == 0:
-        for folder, n, seed, split in ((train, num_images, 0, "train"), (val, 200, 1, "val")):
+        for folder, n, seed, split in splits:
             if not (folder / "instances.json").is_file():
                 generate_shapes_world(folder, n, seed, split=split, progress=True)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+    if not with_val:
+        return train / "instances.json", train / "images", None, None
     return train / "instances.json", train / "images", val / "instances.json", val / "images"
 
 
@@ -78,6 +86,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise BadInput("--train-ann and --train-images go together")
         if (args.val_ann is None) != (args.val_images is None):
             raise BadInput("--val-ann and --val-images go together")
+        if args.no_val and args.val_ann is not None:
+            raise BadInput("--no-val and --val-ann exclude each other")
         try:
             config = TrainConfig.load(args.config) if args.config else TrainConfig()
             overrides = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
@@ -93,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if args.train_ann is None:
             train_ann, train_images, val_ann, val_images = _shapes_data(out, args.shapes_images,
-                                                                        distributed.get_rank())
+                                                                        distributed.get_rank(), not args.no_val)
         else:
             train_ann, train_images = Path(args.train_ann), Path(args.train_images)
             val_ann = Path(args.val_ann) if args.val_ann else None
