@@ -78,13 +78,13 @@ class PostProcessor:
     def __init__(self, inference_threshold: float = 0.05, pre_nms_top_n: int = 1000, nms_threshold: float = 0.6,
                  detections_per_image: int = 100, min_box_size: float = 0.0, one_label_per_box: bool = False) -> None:
         self.inference_threshold = inference_threshold
-        # not official: after the per-label NMS, one more across labels, so that names sharing words
-        # ("red circle", "red square") do not each keep a copy of the same box
-        self.one_label_per_box = one_label_per_box
         self.pre_nms_top_n = pre_nms_top_n
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
         self.min_box_size = min_box_size
+        # not official: after the per-label NMS, one more across labels, so that names sharing words
+        # ("red circle", "red square") do not each keep a copy of the same box
+        self.one_label_per_box = one_label_per_box
 
     @classmethod
     def from_config(cls, config: GLIPv2Config, **overrides: float | bool) -> PostProcessor:
