@@ -13,6 +13,7 @@ from glipv2 import GLIPv2
 from glipv2.cli import main
 from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.evaluation.coco import STAT_NAMES
+from glipv2.inference.postprocess import legacy_nms
 
 SMALL = ["--size", "64,96"]  # random weights: only the plumbing is under test, so keep forwards tiny
 
@@ -132,6 +133,44 @@ def test_odinw_folder_gives_a_table_per_dataset_and_the_average(shapes: Path, mo
     assert run("odinw", "--predictions", str(tmp_path / "odinw_predictions.json"), "--ann", str(shapes),
                "--pattern", "instances.json", "--out", str(again), "--limit", "1") == 0
     assert json.loads(again.read_text()) == metrics  # --limit: the same image as the model run
+
+
+def test_one_label_per_box_keeps_the_top_label_of_overlapping_boxes(shapes: Path, model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    def predictions(*flags: str) -> list[dict]:
+        out = tmp_path / "metrics.json"
+        assert run("coco", "--model", str(model_dir), "--ann", str(shapes / "instances.json"), "--images",
+                   str(shapes / "images"), "--out", str(out), "--no-progress", *SMALL, *flags) == 0
+        return json.loads((tmp_path / "metrics_predictions.json").read_text())
+
+    def overlaps_across_labels(results: list[dict]) -> int:
+        """How many boxes an NMS across all labels (IoU 0.6, the model's) would still remove."""
+        removed = 0
+        for image_id in {r["image_id"] for r in results}:
+            mine = [r for r in results if r["image_id"] == image_id]
+            boxes = torch.tensor([[x, y, x + w - 1, y + h - 1] for x, y, w, h in (r["bbox"] for r in mine)])
+            scores = torch.tensor([r["score"] for r in mine])
+            removed += len(mine) - len(legacy_nms(boxes, scores, torch.zeros(len(mine), dtype=torch.long), 0.6))
+        return removed
+
+    official, one_label = predictions(), predictions("--one-label-per-box")
+    assert overlaps_across_labels(official) > 0  # per-label NMS: a box keeps a copy for several names
+    assert one_label and overlaps_across_labels(one_label) == 0
+    # each image's best detection survives both NMS passes and the top-100 cut unchanged
+    def best(results: list[dict]) -> dict:
+        return {i: max((r for r in results if r["image_id"] == i), key=lambda r: r["score"])
+                for i in {r["image_id"] for r in results}}
+
+    assert best(one_label) == best(official)
+
+
+def test_one_label_per_box_goes_with_a_model_not_with_predictions(shapes: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results.json"
+    results.write_text("[]")
+    assert run("coco", "--predictions", str(results), "--ann", str(shapes / "instances.json"), "--out",
+               str(tmp_path / "m.json"), "--one-label-per-box") == 2
+    assert "--one-label-per-box" in capsys.readouterr().err
 
 
 def test_unwritable_out_fails_before_any_work(shapes: Path, model_dir: Path, tmp_path: Path,

@@ -45,6 +45,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", metavar="SHORT,LONG", help="test resize (default: the model's)")
     size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
+    p.add_argument("--one-label-per-box", action="store_true",
+                   help="keep only the best label of overlapping boxes (NMS across labels; not official): "
+                        "AP then follows each box's top-1 name, as `glipv2 predict --one-label-per-box`")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the metrics json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,8 +97,8 @@ def _check_call(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise BadInput(f"--{name.replace('_', '-')} {value}: must be >= 1")
     _check_writable(Path(args.out))
-    if args.predictions and (args.size or args.no_resize or args.device):
-        raise BadInput("--size, --no-resize and --device go with --model, not --predictions")
+    if args.predictions and (args.size or args.no_resize or args.device or args.one_label_per_box):
+        raise BadInput("--size, --no-resize, --one-label-per-box and --device go with --model, not --predictions")
 
 
 def _check_writable(out: Path) -> None:
@@ -115,6 +118,7 @@ def _load_predictor(args: argparse.Namespace) -> Any:
     from ..engine import distributed
     from ..inference.command import BadInput as PredictBadInput
     from ..inference.command import processor_overrides
+    from ..inference.postprocess import PostProcessor
     from ..inference.predictor import Predictor
     from ..modeling.loading import load_model
     from ..processing.processor import GLIPv2Processor
@@ -134,7 +138,8 @@ def _load_predictor(args: argparse.Namespace) -> Any:
     except Exception as err:  # noqa: BLE001
         raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
     processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
-    return Predictor(model, processor, device=device, batch_size=args.batch_size)
+    postprocessor = PostProcessor.from_config(model.config, one_label_per_box=args.one_label_per_box)
+    return Predictor(model, processor, postprocessor=postprocessor, device=device, batch_size=args.batch_size)
 
 
 def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) -> dict[str, Any]:
