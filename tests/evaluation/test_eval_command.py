@@ -156,6 +156,7 @@ def test_one_label_per_box_keeps_the_top_label_of_overlapping_boxes(shapes: Path
     official, one_label = predictions(), predictions("--one-label-per-box")
     assert overlaps_across_labels(official) > 0  # per-label NMS: a box keeps a copy for several names
     assert one_label and overlaps_across_labels(one_label) == 0
+
     # each image's best detection survives both NMS passes and the top-100 cut unchanged
     def best(results: list[dict]) -> dict:
         return {i: max((r for r in results if r["image_id"] == i), key=lambda r: r["score"])
