@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import glipv2
 from glipv2.modeling import dyconv as dyconv_module
-from glipv2.modeling.text_encoder import load_tokenizer
+from glipv2.processing.text import load_tokenizer
 
 COCO_CLASSES = (
     "person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, "

@@ -23,7 +23,7 @@ import glipv2
 from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Processor, Predictor
 from glipv2.convert import ConversionReport, convert_state_dict, load_official_checkpoint
 from glipv2.inference import PostProcessor
-from glipv2.modeling.text_encoder import load_tokenizer
+from glipv2.processing.text import load_tokenizer
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE_DIR = SHARED_DIR / "fixtures" / "glip_parity_tiny"

@@ -12,7 +12,7 @@ import yaml
 from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.evaluation.coco import evaluate_detection
 from glipv2.inference.predictor import Predictor
-from glipv2.modeling.loading import load_model
+from glipv2.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights" / "glipv2_tiny_shapes"

@@ -11,7 +11,6 @@ detection weights and summarises the shapes, which shows what the network comput
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .inference import PostProcessor
 from .modeling import GLIPv2, build_model
 from .processing import grounding_prompt, image_to_tensor, pad_batch
+from .processing.postprocess import PostProcessor
+from .utils.io import read_json
 
 DEMO_CAPTION = "red circle. blue square. green triangle."
 DEMO_PHRASES = ("red circle", "blue square", "green triangle")
@@ -65,8 +65,8 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
     data = out / "shapes"
     if not (data / "grounding.json").is_file():
         generate_shapes_world(data, num_images, seed, split="val", progress=False)
-    grounding = json.loads((data / "grounding.json").read_text())
-    instances = json.loads((data / "instances.json").read_text())
+    grounding = read_json(data / "grounding.json", "ShapesWorld grounding")
+    instances = read_json(data / "instances.json", "ShapesWorld instances")
     names = [c["name"] for c in sorted(instances["categories"], key=lambda c: c["id"])]
     images = [str(data / "images" / entry["file_name"]) for entry in grounding["images"]]
 
@@ -83,10 +83,10 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
         if main(["predict", image, "--model", str(weights), "--caption", entry["caption"], "--phrases", *phrases,
                  "--threshold", str(DEMO_THRESHOLD), "--out", str(result), "--viz", str(out / "grounding")]) != 0:
             raise RuntimeError("glipv2 predict (grounding) failed; see the message above")
-        grounded.append(json.loads(result.read_text()))
+        grounded.append(read_json(result, "predictions"))
     seconds = time.perf_counter() - t0
 
-    detections = json.loads(detection_json.read_text())
+    detections = read_json(detection_json, "predictions")
     truth: dict[int, Counter[str]] = {}
     by_id = {c["id"]: c["name"] for c in instances["categories"]}
     for ann in instances["annotations"]:

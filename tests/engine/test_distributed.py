@@ -17,7 +17,7 @@ from torch import nn
 
 from glipv2 import GLIPv2Output
 from glipv2.engine import GLIPv2Criterion, LossConfig
-from glipv2.engine.distributed import (
+from glipv2.utils.distributed import (
     all_gather_sizes,
     all_gather_varlen,
     all_gather_with_grad,

@@ -13,7 +13,7 @@ from glipv2 import GLIPv2
 from glipv2.cli import main
 from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.evaluation.coco import STAT_NAMES
-from glipv2.inference.postprocess import legacy_nms
+from glipv2.processing.postprocess import legacy_nms
 
 SMALL = ["--size", "64,96"]  # random weights: only the plumbing is under test, so keep forwards tiny
 

@@ -15,7 +15,7 @@ import torch
 from glipv2 import Detections
 from glipv2.evaluation.base import EvalSample
 from glipv2.evaluation.lvis import LVISEvaluator, lvis_benchmark, lvis_image_path
-from glipv2.inference.postprocess import RawDetections
+from glipv2.processing.postprocess import RawDetections
 
 # Three images, categories of every frequency, objects of every size; image 1 verified free of
 # zebras (neg), image 2 of bears, image 3 of aerosol cans; image 2 not exhaustively annotated

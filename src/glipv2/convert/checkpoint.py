@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..modeling.config import GLIPv2Config
-from ..modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, GLIPv2
-from ..modeling.text_encoder import load_tokenizer
+from ..modeling.glipv2 import CONFIG_NAME, STATE_LAYOUT, WEIGHTS_NAME, GLIPv2
+from ..processing.processor import GLIPv2Processor
 from .official import ConversionError, ConversionReport, convert_state_dict, load_official_checkpoint
 
 # written next to the model files: where the weights came from and what the converter did
@@ -131,8 +131,9 @@ def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[s
         tmp.mkdir()
         config.save(tmp / CONFIG_NAME)
         write_safetensors(tmp / WEIGHTS_NAME, {k: state[k] for k in expected},
-                          metadata={"format": "pt", "library": "glipv2", "converted_from": src.name})
-        load_tokenizer(config.tokenizer).save_pretrained(str(tmp / TOKENIZER_DIR))
+                          metadata={"format": "pt", "library": "glipv2", "layout": STATE_LAYOUT,
+                                    "converted_from": src.name})
+        GLIPv2Processor.from_config(config).save_pretrained(tmp)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(_provenance(src, report), indent=2) + "\n")
         _move_into_place(tmp, out, overwrite)
     except BaseException:

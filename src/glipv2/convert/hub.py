@@ -1,6 +1,6 @@
 """Official GLIP checkpoints from the Hugging Face hub (or a local `.pth`): converted once, cached.
 
-`GLIPv2.from_pretrained("GLIPModel/GLIP", filename="glip_tiny_model_o365_goldg.pth")` downloads
+`from_official("GLIPModel/GLIP", filename="glip_tiny_model_o365_goldg.pth")` (or `glipv2.load_model`) downloads
 the file with `huggingface_hub.hf_hub_download` (so the hub's own cache, offline mode and tokens
 apply), converts it into `$GLIPV2_CACHE/converted/<owner>--<repo>--<file stem>--<commit>--<config
 digest>` (default root `~/.cache/glipv2`) and loads that folder; later calls find the folder and
@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..modeling.config import GLIPv2Config
-from ..modeling.glipv2 import CONFIG_NAME, WEIGHTS_NAME
+from ..modeling.glipv2 import CONFIG_NAME, WEIGHTS_NAME, GLIPv2
 from .checkpoint import convert_checkpoint
 from .official_config import resolve_config
 
@@ -119,3 +119,19 @@ def _download(repo_id: str, filename: str, revision: str | None) -> tuple[Path, 
     # the hub cache stores files under snapshots/<commit>/; anything else keys by the revision name
     commit = snapshot.name if snapshot.parent.name == "snapshots" else (revision or "main")
     return local, commit
+
+
+def from_official(name_or_path: str, filename: str | None = None, revision: str | None = None, *,
+                  arch: str | None = None, official_config: str | os.PathLike[str] | None = None,
+                  text_config: str | os.PathLike[str] | None = None, allow_pickle: bool = False,
+                  map_location: str = "cpu", **config_overrides: Any) -> GLIPv2:
+    """An official GLIP checkpoint as a `GLIPv2`: a local `.pth` path, or a hub repo id with
+    `filename` the `.pth` inside it (e.g. `from_official("GLIPModel/GLIP",
+    filename="glip_tiny_model_o365_goldg.pth")`). Converted once into `cache_root()` (see
+    `converted_model_dir`); its architecture comes from the released file name, or from `arch`
+    (a preset: glip_t, glip_t_a, glip_l) or `official_config` (the GLIP YAML), with `text_config`
+    (a BertConfig JSON) when its BERT is not bert-base-uncased. `allow_pickle` lets the converter
+    unpickle a file that `torch.load(weights_only=True)` refuses."""
+    directory = converted_model_dir(name_or_path, filename, revision, arch=arch, official_config=official_config,
+                                    text_config=text_config, allow_pickle=allow_pickle)
+    return GLIPv2.from_pretrained(directory, map_location=map_location, **config_overrides)

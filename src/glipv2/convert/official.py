@@ -18,41 +18,41 @@ from ..modeling.config import GLIPv2Config
 
 # (official regex, our template); "{tail}" carries the rest of the key unchanged.
 _FIXED_RULES: list[tuple[str, str]] = [
-    (r"backbone\.body\.(?P<tail>.+)", "backbone.{tail}"),
-    (r"backbone\.fpn\.top_blocks\.(?P<tail>p[67]\..+)", "fpn.{tail}"),
-    (r"backbone\.fpn\.(?P<tail>fpn_.+)", "fpn.{tail}"),
-    (r"language_backbone\.body\.model\.(?P<tail>.+)", "text_encoder.model.{tail}"),
-    (r"rpn\.head\.cls_logits\.(?P<tail>.+)", "head.legacy_cls_logits.{tail}"),
-    (r"rpn\.head\.dot_product_projection_text\.(?P<tail>.+)", "head.token_projection.{tail}"),
-    (r"rpn\.head\.(?P<tail>(bbox_pred|centerness|scales)\..+)", "head.{tail}"),
-    (r"rpn\.head\.(?P<tail>log_scale|bias_lang|bias0)", "head.{tail}"),
-    (r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)", "mlm_head.{tail}"),
-    (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "anchor_generator.cell_anchor_{tail}"),
+    (r"backbone\.body\.(?P<tail>.+)", "core.backbone.{tail}"),
+    (r"backbone\.fpn\.top_blocks\.(?P<tail>p[67]\..+)", "core.fpn.{tail}"),
+    (r"backbone\.fpn\.(?P<tail>fpn_.+)", "core.fpn.{tail}"),
+    (r"language_backbone\.body\.model\.(?P<tail>.+)", "core.text_encoder.model.{tail}"),
+    (r"rpn\.head\.cls_logits\.(?P<tail>.+)", "heads.grounding.legacy_cls_logits.{tail}"),
+    (r"rpn\.head\.dot_product_projection_text\.(?P<tail>.+)", "heads.grounding.token_projection.{tail}"),
+    (r"rpn\.head\.(?P<tail>(bbox_pred|centerness|scales)\..+)", "heads.grounding.{tail}"),
+    (r"rpn\.head\.(?P<tail>log_scale|bias_lang|bias0)", "heads.grounding.{tail}"),
+    (r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)", "heads.mlm.{tail}"),
+    (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "heads.grounding.anchor_generator.cell_anchor_{tail}"),
     # GLIPv2's inter-image region-word contrastive projections ("shallow contrastive" in GLIP's ATSS
     # loss evaluator: Linear(DYHEAD.CHANNELS, dim), Linear(LANG_DIM, dim), temperature (1,))
     (r"rpn\.loss_evaluator\.shallow_contrastive_projection_image\.(?P<tail>weight|bias)",
-     "region_word_contrastive.region.{tail}"),
+     "heads.inter.region.{tail}"),
     (r"rpn\.loss_evaluator\.shallow_contrastive_projection_text\.(?P<tail>weight|bias)",
-     "region_word_contrastive.token.{tail}"),
-    (r"rpn\.loss_evaluator\.shallow_(?P<tail>log_scale)", "region_word_contrastive.{tail}"),
+     "heads.inter.token.{tail}"),
+    (r"rpn\.loss_evaluator\.shallow_(?P<tail>log_scale)", "heads.inter.{tail}"),
 ]
 
 # The inverse of _FIXED_RULES (our regex, official template without `module.`); order matters.
 _REVERSE_RULES: list[tuple[str, str]] = [
-    (r"backbone\.(?P<tail>.+)", "backbone.body.{tail}"),
-    (r"fpn\.(?P<tail>p[67]\..+)", "backbone.fpn.top_blocks.{tail}"),
-    (r"fpn\.(?P<tail>fpn_.+)", "backbone.fpn.{tail}"),
-    (r"text_encoder\.model\.(?P<tail>.+)", "language_backbone.body.model.{tail}"),
-    (r"head\.legacy_cls_logits\.(?P<tail>.+)", "rpn.head.cls_logits.{tail}"),
-    (r"head\.token_projection\.(?P<tail>.+)", "rpn.head.dot_product_projection_text.{tail}"),
-    (r"head\.(?P<tail>.+)", "rpn.head.{tail}"),
-    (r"mlm_head\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
-    (r"anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
-    (r"region_word_contrastive\.region\.(?P<tail>weight|bias)",
+    (r"core\.backbone\.(?P<tail>.+)", "backbone.body.{tail}"),
+    (r"core\.fpn\.(?P<tail>p[67]\..+)", "backbone.fpn.top_blocks.{tail}"),
+    (r"core\.fpn\.(?P<tail>fpn_.+)", "backbone.fpn.{tail}"),
+    (r"core\.text_encoder\.model\.(?P<tail>.+)", "language_backbone.body.model.{tail}"),
+    (r"heads\.grounding\.legacy_cls_logits\.(?P<tail>.+)", "rpn.head.cls_logits.{tail}"),
+    (r"heads\.grounding\.token_projection\.(?P<tail>.+)", "rpn.head.dot_product_projection_text.{tail}"),
+    (r"heads\.grounding\.anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
+    (r"heads\.grounding\.(?P<tail>.+)", "rpn.head.{tail}"),
+    (r"heads\.mlm\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
+    (r"heads\.inter\.region\.(?P<tail>weight|bias)",
      "rpn.loss_evaluator.shallow_contrastive_projection_image.{tail}"),
-    (r"region_word_contrastive\.token\.(?P<tail>weight|bias)",
+    (r"heads\.inter\.token\.(?P<tail>weight|bias)",
      "rpn.loss_evaluator.shallow_contrastive_projection_text.{tail}"),
-    (r"region_word_contrastive\.(?P<tail>log_scale)", "rpn.loss_evaluator.shallow_{tail}"),
+    (r"heads\.inter\.(?P<tail>log_scale)", "rpn.loss_evaluator.shallow_{tail}"),
 ]
 
 # Present in official files but carrying nothing a glipv2 model stores.
@@ -70,15 +70,15 @@ def official_to_ours(key: str, config: GLIPv2Config) -> str | None:
     if m:
         k, tail = int(m.group(1)), m.group(2)
         if not config.early_fusion:
-            return f"head.blocks.{k}.dyconv.{tail}"
+            return f"core.fusion.blocks.{k}.dyconv.{tail}"
         block, part = divmod(k, 3)
         if part == 0:
-            return f"head.blocks.{block}.fusion.{tail.removeprefix('b_attn.')}" if tail.startswith("b_attn.") else None
+            return f"core.fusion.blocks.{block}.fusion.{tail.removeprefix('b_attn.')}" if tail.startswith("b_attn.") else None
         if part == 1:
-            return f"head.blocks.{block}.text_layer.layer.{tail}"
-        return f"head.blocks.{block}.dyconv.{tail}"
+            return f"core.fusion.blocks.{block}.text_layer.layer.{tail}"
+        return f"core.fusion.blocks.{block}.dyconv.{tail}"
     if key == "rpn.tunable_linear.weight":
-        return "prompt_embedding"
+        return "core.prompt_embedding"
     for pattern, template in _FIXED_RULES:
         m = re.fullmatch(pattern, key)
         if m:
@@ -88,7 +88,7 @@ def official_to_ours(key: str, config: GLIPv2Config) -> str | None:
 
 def ours_to_official(key: str, config: GLIPv2Config) -> str | None:
     """The official name (with `module.`) of one of our keys, or None for glipv2-only tensors."""
-    m = re.fullmatch(r"head\.blocks\.(\d+)\.(fusion|text_layer\.layer|dyconv)\.(.+)", key)
+    m = re.fullmatch(r"core\.fusion\.blocks\.(\d+)\.(fusion|text_layer\.layer|dyconv)\.(.+)", key)
     if m:
         block, part, tail = int(m.group(1)), m.group(2), m.group(3)
         if not config.early_fusion:
@@ -96,7 +96,7 @@ def ours_to_official(key: str, config: GLIPv2Config) -> str | None:
         index = 3 * block + {"fusion": 0, "text_layer.layer": 1, "dyconv": 2}[part]
         tail = f"b_attn.{tail}" if part == "fusion" else tail
         return f"module.rpn.head.dyhead_tower.{index}.{tail}"
-    if key == "prompt_embedding":
+    if key == "core.prompt_embedding":
         return "module.rpn.tunable_linear.weight"
     for pattern, template in _REVERSE_RULES:
         m = re.fullmatch(pattern, key)

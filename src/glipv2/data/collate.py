@@ -4,11 +4,14 @@ Targets follow the criterion's contract (`glipv2.engine.criterion`): `boxes` (N,
 the model's input frame, `positive_map` (N, T) — the tokens of the phrase naming each box —,
 `labels` (N,) phrase identities and `token_labels` (T,) the identity of the phrase each token
 belongs to (-1 for none), which L_inter uses to find positives across images; and, for samples
-with instance masks, `masks` (N, h, w) uint8 in the same frame (L_mask).
+with instance masks, `masks` (N, h, w) uint8 in the same frame (L_mask); with MLM corruption on,
+`mlm_labels` (T,) the original ids of the corrupted tokens (-100 elsewhere), the `input_ids`
+holding the corrupted ones (L_mlm).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +22,7 @@ from ..processing.image import image_to_tensor
 from ..processing.processor import GLIPv2Processor
 from ..processing.prompts import span_tokens
 from .grounding import GroundingSample
+from .mlm import MaskingVocab, mask_tokens
 
 
 @dataclass
@@ -54,10 +58,17 @@ class TrainingBatch:
 
 class GroundingCollator:
     """`GroundingSample`s -> `TrainingBatch` with the model's image and text pre-processing. A
-    phrase cut off by the token limit loses its boxes (as official `od_to_grounding`)."""
+    phrase cut off by the token limit loses its boxes (as official `od_to_grounding`).
 
-    def __init__(self, processor: GLIPv2Processor) -> None:
+    mlm: corrupt the tokens for L_mlm with this vocabulary (see `glipv2.data.mlm`); the random
+    choice is drawn from the batch's samples' keys (`sample.meta["key"]`, set by `SafeDataset`:
+    seed, epoch, index), so it does not depend on the loader's workers or the process."""
+
+    def __init__(self, processor: GLIPv2Processor, mlm: MaskingVocab | None = None,
+                 mlm_probability: float = 0.15) -> None:
         self.processor = processor
+        self.mlm = mlm
+        self.mlm_probability = mlm_probability
 
     def __call__(self, samples: list[GroundingSample | Skipped]) -> TrainingBatch | None:
         skipped = [s.reason for s in samples if isinstance(s, Skipped)]
@@ -86,7 +97,14 @@ class GroundingCollator:
             if sample.masks is not None:
                 target["masks"] = sample.masks[keep].to(torch.uint8)
             targets.append(target)
-        return TrainingBatch(batch.pixel_values, batch.image_sizes, tokens.input_ids, tokens.attention_mask,
+        input_ids = tokens.input_ids
+        if self.mlm is not None:
+            generator = torch.Generator().manual_seed(_batch_seed([s.meta.get("key") for s in good]))
+            input_ids, mlm_labels = mask_tokens(input_ids, tokens.attention_mask, self.mlm, self.mlm_probability,
+                                                generator=generator)
+            for target, labels in zip(targets, mlm_labels):
+                target["mlm_labels"] = labels
+        return TrainingBatch(batch.pixel_values, batch.image_sizes, input_ids, tokens.attention_mask,
                              targets, [s.caption for s in good], [s.image_id for s in good], skipped)
 
 
@@ -112,9 +130,15 @@ class SafeDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> GroundingSample | Skipped:
         try:
             sample = self.dataset[index]
+            sample.meta["key"] = (self.seed, self.epoch, int(index))
             if self.transform is not None:
                 # a tuple of ints hashes the same in every process (str hashing is salted per process)
                 sample = self.transform(sample, random.Random(hash((self.seed, self.epoch, index, 1))))
         except (ValueError, OSError, KeyError, TypeError) as err:
             return Skipped(f"sample {index}: {err}")
         return sample
+
+
+def _batch_seed(keys: list[object]) -> int:
+    """A seed from the samples' keys, the same in every process (Python's str hash is salted)."""
+    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") & (2**63 - 1)

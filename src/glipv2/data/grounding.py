@@ -12,7 +12,6 @@ another as the same concept, and "blue square" of another image as a negative.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections import Counter
@@ -26,6 +25,8 @@ from PIL import Image
 
 from ..processing.processor import load_image
 from ..processing.prompts import DETECTION_SEPARATOR, Span
+from ..utils.boxes import clip_to_image, xywh_to_xyxy
+from ..utils.io import read_json
 
 # Official od_to_grounding: up to 85 categories per prompt (positives first, then negatives).
 MAX_PROMPT_CATEGORIES = 85
@@ -81,19 +82,17 @@ class SkipCounter:
         return dict(self.counts)
 
 
-def xywh_to_legacy_xyxy(x: float, y: float, w: float, h: float) -> list[float]:
-    """COCO xywh -> xyxy with the legacy +1 convention of the official code (x2 = x + w - 1), so
-    that the box coder's +1 widths give back w and the +1 COCO export is exact."""
-    return [x, y, x + w - 1, y + h - 1]
+def legacy_boxes(xywh: list[list[float]]) -> torch.Tensor:
+    """COCO [x, y, w, h] rows -> (N, 4) float32 xyxy in the legacy +1 convention of the official
+    code (x2 = x + w - 1), computed in float64 like the json's numbers, then rounded once."""
+    return xywh_to_xyxy(torch.tensor(xywh, dtype=torch.float64).reshape(-1, 4), legacy=True).float()
 
 
 def sanitize_boxes(boxes: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 4) legacy xyxy boxes -> (boxes clipped to [0, W-1] x [0, H-1], keep mask), as the official
     `clip_to_image(remove_empty=True)`: kept are finite boxes with x2 > x1 and y2 > y1 after
     clipping (so boxes outside the image and boxes without area are dropped)."""
-    clipped = boxes.clone()
-    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width - 1)
-    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height - 1)
+    clipped = clip_to_image(boxes, (height, width))
     keep = (torch.isfinite(boxes).all(dim=1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]))
     return clipped, keep
 
@@ -127,10 +126,7 @@ def decode_segmentation(segmentation: Any, width: int, height: int) -> torch.Ten
 
 
 def _read_json(path: str | Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the annotation file ({err})") from err
+    data = read_json(path, "annotation")
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path}: not a COCO-style json (no 'images' list)")
     return data
@@ -195,10 +191,9 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
                 except (KeyError, ValueError):
                     dropped.append("box without a usable segmentation")
                     continue
-            boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
+            boxes.append([x, y, w, h])
             cats.append(category)
-        box_tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        box_tensor, keep = sanitize_boxes(box_tensor, *image.size)
+        box_tensor, keep = sanitize_boxes(legacy_boxes(boxes), *image.size)
         if not bool(keep.all()):
             dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
         cats = [c for c, k in zip(cats, keep.tolist()) if k]
@@ -276,10 +271,10 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
                 continue
             label = label_id(" ".join(caption[s:e] for s, e in spans))
             phrases[label] = tuple(sorted(set(phrases.get(label, ())) | set(spans)))
-            boxes.append(xywh_to_legacy_xyxy(x, y, w, h))
+            boxes.append([x, y, w, h])
             labels.append(label)
             box_spans.append(spans)
-        box_tensor, keep = sanitize_boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), *image.size)
+        box_tensor, keep = sanitize_boxes(legacy_boxes(boxes), *image.size)
         if not bool(keep.all()):
             dropped.extend(["box outside the image or without area"] * int((~keep).sum()))
         for reason in dropped:

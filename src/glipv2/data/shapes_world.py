@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import colorsys
 import itertools
-import json
 import math
 import os
 import zlib
@@ -45,6 +44,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..utils.io import atomic_write_json
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -633,9 +634,8 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
 
 
 def _write_json(path: Path, document: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)  # never leave a half-written file behind
+    # compact and key-sorted (same arguments, same bytes); never a half-written file
+    atomic_write_json(path, document, sort_keys=True, separators=(",", ":"), end="\n")
 
 
 def generate_shapes_world(out_dir: str | os.PathLike[str], num_images: int, seed: int, split: str = "train", *,

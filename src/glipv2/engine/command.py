@@ -72,12 +72,13 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.collate import GroundingCollator, SafeDataset
+    from ..data.mlm import MaskingVocab
     from ..data.grounding import build_grounding_dataset
     from ..data.transforms import build_train_transforms
     from ..inference.predictor import Predictor
-    from ..modeling.loading import load_model
+    from ..loading import load_model
     from ..processing.processor import GLIPv2Processor
-    from . import distributed
+    from ..utils import distributed
     from .train_config import TrainConfig
     from .trainer import Trainer, TrainingStopped
 
@@ -122,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     torch.manual_seed(config.seed)
-    processor = GLIPv2Processor.from_config(model.config, model.tokenizer)
+    processor = GLIPv2Processor.for_model(model)
     transforms = build_train_transforms(config.min_sizes, config.max_size, config.flip_probability,
                                         config.colour_strength)
     evaluate = None
@@ -132,8 +133,11 @@ def run_train(args: argparse.Namespace) -> int:
         def evaluate(m: Any) -> dict[str, Any]:
             return evaluate_detection(Predictor(m, processor), val_ann, val_images, limit=args.val_limit)
 
-    trainer = Trainer(model, SafeDataset(dataset, transforms, seed=config.seed), GroundingCollator(processor),
-                      config, out, evaluate=evaluate, device=device)
+    # L_mlm's token corruption is done with the data, when the model has the MLM head
+    mlm = MaskingVocab.from_tokenizer(processor.tokenizer) if "mlm" in model.heads and config.losses.get(
+        "use_mlm", True) else None
+    trainer = Trainer(model, SafeDataset(dataset, transforms, seed=config.seed), GroundingCollator(processor, mlm),
+                      config, out, evaluate=evaluate, device=device, processor=processor)
     if distributed.get_rank() == 0:
         print(f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {train_ann} "
               f"({len(dataset)} samples) for {config.max_steps} steps -> {out}", file=sys.stderr)

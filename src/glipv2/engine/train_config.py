@@ -68,7 +68,7 @@ class TrainConfig(DataclassConfig):
         if self.lr <= 0 or self.language_lr < 0 or self.weight_decay < 0:
             problems.append("lr must be > 0, language_lr and weight_decay >= 0")
         from ..modeling.config import GLIPv2Config
-        from .criterion import LossConfig
+        from ..modeling.heads import LossConfig
 
         for name, target in (("model_overrides", GLIPv2Config), ("losses", LossConfig)):
             value = getattr(self, name)

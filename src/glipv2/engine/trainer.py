@@ -1,10 +1,10 @@
 """The training loop: one process on a CPU, or one process per GPU/CPU rank under `torchrun`.
 
-Gradients are averaged across ranks by one flat all-reduce after backward (rather than wrapping in
-`DistributedDataParallel`): L_inter uses the model's projections outside `forward`, which DDP's
-ready-parameter bookkeeping does not allow, and the losses are already normalised for the global
-batch (positives averaged over ranks), so the average of the ranks' gradients is the gradient of
-the global-batch loss.
+Under several processes the model is wrapped in `DistributedDataParallel`: the model computes its
+whole objective inside `forward` (train mode with targets), and the losses are normalised for the
+global batch (positives averaged over ranks), so DDP's average of the ranks' gradients is the
+gradient of the global-batch loss. The trainer knows nothing of the heads: each head's loss comes
+out of the model's forward, and the MLM token corruption is done by the collator.
 
 Checkpoints hold the model, optimizer, scheduler, EMA, every RNG state and the data position, and
 are written atomically; a run killed at any moment resumes from the last one and ends with the
@@ -29,13 +29,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..data.collate import GroundingCollator, SafeDataset, TrainingBatch
 from ..modeling.glipv2 import GLIPv2
-from . import distributed
-from .criterion import GLIPv2Criterion, LossConfig
-from .mlm import MaskingVocab, mask_tokens
+from ..modeling.heads import LossConfig
+from ..processing.processor import GLIPv2Processor
+from ..utils import distributed
 from .train_config import TrainConfig
 
 CHECKPOINT_NAME = "last.pt"
@@ -54,7 +56,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name.startswith("text_encoder."), "bias" in name), []).append(p)
+            groups.setdefault((name.startswith("core.text_encoder."), "bias" in name), []).append(p)
     out = []
     for (language, bias), params in sorted(groups.items()):
         lr = config.language_lr if language else config.lr
@@ -79,38 +81,25 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0
 
 
-class ModelEMA:
-    """Exponential moving average of the model's floating-point state (official MODEL_EMA).
+def model_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """Exponential moving average of the model's parameters (official MODEL_EMA), with
+    `torch.optim.swa_utils`. Its update is a lerp, so a frozen parameter — averaged with itself —
+    stays bit-identical (a frozen pretrained text encoder must equal its source, so that saved
+    weights can refer to it). Buffers are not averaged: the model's are derived constants."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
-    Frozen parameters are left out: they do not change, and averaging a value with itself in
-    floating point need not give it back bit for bit (a frozen pretrained text encoder must stay
-    identical to its source so that saved weights can refer to it)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()
-                       if v.is_floating_point() and k not in frozen}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
-
-    def apply_to(self, model: nn.Module) -> None:
-        model.load_state_dict({**model.state_dict(), **self.shadow})
+# the `TrainConfig.freeze` names -> the modules they stand for
+FREEZE_TARGETS: dict[str, tuple[str, ...]] = {
+    "backbone": ("core.backbone",), "fpn": ("core.fpn",), "text_encoder": ("core.text_encoder",),
+    "head": ("core.fusion", "heads.grounding"),
+}
 
 
 def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:
     """Switch off gradients of the frozen parts; returns them (kept in eval mode while training,
-    as the official FREEZE flags do). Prompt tuning trains only the prompt embedding on P̊."""
+    as the official FREEZE flags do). Prompt tuning trains only the prompt embedding on P̊, with
+    every module in eval mode (no dropout, as official `language_prompt_v2`)."""
     if config.prompt_tuning:
         if model.prompt_embedding is None:
             raise ValueError("prompt tuning needs a model with a prompt embedding "
@@ -118,13 +107,14 @@ def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:
         for p in model.parameters():
             p.requires_grad_(False)
         model.prompt_embedding.requires_grad_(True)
-        return [m for n, m in model.named_children() if n in ("backbone", "fpn", "text_encoder", "head")]
+        return [model.core, *model.heads.values()]
     frozen = []
     for name in config.freeze:
-        module = getattr(model, name)
-        for p in module.parameters():
-            p.requires_grad_(False)
-        frozen.append(module)
+        for path in FREEZE_TARGETS[name]:
+            module = model.get_submodule(path)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            frozen.append(module)
     return frozen
 
 
@@ -157,7 +147,7 @@ class Trainer:
     def __init__(self, model: GLIPv2, dataset: SafeDataset, collator: GroundingCollator, config: TrainConfig,
                  output_dir: str | os.PathLike[str], loss_config: LossConfig | None = None,
                  evaluate: Callable[[GLIPv2], dict[str, Any]] | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, processor: GLIPv2Processor | None = None) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -165,22 +155,24 @@ class Trainer:
         self.dataset = dataset
         self.collator = collator
         self.evaluate = evaluate
+        self.processor = processor if processor is not None else getattr(collator, "processor", None)
         self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
         self.frozen = freeze(model, config)
-        self.criterion = GLIPv2Criterion(loss_config or LossConfig.for_model(model.config, **config.losses), model)
-        self.masking = (MaskingVocab.from_tokenizer(model.tokenizer) if self.criterion.config.use_mlm else None)
+        model.loss_config = loss_config or LossConfig.for_model(model.config, **config.losses)
+        # every rank starts from rank 0's weights: DDP broadcasts them when it wraps the model
+        self.network: nn.Module = model
+        if self.world > 1:
+            self.network = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
         # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
         self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
-        self.ema = ModelEMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.ema = model_ema(model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
         self.position = DataPosition()
         self.bad_steps = 0
         self.skipped: Counter[str] = Counter()
-        if self.world > 1:  # every rank starts from rank 0's weights
-            for tensor in model.state_dict().values():
-                dist.broadcast(tensor, src=0)
 
     # --- checkpoints ----------------------------------------------------------------------------
     @property
@@ -218,8 +210,11 @@ class Trainer:
         return path
 
     def save_model(self, directory: Path) -> Path:
-        """`save_pretrained` of the trained model; a frozen pretrained text encoder is referred to,
-        not copied (the folder shrinks by the encoder's size), unless it no longer equals its source."""
+        """`save_pretrained` of the trained model and its processor; a frozen pretrained text
+        encoder is referred to, not copied (the folder shrinks by the encoder's size), unless it no
+        longer equals its source."""
+        if self.processor is not None:
+            self.processor.save_pretrained(directory)
         if "text_encoder" in self.config.freeze and self.model.config.text_weights:
             try:
                 return self.model.save_pretrained(directory, reference_text_weights=True)
@@ -279,72 +274,40 @@ class Trainer:
         return nullcontext()  # CPU: fp32 (no fast bf16 on this class of machine)
 
     def _losses(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
-        input_ids = batch.input_ids
-        targets = batch.targets
-        if self.masking is not None:
-            generator = torch.Generator(device=input_ids.device).manual_seed(
-                self.config.seed * 1_000_003 + self.step * 1009 + self.rank)
-            input_ids, mlm_labels = mask_tokens(input_ids, batch.attention_mask, self.masking, generator=generator)
-            targets = [{**t, "mlm_labels": m} for t, m in zip(targets, mlm_labels)]
-        masks: dict[str, Any] = {}
-        if self.criterion.config.use_mask:
-            # L_mask on the ground-truth boxes of the images that have instance masks
-            masks = {"mask_boxes": [t["boxes"] if "masks" in t else t["boxes"][:0] for t in targets],
-                     "mask_token_weights": [t["positive_map"] if "masks" in t else t["positive_map"][:0]
-                                            for t in targets]}
         with self._autocast():
-            output = self.model(batch.pixel_values, input_ids, batch.attention_mask, batch.image_sizes,
-                                return_mlm_logits=self.masking is not None, **masks)
-        return self.criterion(output, targets)
-
-    def _all_reduce_gradients(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch._utils._flatten_dense_tensors([p.grad for p in params])
-        dist.all_reduce(flat)
-        flat /= self.world
-        for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, [p.grad for p in params])):
-            p.grad.copy_(g)
+            return self.network(batch.pixel_values, batch.input_ids, batch.attention_mask, batch.image_sizes,
+                                targets=batch.targets)
 
     def train_step(self, micro_batches: list[TrainingBatch]) -> dict[str, float] | None:
-        """Forward/backward over the micro-batches, then one optimizer step; None when a loss or the
-        gradient norm was not finite (the step is skipped on every rank, weights untouched)."""
+        """Forward/backward over the micro-batches, then one optimizer step; None when the
+        gradient norm was not finite (a non-finite loss makes it so; the step is skipped on every
+        rank alike, since the norm is taken after DDP's all-reduce, weights untouched)."""
         self.model.train()
         for module in self.frozen:
             module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         totals: Counter[str] = Counter()
-        finite = True
-        for batch in micro_batches:
-            # every micro-batch runs its forward on every rank, since the criterion holds collectives
-            losses = self._losses(batch.to(self.device))
-            finite = finite and bool(torch.isfinite(losses["loss"]))
-            if not finite:
-                continue
-            (losses["loss"] / len(micro_batches)).backward()
+        for index, batch in enumerate(micro_batches):
+            # DDP all-reduces the gradients in the last micro-batch's backward only
+            last = index == len(micro_batches) - 1
+            sync = nullcontext() if last or self.world == 1 else self.network.no_sync()  # type: ignore[operator]
+            with sync:
+                losses = self._losses(batch.to(self.device))
+                (losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 totals[k] += float(v.detach()) / len(micro_batches)
-        if self.world > 1:  # all ranks must agree to skip
-            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
-            dist.all_reduce(flag)
-            finite = bool(flag.item() == 0)
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        if self.world > 1:
-            self._all_reduce_gradients()
-        # the norm is taken after the all-reduce, so every rank sees the same one
-        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                              self.config.clip_grad_norm or float("inf"))
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        for p in trained:  # a parameter no loss reached this step (e.g. no masks in the batch)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        norm = torch.nn.utils.clip_grad_norm_(trained, self.config.clip_grad_norm or float("inf"))
         if not bool(torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update_parameters(self.model)
         if self.world > 1:
             for k in list(totals):
                 totals[k] = float(distributed.all_reduce_mean(totals[k], self.device))
@@ -361,15 +324,9 @@ class Trainer:
     def run_evaluation(self) -> dict[str, Any]:
         if self.evaluate is None or self.rank != 0:
             return {}
-        model = self.model
-        if self.ema is not None:  # evaluate the averaged weights, keep training the live ones
-            live = {k: v.clone() for k, v in model.state_dict().items()}
-            self.ema.apply_to(model)
-        try:
-            metrics = self.evaluate(model.eval())
-        finally:
-            if self.ema is not None:
-                model.load_state_dict(live)
+        # the averaged weights are evaluated where they are; the live ones keep training
+        model = self.ema.module if self.ema is not None else self.model
+        metrics = self.evaluate(model.eval())
         self._log({"step": self.step, "eval": metrics})
         return metrics
 
@@ -436,7 +393,9 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         if self.ema is not None:
-            self.ema.apply_to(self.model)
+            with torch.no_grad():
+                for live, averaged in zip(self.model.parameters(), self.ema.module.parameters()):
+                    live.copy_(averaged)
         metrics = self.run_evaluation()
         if self.rank == 0:
             self.save_model(self.output_dir / "model")

@@ -14,9 +14,7 @@ without a model (`add_results`).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from tqdm import tqdm
 
 from ..inference.detections import Detections
 from ..processing.prompts import Span
+from ..utils.io import read_json
 
 Results = list[dict[str, Any]]
 
@@ -253,22 +252,22 @@ def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, pro
     if sharded:  # else this process evaluates alone
         samples = samples[dist.get_rank()::dist.get_world_size()]
     benchmark.evaluator.reset()
-    saved = predictor.postprocessor
+    # the caller's settings, with this benchmark's cap: a copy for these calls, so the (possibly
+    # shared) predictor is never changed
+    postprocessor = predictor.postprocessor
     if benchmark.detections_per_image is not None:
-        predictor.postprocessor = copy.copy(saved)  # the caller's settings, with this benchmark's cap
-        predictor.postprocessor.detections_per_image = benchmark.detections_per_image
-    try:
-        bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", dynamic_ncols=True, leave=False,
-                   disable=not progress or (sharded and dist.get_rank() != 0))
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start:start + batch_size]
-            vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
-            detections = predictor.predict([s.image for s in batch], vocabularies, threshold=0.0)
-            benchmark.evaluator.process(batch, detections)
-            bar.update(len(batch))
-        bar.close()
-    finally:
-        predictor.postprocessor = saved
+        postprocessor = copy.copy(postprocessor)
+        postprocessor.detections_per_image = benchmark.detections_per_image
+    bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", dynamic_ncols=True, leave=False,
+               disable=not progress or (sharded and dist.get_rank() != 0))
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
+        detections = predictor.predict([s.image for s in batch], vocabularies, threshold=0.0,
+                                       postprocessor=postprocessor)
+        benchmark.evaluator.process(batch, detections)
+        bar.update(len(batch))
+    bar.close()
     return benchmark.evaluator.evaluate()
 
 
@@ -278,29 +277,8 @@ def vocabulary_of(predictor: Any, sample: EvalSample, chunk_size: int | None = N
     return predictor.grounding_vocabulary(sample.caption, spans=[list(s) for s in sample.spans or ()])
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    """A JSON file's content, with one-line errors naming the file (`what`: e.g. "annotation")."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such {what} file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: {what} file is not a JSON file ({err})") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
-
-
 def read_results(path: str | Path) -> Results:
     """A COCO results json (a list of entries) with a one-line error when it is not one."""
     results = read_json(path, "predictions")
     check_results_layout(results)
     return results
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write atomically (a crash leaves the previous file or none, never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

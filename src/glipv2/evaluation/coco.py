@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.detections import Detections
+from ..utils.io import read_json
 from .base import (
     Benchmark,
     EvalSample,
@@ -22,7 +23,6 @@ from .base import (
     check_known_ids,
     is_finite,
     is_int,
-    read_json,
     run_benchmark,
 )
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import Benchmark, check_results_layout, read_json, read_results, run_benchmark, write_json
+from ..utils.io import atomic_write_json, read_json
+from .base import Benchmark, check_results_layout, read_results, run_benchmark
 
 EXIT_BAD_INPUT = 2
 TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
@@ -115,12 +116,11 @@ def _check_writable(out: Path) -> None:
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
-    from ..engine import distributed
+    from ..utils import distributed
     from ..inference.command import BadInput as PredictBadInput
     from ..inference.command import processor_overrides
-    from ..inference.postprocess import PostProcessor
     from ..inference.predictor import Predictor
-    from ..modeling.loading import load_model
+    from ..loading import load_model
     from ..processing.processor import GLIPv2Processor
 
     try:
@@ -137,9 +137,8 @@ def _load_predictor(args: argparse.Namespace) -> Any:
     # a corrupt weights file raises the safetensors library's own error type
     except Exception as err:  # noqa: BLE001
         raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
-    processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
-    postprocessor = PostProcessor.from_config(model.config, one_label_per_box=args.one_label_per_box)
-    return Predictor(model, processor, postprocessor=postprocessor, device=device, batch_size=args.batch_size)
+    processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
+    return Predictor(model, processor, device=device, batch_size=args.batch_size)
 
 
 def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) -> dict[str, Any]:
@@ -173,7 +172,7 @@ def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..engine import distributed
+    from ..utils import distributed
 
     try:
         _check_call(args)
@@ -222,9 +221,9 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(format_metrics(metrics))
     try:
-        write_json(out, metrics)
+        atomic_write_json(out, metrics, indent=1)
         if args.model:
-            write_json(predictions_path(out), predictions)
+            atomic_write_json(predictions_path(out), predictions, indent=1)
     except OSError as err:  # the table above still holds the figures
         print(f"glipv2 eval: cannot write the results ({err})", file=sys.stderr)
         return 1

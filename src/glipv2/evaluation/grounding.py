@@ -40,6 +40,7 @@ from torchvision.ops import box_iou
 
 from ..inference.detections import Detections
 from ..processing.prompts import Span
+from ..utils.boxes import xywh_to_xyxy
 from .base import Benchmark, EvalSample, Results, ResultsEvaluator, check_known_ids
 from .coco import read_annotations
 
@@ -89,8 +90,8 @@ def _xywh_to_xyxy(bbox: Any, what: str, ann_file: str | Path) -> Box:
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
         raise ValueError(f"{ann_file}: {what} has no [x, y, width, height] bbox (got {bbox!r:.80})")
-    x, y, w, h = (float(v) for v in bbox)
-    return (x, y, x + w, y + h)
+    x1, y1, x2, y2 = xywh_to_xyxy(torch.tensor([float(v) for v in bbox], dtype=torch.float64)).tolist()
+    return (x1, y1, x2, y2)
 
 
 def _spans(value: Any, caption: str, what: str, ann_file: str | Path) -> tuple[Span, ...]:
@@ -159,8 +160,9 @@ def _ranked_boxes(entries: list[tuple[float, list[float]]], depth: int) -> torch
     """The `depth` highest-scoring predicted boxes as a (min(depth, P), 4) xyxy tensor; a stable
     sort keeps the file order among equal scores. Negative sizes are clamped to an empty box."""
     ranked = sorted(entries, key=lambda e: -e[0])[:depth]
-    boxes = [(x, y, x + max(w, 0.0), y + max(h, 0.0)) for _, (x, y, w, h) in ranked]
-    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    xywh = torch.tensor([bbox for _, bbox in ranked], dtype=torch.float64).reshape(-1, 4)
+    xywh[:, 2:] = xywh[:, 2:].clamp(min=0.0)
+    return xywh_to_xyxy(xywh)
 
 
 def first_hit(ranked: torch.Tensor, targets: torch.Tensor,

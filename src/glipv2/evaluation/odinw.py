@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Benchmark, EvalSample, read_json
+from ..utils.io import read_json
+from .base import Benchmark, EvalSample
 from .coco import COCOEvaluator, check_instances, coco_index
 
 PROMPT_SUFFIX = ".prompt.json"

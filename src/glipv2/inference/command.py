@@ -8,8 +8,6 @@ and the other images are still processed. Either way the exit code is 2 and ther
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..processing.postprocess import PostProcessor
 from ..processing.processor import GLIPv2Processor, load_image
-from .postprocess import PostProcessor
+from ..utils.io import atomic_write_json
 from .predictor import Predictor, Vocabulary
 from .visualize import draw_detections
 
@@ -105,15 +104,8 @@ def _viz_names(files: list[str]) -> list[str]:
     return names
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, path)  # a crash never leaves a half-written results file
-
-
 def run_predict(args: argparse.Namespace) -> int:
-    from ..modeling.loading import load_model
+    from ..loading import load_model
 
     try:
         _check_call(args)
@@ -131,9 +123,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 model = model.to(torch.device(args.device))
             except (RuntimeError, ValueError) as err:
                 raise BadInput(f"--device {args.device}: {err}") from None
-        processor = GLIPv2Processor.from_config(model.config, model.tokenizer, **overrides)
-        postprocessor = PostProcessor.from_config(model.config, one_label_per_box=args.one_label_per_box)
-        predictor = Predictor(model, processor, postprocessor=postprocessor, batch_size=args.batch_size)
+        processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
+        predictor = Predictor(model, processor, batch_size=args.batch_size)
         vocabulary = _vocabulary(args, predictor)
     except BadInput as err:
         print(f"glipv2 predict: {err}", file=sys.stderr)
@@ -190,7 +181,7 @@ def run_predict(args: argparse.Namespace) -> int:
         flush()
 
     document = {"model": args.model, "threshold": args.threshold, "labels": vocabulary.names, "images": entries}
-    _write_json(out, document)
+    atomic_write_json(out, document, indent=1, end="\n")  # a crash never leaves half a results file
     done = len(entries) - failed
     print(f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
           f"-> {args.out}" + (f"; {failed} failed" if failed else ""), file=sys.stderr)

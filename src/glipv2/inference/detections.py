@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..utils.boxes import xyxy_to_xywh
+
 
 @dataclass
 class Detections:
@@ -51,14 +53,13 @@ class Detections:
         category_ids maps a label index to a category id (default label + 1). legacy_box_size
         writes w = x2 - x1 + 1 as the official evaluation does (maskrcnn-benchmark's xywh
         conversion), so AP matches the official numbers."""
-        add = 1.0 if legacy_box_size else 0.0
         segmentations = self.mask_rles()
+        # float64: the numbers Python-float arithmetic on the float32 boxes gives
+        xywh = xyxy_to_xywh(self.boxes.double(), legacy=legacy_box_size).tolist()
         results = []
-        for i, ((x1, y1, x2, y2), score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
-                                                                 self.labels.tolist())):
+        for i, (bbox, score, label) in enumerate(zip(xywh, self.scores.tolist(), self.labels.tolist())):
             category = label + 1 if category_ids is None else int(category_ids[label])
-            entry = {"image_id": image_id, "category_id": category,
-                     "bbox": [x1, y1, x2 - x1 + add, y2 - y1 + add], "score": score}
+            entry = {"image_id": image_id, "category_id": category, "bbox": bbox, "score": score}
             if segmentations is not None:
                 entry["segmentation"] = segmentations[i]
             results.append(entry)

@@ -7,23 +7,26 @@ Every image may carry its own prompt. A vocabulary longer than the model's 256 t
 split into chunks, one forward pass each, merged with global label ids and no cross-chunk NMS
 (official `TEST.CHUNKED_EVALUATION`); the text encoder's output P̊ of each prompt is cached, so a
 folder of images or a dataset encodes each chunk once.
+
+A `Predictor` may be shared by threads (a web server's workers): its caches take a lock, and a
+call's post-processing settings are arguments, never swapped into shared state.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ..modeling.glipv2 import GLIPv2
 from ..modeling.text_encoder import TextFeatures
-from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image
+from ..processing.postprocess import PostProcessor, RawDetections, fit_token_slots
+from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image, paste_masks
 from ..processing.prompts import DETECTION_SEPARATOR, Prompt, PromptChunk, Span, grounding_prompt
 from .detections import Detections
-from .postprocess import PostProcessor, RawDetections, fit_token_slots
 
 
 @dataclass
@@ -36,36 +39,42 @@ class EncodedText:
 
 
 class TextFeatureCache:
-    """Least-recently-used cache of encoded prompts, keyed by prompt text."""
+    """Least-recently-used cache of encoded prompts, keyed by prompt text; safe to share between
+    threads (every read also reorders the entries, so reads take the lock too)."""
 
     def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, EncodedText] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, text: str) -> EncodedText | None:
-        entry = self._entries.get(text)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(text)
-        return entry
+        with self._lock:
+            entry = self._entries.get(text)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._entries.move_to_end(text)
+            return entry
 
     def put(self, text: str, entry: EncodedText) -> None:
         if self.max_entries <= 0:
             return
-        self._entries[text] = entry
-        self._entries.move_to_end(text)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[text] = entry
+            self._entries.move_to_end(text)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
 
 @dataclass
@@ -98,11 +107,13 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = next(model.parameters()).device
-        self.processor = processor or GLIPv2Processor.from_config(model.config, model.tokenizer)
-        self.postprocessor = postprocessor or PostProcessor.from_config(model.config)
+        self.processor = processor or GLIPv2Processor.for_model(model)
+        # the default post-processing of every call (a call may pass its own, see `predict`)
+        self.postprocessor = postprocessor or self.processor.postprocessor
         self.batch_size = batch_size
         self.text_cache = TextFeatureCache(text_cache_size)
         self._vocabularies: OrderedDict[tuple[tuple[str, ...], int | None], Vocabulary] = OrderedDict()
+        self._vocabulary_lock = threading.Lock()
 
     # --- public API -----------------------------------------------------------------------------
     def detect(self, images: ImageInput | Sequence[ImageInput], classes: Sequence[str] | Sequence[Sequence[str]],
@@ -149,12 +160,14 @@ class Predictor:
         if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
             return self._chunk(classes, chunk_size)  # let the prompt builder name the problem
         key = (tuple(classes), chunk_size)
-        vocabulary = self._vocabularies.get(key)
+        with self._vocabulary_lock:
+            vocabulary = self._vocabularies.get(key)
         if vocabulary is None:
-            vocabulary = self._chunk(classes, chunk_size)
-            self._vocabularies[key] = vocabulary
-            while len(self._vocabularies) > max(1, self.text_cache.max_entries):
-                self._vocabularies.popitem(last=False)
+            vocabulary = self._chunk(classes, chunk_size)  # outside the lock: tokenizing can take a while
+            with self._vocabulary_lock:
+                self._vocabularies[key] = vocabulary
+                while len(self._vocabularies) > max(1, self.text_cache.max_entries):
+                    self._vocabularies.popitem(last=False)
         return vocabulary
 
     def _chunk(self, classes: Sequence[str], chunk_size: int | None) -> Vocabulary:
@@ -172,12 +185,14 @@ class Predictor:
     def clear_text_cache(self) -> None:
         """Forget cached text features (needed after changing the model's text-side weights)."""
         self.text_cache.clear()
-        self._vocabularies.clear()
+        with self._vocabulary_lock:
+            self._vocabularies.clear()
 
     # --- the pipeline ---------------------------------------------------------------------------
     def predict(self, images: Sequence[ImageInput], vocabularies: Sequence[Vocabulary],
-                threshold: float = 0.5) -> list[Detections]:
-        """One `Vocabulary` per image -> one `Detections` per image, scores > threshold."""
+                threshold: float = 0.5, postprocessor: PostProcessor | None = None) -> list[Detections]:
+        """One `Vocabulary` per image -> one `Detections` per image, scores > threshold;
+        `postprocessor`: this call's post-processing (default: the predictor's)."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         if len(images) != len(vocabularies):
@@ -185,17 +200,19 @@ class Predictor:
         results = []
         for group in _batches(list(zip(images, vocabularies)), self.batch_size):
             prepared = [self.processor.prepare_image(image) for image, _ in group]
-            results.extend(self.predict_prepared(prepared, [v for _, v in group], threshold))
+            results.extend(self.predict_prepared(prepared, [v for _, v in group], threshold, postprocessor))
         return results
 
     def predict_prepared(self, prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
-                         vocabularies: Sequence[Vocabulary], threshold: float = 0.5) -> list[Detections]:
+                         vocabularies: Sequence[Vocabulary], threshold: float = 0.5,
+                         postprocessor: PostProcessor | None = None) -> list[Detections]:
         """Like `predict`, for images already through `processor.prepare_image`."""
         jobs = [(i, chunk) for i, vocabulary in enumerate(vocabularies) for chunk in vocabulary.chunks]
         found: list[list[RawDetections]] = [[] for _ in prepared]
         for batch in _batches(jobs, self.batch_size):
             for (image_index, chunk), detections in zip(batch, self._run([prepared[i][0] for i, _ in batch],
-                                                                          [c.prompt for _, c in batch])):
+                                                                          [c.prompt for _, c in batch],
+                                                                          postprocessor)):
                 detections.labels = detections.labels + chunk.label_offset
                 found[image_index].append(detections)
         results = []
@@ -211,15 +228,16 @@ class Predictor:
         return results
 
     @torch.no_grad()
-    def _run(self, tensors: list[torch.Tensor], prompts: list[Prompt]) -> list[RawDetections]:
+    def _run(self, tensors: list[torch.Tensor], prompts: list[Prompt],
+             postprocessor: PostProcessor | None = None) -> list[RawDetections]:
         """One forward pass over images paired with prompts -> detections in the input frame."""
         batch = self.processor.batch_images(tensors, [tuple(t.shape[1:]) for t in tensors])
         encoded = [self.encode(p.text) for p in prompts]
         text = _stack_text([e.features for e in encoded])
         positive_maps = [p.positive_map(e.offsets, e.attention_mask) for p, e in zip(prompts, encoded)]
         output = self.model(batch.pixel_values.to(self.device), image_sizes=batch.image_sizes, text_features=text)
-        found = self.postprocessor(output, positive_maps)
-        if self.model.mask_head is not None:
+        found = self.processor.post_process_detections(output, positive_maps, postprocessor or self.postprocessor)
+        if "mask" in self.model.heads:
             # each detection's mask is asked for with the tokens of its own label
             slots = output.fused_token_features.shape[1]
             weights = [fit_token_slots(pm, slots).to(self.device)[d.labels].float()
@@ -241,16 +259,6 @@ class Predictor:
             entry = EncodedText(features, tokens.offsets[0], tokens.attention_mask[0])
             self.text_cache.put(text, entry)
         return entry
-
-
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
-                threshold: float = 0.5) -> torch.Tensor:
-    """(N, M, M) mask probabilities inside `boxes` (N, 4, legacy xyxy, image pixels) -> (N, H, W)
-    bool masks of the image, probability > threshold (Mask R-CNN's paste, one pixel of padding)."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, *image_size, dtype=torch.bool)
-    pasted = paste_masks_in_image(masks[:, None].float(), boxes.float(), image_size, padding=1)
-    return pasted[:, 0] > threshold
 
 
 def _stack_text(features: list[TextFeatures]) -> TextFeatures:

@@ -1,8 +1,10 @@
-"""The GLIPv2 network: backbone + FPN, text encoder, VL-DyHead, GLIPv2 heads; save / load."""
+"""The GLIPv2 network: the core (backbone → FPN → text encoder → fusion tower) and the task heads
+on it; its training losses; save / load."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,103 +13,80 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerFast
 
-from ..processing.text import TokenizedPrompts, tokenize_prompts
-from .anchors import AnchorGenerator
-from .backbone import build_backbone
+from ..utils.io import atomic_path
 from .config import GLIPv2Config
-from .fpn import FPN
-from .mask_head import LanguageAwareMaskHead
-from .mlm_head import MLMHead
-from .outputs import GLIPv2Output
-from .text_encoder import TextEncoder, TextFeatures, load_tokenizer, state_fingerprint
-from .vl_dyhead import VLDyHead
+from .core import GLIPv2Core
+from .criterion import GLIPv2Criterion
+from .heads import HeadInputs, LossConfig, build_heads
+from .outputs import CoreOutput, GLIPv2Output
+from .text_encoder import TextEncoder, TextFeatures, state_fingerprint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
-TEXT_PREFIX = "text_encoder."
-
-
-class RegionWordContrastiveProjection(nn.Module):
-    """Projections of the pre-fusion O̊ and P̊ into a shared space for L_inter, with a learnable
-    temperature (official `shallow_contrastive_projection_{image,text}`, `shallow_log_scale`)."""
-
-    def __init__(self, region_dim: int, token_dim: int, dim: int, log_scale_init: float = 0.0) -> None:
-        super().__init__()
-        self.region = nn.Linear(region_dim, dim)
-        self.token = nn.Linear(token_dim, dim)
-        self.log_scale = nn.Parameter(torch.full((1,), float(log_scale_init)))
+TEXT_PREFIX = "core.text_encoder."
+# state-dict layout of the weights file: 1 = the flat one before the core/heads split (no metadata
+# entry), 2 = `core.*` and `heads.<name>.*`
+STATE_LAYOUT = "2"
 
 
 class GLIPv2(nn.Module):
-    """GLIP / GLIPv2 grounding model.
+    """GLIP / GLIPv2: `core` gives the pre- and post-fusion features O̊, P̊, O, P; `heads` (by name:
+    grounding, mask, mlm, inter, and any registered one) read them.
 
-    Inputs are normalised images (see `glipv2.processing.image`) and tokenized prompts; the
-    output exposes the region–word logits S = O·Pᵀ and box predictions per level, and the
-    pre-/post-fusion features of both modalities (`GLIPv2Output`).
+    In eval mode, or without `targets`, `forward` returns a `GLIPv2Output`; in train mode with
+    `targets` it returns the loss dict of `GLIPv2Criterion` (detectron2's idiom), so that the whole
+    objective runs inside the (DDP-wrapped) forward.
     """
 
     def __init__(self, config: GLIPv2Config, load_text_weights: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.backbone = build_backbone(config)
-        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.fpn_drop_block_prob,
-                       config.fpn_drop_block_size)
-        self.text_encoder = TextEncoder(config.text_encoder, config.text_weights if load_text_weights else None)
-        self.prompt_embedding = (nn.Parameter(torch.zeros(config.prompt_embedding_rows, config.text_hidden_size))
-                                 if config.prompt_embedding_rows else None)
-        self.head = VLDyHead(config)
-        self.anchor_generator = AnchorGenerator(config.anchor_sizes, config.anchor_strides)
-        self.mlm_head = MLMHead(config) if config.mlm_head else None
-        self.region_word_contrastive = (
-            RegionWordContrastiveProjection(config.fpn_channels, config.text_hidden_size,
-                                            config.region_word_contrastive_dim,
-                                            config.region_word_contrastive_log_scale_init)
-            if config.region_word_contrastive_dim else None)
-        self.mask_head = LanguageAwareMaskHead(config) if config.mask_head else None
-        self.tokenizer_source: str = config.tokenizer
-        self._tokenizer: PreTrainedTokenizerFast | None = None
+        self.core = GLIPv2Core(config, load_text_weights)
+        self.heads = nn.ModuleDict(build_heads(config))
+        self.loss_config = LossConfig.for_model(config)
+        self.name_or_path: str | None = None  # the folder it was loaded from (the processor lives there too)
 
     # ------------------------------------------------------------------------------------------
     @property
-    def tokenizer(self) -> PreTrainedTokenizerFast:
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_source)
-        return self._tokenizer
+    def loss_config(self) -> LossConfig:
+        return self._loss_config
 
-    def tokenize(self, prompts: str | list[str]) -> TokenizedPrompts:
-        """Tokenize prompts with this model's tokenizer and padding policy (official: 256 slots)."""
-        return tokenize_prompts(self.tokenizer, prompts, self.config.max_query_len,
-                                self.config.pad_to_max_query_len)
+    @loss_config.setter
+    def loss_config(self, config: LossConfig) -> None:
+        self._loss_config = config
+        self._criterion = GLIPv2Criterion(config, dict(self.heads.items()))
+
+    @property
+    def criterion(self) -> GLIPv2Criterion:
+        return self._criterion
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        return self.core.text_encoder
+
+    @property
+    def prompt_embedding(self) -> nn.Parameter | None:
+        return self.core.prompt_embedding
+
+    @property
+    def mask_head(self) -> nn.Module | None:
+        return self.heads["mask"] if "mask" in self.heads else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """P̊: the text encoder's features; cacheable across images that share a prompt."""
-        _check_text(input_ids, attention_mask, self.config.max_query_len)
-        return self.text_encoder(input_ids, attention_mask)
+        return self.core.encode_text(input_ids, attention_mask)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-        text_features: TextFeatures | None = None,
-        return_legacy_logits: bool = False,
-        return_mlm_logits: bool | None = None,
-        mask_boxes: Sequence[torch.Tensor] | None = None,
-        mask_token_weights: Sequence[torch.Tensor] | None = None,
-    ) -> GLIPv2Output:
-        """pixel_values: (B, 3, H, W) normalised BGR images (any H, W; padding at bottom/right);
-        input_ids, attention_mask: (B or 1, T) tokens, or pre-computed `text_features`;
-        image_sizes: (B, 2) unpadded (h, w), default the full tensor size;
-        mask_boxes, mask_token_weights: per image (N_i, 4) boxes in input pixels and (N_i, T) the
-        tokens of each box's phrase, for `mask_logits` (training: the ground truth, as the mask loss
-        needs them inside the forward; inference: see `predict_mask_logits`)."""
+    def run_core(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
+                 text_features: TextFeatures | None = None,
+                 region_features: list[torch.Tensor] | None = None) -> CoreOutput:
+        """The core alone (no head): O̊, P̊, O, P. Arguments as `forward`; `region_features`: O̊ of
+        an earlier call on the same images, to skip backbone and FPN."""
         _check_images(pixel_values)
         batch = pixel_values.shape[0]
         if text_features is None:
@@ -118,46 +97,62 @@ class GLIPv2(nn.Module):
         if image_sizes is None:
             image_sizes = torch.tensor([list(pixel_values.shape[-2:])] * batch)
         image_sizes = _check_image_sizes(image_sizes, pixel_values)
+        return self.core(pixel_values, text_features, image_sizes, region_features)
 
-        region_features = self.fpn(self.backbone(pixel_values))  # O̊ per level
-        hidden, embedded, mask = text_features.hidden, text_features.embedded, text_features.mask
-        if self.prompt_embedding is not None:
-            # prompt tuning (official ADD_LINEAR_LAYER): a learned per-position offset on P̊
-            offset = self.prompt_embedding[: hidden.shape[1]].unsqueeze(0)
-            hidden, embedded = hidden + offset, embedded + offset
-        head = self.head(region_features, hidden, embedded, mask, return_legacy_logits)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in region_features])
-
-        want_mlm = self.training if return_mlm_logits is None else return_mlm_logits
-        mlm_logits = self.mlm_head(head.fused_text) if (self.mlm_head is not None and want_mlm) else None
-        mask_logits = None
-        if mask_boxes is not None:
-            if mask_token_weights is None:
-                raise ValueError("mask_boxes needs mask_token_weights (the tokens of each box's phrase)")
-            mask_logits = self._mask_head()(head.fused_visual, mask_boxes, head.fused_text, mask_token_weights)
-        return GLIPv2Output(
-            logits=head.logits, box_regression=head.box_regression, centerness=head.centerness,
-            anchors=anchors, region_features=region_features, token_features=hidden,
-            fused_region_features=head.fused_visual, fused_token_features=head.fused_text,
-            token_embeddings=head.token_embeddings, text_attention_mask=mask, image_sizes=image_sizes,
-            mlm_logits=mlm_logits, legacy_cls_logits=head.legacy_cls_logits, mask_logits=mask_logits,
-        )
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        text_features: TextFeatures | None = None,
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+        heads: Sequence[str] | None = None,
+        **head_options: Any,
+    ) -> GLIPv2Output | dict[str, torch.Tensor]:
+        """pixel_values: (B, 3, H, W) normalised BGR images (any H, W; padding at bottom/right);
+        input_ids, attention_mask: (B or 1, T) tokens, or pre-computed `text_features`;
+        image_sizes: (B, 2) unpadded (h, w), default the full tensor size;
+        targets: one dict per image (see `glipv2.modeling.criterion`): in train mode the return
+        value is the loss dict;
+        heads: the heads to run (default: each head that wants to, see `TaskHead.wanted`);
+        head_options: per-head keyword arguments — `return_legacy_logits` (grounding),
+        `return_mlm_logits` (mlm; default: in train mode), `mask_boxes` and `mask_token_weights`
+        (mask: per image (N_i, 4) boxes in input pixels and (N_i, T) the tokens of each box's
+        phrase; in training the ground truth is used)."""
+        unknown = [h for h in heads or () if h not in self.heads]
+        if unknown:
+            raise ValueError(f"{self.config.name} has no head(s) {', '.join(unknown)}; it has "
+                             f"{', '.join(self.heads)}")
+        if head_options.get("mask_boxes") is not None and "mask" not in self.heads:
+            raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
+        core = self.run_core(pixel_values, input_ids, attention_mask, image_sizes, text_features)
+        inputs = HeadInputs(self.training, targets, head_options)
+        produced: dict[str, Any] = {}
+        for name, head in self.heads.items():
+            if (name in heads) if heads is not None else head.wanted(inputs):
+                produced.update(head(core, inputs))
+        known = set(GLIPv2Output.__dataclass_fields__)
+        core_fields = {k: v for k, v in vars(core).items() if k in known}
+        output = GLIPv2Output(**core_fields | {k: v for k, v in produced.items() if k in known} | {
+            "extra": {k: v for k, v in produced.items() if k not in known}})
+        if self.training and targets is not None:
+            return self.criterion(output, targets)
+        return output
 
     def predict_mask_logits(self, output: GLIPv2Output, boxes: Sequence[torch.Tensor],
                             token_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Mask logits (N_i, M, M) inside each of `boxes` (per image (N_i, 4), input pixels) for the
         phrase given by `token_weights` (per image (N_i, T)), from a finished forward's fused O and P."""
-        return self._mask_head()(output.fused_region_features, boxes, output.fused_token_features, token_weights)
-
-    def _mask_head(self) -> LanguageAwareMaskHead:
-        if self.mask_head is None:
+        if "mask" not in self.heads:
             raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
-        return self.mask_head
+        return self.heads["mask"].predict(output.fused_region_features, boxes, output.fused_token_features,
+                                          token_weights)
 
     # --- persistence -----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str], save_tokenizer: bool = True,
-                        reference_text_weights: bool = False) -> Path:
-        """Write `config.json`, `model.safetensors` (and the tokenizer files) into `directory`.
+    def save_pretrained(self, directory: str | os.PathLike[str], reference_text_weights: bool = False) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (the processor saves its
+        own files beside them: `GLIPv2Processor.save_pretrained`).
 
         reference_text_weights: leave the text encoder out of the weights file and record its
         pretrained source (`config.text_weights`, e.g. the MiniLM package) with a fingerprint
@@ -167,15 +162,12 @@ class GLIPv2(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         self.config.save(out / CONFIG_NAME)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        metadata = {"format": "pt", "library": "glipv2"}
+        metadata = {"format": "pt", "library": "glipv2", "layout": STATE_LAYOUT}
         if reference_text_weights:
             metadata.update(self._text_weights_reference(state))
             state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out / WEIGHTS_NAME)  # never leave a half-written weights file
-        if save_tokenizer:
-            self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+        with atomic_path(out / WEIGHTS_NAME) as tmp:  # never leave a half-written weights file
+            save_file(state, str(tmp), metadata=metadata)
         return out
 
     def _text_weights_reference(self, state: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -191,32 +183,16 @@ class GLIPv2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None,
-                        map_location: str | torch.device = "cpu", *, filename: str | None = None,
-                        arch: str | None = None, official_config: str | os.PathLike[str] | None = None,
-                        text_config: str | os.PathLike[str] | None = None, allow_pickle: bool = False,
-                        **config_overrides: Any) -> GLIPv2:
+                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> GLIPv2:
         """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub.
+        Folders of the layout before the core/heads split load too (their keys are renamed).
 
-        An official GLIP checkpoint — `filename="<name>.pth"` inside a hub repo (e.g.
-        `from_pretrained("GLIPModel/GLIP", filename="glip_tiny_model_o365_goldg.pth")`), or a local
-        `.pth` path — is converted once into `$GLIPV2_CACHE/converted` (default `~/.cache/glipv2`)
-        and loaded from there. Its architecture comes from the released file name, or from `arch`
-        (a preset: glip_t, glip_t_a, glip_l) or `official_config` (the GLIP YAML), with
-        `text_config` (a BertConfig JSON) when its BERT is not bert-base-uncased. `allow_pickle`
-        lets the converter unpickle a file that `torch.load(weights_only=True)` refuses."""
-        official = {"filename": filename, "arch": arch, "official_config": official_config,
-                    "text_config": text_config}
-        if (filename or str(name_or_path)).endswith(".pth"):
-            from ..convert.hub import converted_model_dir
-
-            directory = converted_model_dir(str(name_or_path), filename, revision, arch=arch,
-                                            official_config=official_config, text_config=text_config,
-                                            allow_pickle=allow_pickle)
-        elif given := sorted(k for k, v in official.items() if v is not None):
-            raise ValueError(f"{', '.join(given)}: only for official GLIP .pth checkpoints "
-                             f"(filename='<name>.pth' or a local .pth path), not {name_or_path!r}")
-        else:
-            directory = _resolve_model_dir(str(name_or_path), revision)
+        Official GLIP `.pth` checkpoints are converted by `glipv2.convert` (`glipv2.load_model(path)`
+        or `glipv2.convert.from_official(...)` converts once and loads)."""
+        if str(name_or_path).endswith(".pth"):
+            raise ValueError(f"{name_or_path}: an official GLIP checkpoint; load it with glipv2.load_model(path) "
+                             "(or glipv2.convert.from_official), which converts it once")
+        directory = _resolve_model_dir(str(name_or_path), revision)
         config = GLIPv2Config.load(directory / CONFIG_NAME)
         if config_overrides:
             config = config.replace(**config_overrides)
@@ -228,19 +204,50 @@ class GLIPv2(nn.Module):
             raise ValueError(f"{weights}: refers to text weights {referenced!r}, the config to {config.text_weights!r}")
         model = cls(config, load_text_weights=referenced is not None)
         state = load_file(str(weights), device=str(map_location))
+        legacy = metadata.get("layout", "1") == "1"
         if referenced is not None:
-            text_state = {TEXT_PREFIX + k: v for k, v in model.text_encoder.state_dict().items()}
-            if state_fingerprint(text_state) != metadata.get("text_weights_sha256"):
+            # the fingerprint covers the key names of the layout the file was written in
+            prefix = LEGACY_TEXT_PREFIX if legacy else TEXT_PREFIX
+            text_state = model.text_encoder.state_dict()
+            if state_fingerprint({prefix + k: v for k, v in text_state.items()}) != metadata.get("text_weights_sha256"):
                 raise ValueError(f"{weights}: the installed text weights {referenced!r} differ from the ones this "
                                  "model was trained with")
-            state.update(text_state)
+            state.update({prefix + k: v for k, v in text_state.items()})
+        if legacy:
+            state = upgrade_legacy_state_dict(state)
         if config_overrides:
             # a head switched off by the overrides (e.g. mlm_head=False for fine-tuning) drops its weights
-            state = {k: v for k, v in state.items() if getattr(model, k.split(".")[0], True) is not None}
+            state = {k: v for k, v in state.items()
+                     if not k.startswith("heads.") or k.split(".")[1] in model.heads}
         load_state_dict_strict(model, state, source=str(weights))
-        if (directory / TOKENIZER_DIR).is_dir():
-            model.tokenizer_source = str(directory / TOKENIZER_DIR)
+        model.name_or_path = str(directory)
         return model.eval()
+
+
+LEGACY_TEXT_PREFIX = "text_encoder."
+# layout 1 -> layout 2, in order (the first matching rule renames a key)
+_LEGACY_RULES: list[tuple[str, str]] = [
+    (r"head\.blocks\.(.+)", r"core.fusion.blocks.\1"),
+    (r"head\.(.+)", r"heads.grounding.\1"),
+    (r"(backbone|fpn|text_encoder)\.(.+)", r"core.\1.\2"),
+    (r"prompt_embedding", r"core.prompt_embedding"),
+    (r"mlm_head\.(.+)", r"heads.mlm.\1"),
+    (r"region_word_contrastive\.(.+)", r"heads.inter.\1"),
+    (r"mask_head\.(.+)", r"heads.mask.\1"),
+]
+
+
+def upgrade_legacy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of a layout-1 state dict (flat: `backbone.*`, `head.*`, `mlm_head.*`, …)
+    to the core/heads layout; keys no rule matches are kept (and reported by the strict load)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, template in _LEGACY_RULES:
+            if re.fullmatch(pattern, key):
+                key = re.sub(f"^{pattern}$", template, key)
+                break
+        out[key] = value
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +281,7 @@ def _resolve_model_dir(name_or_path: str, revision: str | None) -> Path:
 
     try:
         local = snapshot_download(name_or_path, revision=revision,
-                                  allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{TOKENIZER_DIR}/*"])
+                                  allow_patterns=["*.json", WEIGHTS_NAME, f"{TOKENIZER_DIR}/*"])
     except Exception as err:  # offline, unknown repo, no access: say which and why
         raise ValueError(f"could not fetch {name_or_path!r} from the Hugging Face hub: {err}") from err
     return _resolve_model_dir(local, None)
@@ -289,19 +296,6 @@ def _check_images(pixel_values: torch.Tensor) -> None:
         raise ValueError(f"pixel_values must be a float tensor (normalised image), got {pixel_values.dtype}")
     if min(pixel_values.shape[-2:]) < 1 or pixel_values.shape[0] < 1:
         raise ValueError(f"pixel_values is empty: {tuple(pixel_values.shape)}")
-
-
-def _check_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> None:
-    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} and "
-                         f"{tuple(attention_mask.shape)}")
-    if input_ids.is_floating_point():
-        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-    if input_ids.shape[1] > max_len:
-        raise ValueError(f"prompt has {input_ids.shape[1]} tokens, more than max_query_len={max_len}; "
-                         "split long vocabularies into chunks")
-    if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
-        raise ValueError("empty text: every prompt needs at least one token")
 
 
 def _broadcast_text(features: TextFeatures, batch: int) -> TextFeatures:

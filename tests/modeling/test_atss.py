@@ -11,7 +11,8 @@ from statistics import mean, stdev
 import pytest
 import torch
 
-from glipv2.engine.atss import atss_assign, box_iou_legacy, centerness_targets
+from glipv2.modeling.heads.atss import atss_assign, centerness_targets
+from glipv2.utils.boxes import box_iou_legacy
 from glipv2.modeling.anchors import AnchorGenerator, encode_boxes
 
 # Two "levels" along a row: three 10x10 anchors, then two 20x20 anchors (legacy: x2 = x1 + size - 1).

@@ -6,6 +6,9 @@ score > `inference_threshold` (before centerness), score × sigmoid(centerness),
 levels: per-label NMS with the +1 IoU (the CUDA `ml_nms` semantics, not the official CPU branch,
 which returns wrong boxes), then the `detections_per_image` best by kthvalue. Reported score =
 sqrt(token score × centerness).
+
+This is the processing layer's half of inference (the processor owns it): it reads model outputs
+and the prompt's positive maps, and imports nothing from `glipv2.inference`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torchvision.ops import nms
 from ..modeling.anchors import decode_boxes
 from ..modeling.config import GLIPv2Config
 from ..modeling.outputs import GLIPv2Output
-from ..processing.prompts import label_scores
+from ..utils.boxes import clip_to_image, legacy_to_plain, xyxy_to_xywh
+from .prompts import label_scores
 
 
 @dataclass
@@ -56,13 +60,21 @@ def fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
 
 def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                iou_threshold: float) -> torch.Tensor:
-    """Per-label NMS with the legacy IoU (w = x2 - x1 + 1), suppressing IoU > threshold; returns
-    the kept indices in descending-score order (ties: earlier index first)."""
+    """Per-label NMS with the legacy IoU (w = x2 - x1 + 1), suppressing IoU > threshold.
+
+    boxes: (N, 4) legacy xyxy; scores: (N,); labels: (N,) int. Returns the kept indices (K,) int64
+    in descending-score order; equal scores by label, then by index (torchvision's CPU `nms` sorts
+    stably: of two boxes of one label and equal scores, the earlier index suppresses the later)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    # torchvision's IoU on boxes grown by one pixel at the far corner is exactly the +1 IoU:
-    # (min(x2) + 1 - max(x1)) for the overlap and (x2 + 1 - x1) for the sides.
-    grown = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    # Not torchvision.ops.batched_nms, which tests/processing/test_postprocess.py compares with this
+    # loop (torchvision 0.29): (1) its tie order differs (index order up to 1000 boxes on CPU / 25000
+    # on GPU, an unstable sort above), and ties are common (equal token scores, duplicate candidates);
+    # (2) up to that size it runs one NMS on boxes shifted by label × (max coordinate + 1), which in
+    # float32 rounds fractional coordinates (0.125 px steps at 1e6: label 1000 of a 1333 px image)
+    # and so keeps or drops other boxes near the threshold. One torchvision `nms` per label has
+    # neither problem. torchvision's IoU of boxes grown by +1 at the far corner is the +1 IoU.
+    grown = legacy_to_plain(boxes)
     kept = []
     for label in torch.unique(labels):
         index = torch.nonzero(labels == label).squeeze(1)
@@ -112,10 +124,8 @@ class PostProcessor:
             top = torch.topk(candidate_scores, k, sorted=False)
             locations, labels = locations[top.indices], labels[top.indices]
             boxes = decode_boxes(deltas[index].reshape(4, -1).T[locations], anchors[locations])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w - 1)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h - 1)
-            keep = ((boxes[:, 2] - boxes[:, 0] + 1 >= self.min_box_size)
-                    & (boxes[:, 3] - boxes[:, 1] + 1 >= self.min_box_size))
+            boxes = clip_to_image(boxes, (h, w))
+            keep = (xyxy_to_xywh(boxes, legacy=True)[:, 2:] >= self.min_box_size).all(dim=1)  # remove_small_boxes
             parts.append(RawDetections(boxes[keep], top.values[keep].sqrt(), labels[keep]))
         return RawDetections.cat(parts)
 

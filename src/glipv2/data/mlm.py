@@ -1,4 +1,5 @@
-"""Token corruption for GLIPv2's masked-language-modelling loss L_mlm (BERT recipe).
+"""Token corruption for GLIPv2's masked-language-modelling loss L_mlm (BERT recipe), applied by the
+collator (`GroundingCollator(mlm=...)`) so that the model and the trainer need no MLM step.
 
 A fraction (15 %) of the real, non-special tokens is selected; of those 80 % become [MASK], 10 % a
 random vocabulary token and 10 % stay unchanged. The labels hold the original id at the selected
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100  # cross-entropy's default ignore_index
+from ..modeling.heads.mlm import IGNORE_INDEX
 MASK_FRACTION = 0.8  # of the selected tokens -> [MASK]
 RANDOM_FRACTION = 0.1  # of the selected tokens -> a random token (the last 10 % stay unchanged)
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import box_iou
 
-from ..modeling.anchors import encode_boxes
+from ...utils.boxes import box_iou_legacy
+from ..anchors import encode_boxes
 
 ATSS_TOPK = 9  # official MODEL.ATSS.TOPK (× 1 anchor per location)
 CENTRE_INSIDE_MARGIN = 0.01  # official: the anchor centre must be inside the box by more than this
@@ -46,14 +46,6 @@ class ATSSTargets:
     @property
     def num_positive(self) -> int:
         return int(self.positive.sum())
-
-
-def box_iou_legacy(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """(N, 4), (M, 4) xyxy -> (N, M) IoU where a box spans x2 - x1 + 1 pixels (official
-    `boxlist_iou`; intersections also get the +1 and are clamped at 0)."""
-    # torchvision's IoU of boxes grown by one pixel at the far corner is exactly the +1 IoU
-    grow = boxes1.new_tensor([0.0, 0.0, 1.0, 1.0])
-    return box_iou(boxes1 + grow, boxes2 + grow)
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
