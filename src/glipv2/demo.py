@@ -59,8 +59,8 @@ def run_demo(model_name: str = "glipv2_tiny", weights: str | Path | None = None,
 def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 7) -> dict[str, object]:
     """`glipv2 predict` with `weights` on `num_images` fresh ShapesWorld val images: detection of
     all 36 categories, then grounding of each image's caption. Returns the two JSON documents."""
-    from .cli import main
     from .data.shapes_world import generate_shapes_world
+    from .inference.command import predict_main as main
 
     data = out / "shapes"
     if not (data / "grounding.json").is_file():

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from glipv2.engine.mlm import MaskingVocab, mask_tokens
+from glipv2.data.mlm import MaskingVocab, mask_tokens
 
 VOCAB = MaskingVocab(mask_token_id=103, vocab_size=1000, special_ids=(0, 100, 101, 102, 103))
 CLS, SEP, PAD = 101, 102, 0

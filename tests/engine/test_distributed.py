@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
+from conftest import TINY_BERT, make_tiny_config
 from glipv2 import GLIPv2Output
-from glipv2.engine import GLIPv2Criterion, LossConfig
+from glipv2.modeling.criterion import GLIPv2Criterion
+from glipv2.modeling.heads import LossConfig, TaskHead, build_heads
 from glipv2.utils.distributed import (
     all_gather_sizes,
     all_gather_varlen,
@@ -28,17 +29,18 @@ from glipv2.utils.distributed import (
     select_device,
 )
 from glipv2.modeling.anchors import AnchorGenerator
-from glipv2.modeling.glipv2 import RegionWordContrastiveProjection
 
 WORLD = 2
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]  # a 64x64 input
 CHANNELS, TEXT_DIM, TOKENS, PROJ_DIM = 8, 12, 6, 16
 
 
-class Holder(nn.Module):
-    def __init__(self, projection: RegionWordContrastiveProjection) -> None:
-        super().__init__()
-        self.region_word_contrastive = projection
+def make_heads() -> dict[str, TaskHead]:
+    """The heads of a tiny model whose O̊ / P̊ widths are CHANNELS / TEXT_DIM, with an L_inter
+    projection to PROJ_DIM (the criterion needs the grounding head beside it: ATSS on its anchors)."""
+    text = {**TINY_BERT, "hidden_size": TEXT_DIM, "num_attention_heads": 2, "intermediate_size": 2 * TEXT_DIM}
+    return build_heads(make_tiny_config(fpn_channels=CHANNELS, text_encoder=text,
+                                        region_word_contrastive_dim=PROJ_DIM))
 
 
 def make_data(seed: int = 0) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def make_data(seed: int = 0) -> dict[str, Any]:
              "positive_map": torch.tensor([[0.0, 0, 1, 0, 0, 0]]),
              "labels": torch.tensor([2]), "token_labels": torch.tensor([-1, 1, 2, -1, -1, -1])},
         ],
-        "projection": RegionWordContrastiveProjection(CHANNELS, TEXT_DIM, PROJ_DIM).state_dict(),
+        "projection": make_heads()["inter"].state_dict(),
     }
 
 
@@ -82,9 +84,10 @@ def make_output(data: dict[str, Any], images: slice) -> GLIPv2Output:
 
 def inter_loss(data: dict[str, Any], images: slice) -> dict[str, Any]:
     """L_inter of `images` (in this process); the loss, projection gradients and O̊ / P̊ gradients."""
-    projection = RegionWordContrastiveProjection(CHANNELS, TEXT_DIM, PROJ_DIM)
+    heads = make_heads()
+    projection = heads["inter"]
     projection.load_state_dict(data["projection"])
-    criterion = GLIPv2Criterion(LossConfig(use_loc=False, use_intra=False, use_inter=True), Holder(projection))
+    criterion = GLIPv2Criterion(LossConfig(use_loc=False, use_intra=False, use_inter=True), heads)
     output = make_output(data, images)
     losses = criterion(output, data["targets"][images])
     losses["loss"].backward()

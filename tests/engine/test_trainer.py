@@ -71,7 +71,7 @@ def make_trainer(model: GLIPv2, root: Path | str, out: Path | str, **config: Any
                          "min_sizes": (64,), "max_size": 96, **config})
     dataset = SafeDataset(CocoGroundingDataset(make_dataset(root), root / "images",
                                                with_masks=model.config.mask_head))
-    collator = GroundingCollator(GLIPv2Processor.from_config(model.config, model.tokenizer))
+    collator = GroundingCollator(GLIPv2Processor.from_config(model.config))
     return Trainer(model, dataset, collator, cfg, out)
 
 
@@ -82,7 +82,13 @@ def test_solver_groups_follow_the_official_rules(tiny_config: Any) -> None:
     assert (groups["main"]["lr"], groups["main"]["weight_decay"]) == (1e-4, 0.05)
     assert (groups["main_bias"]["lr"], groups["main_bias"]["weight_decay"]) == (2e-4, 0.0)
     assert (groups["language"]["lr"], groups["language_bias"]["lr"]) == (1e-5, 2e-5)
-    assert sum(p.numel() for g in groups.values() for p in g["params"]) == model.num_parameters()
+    # every trainable parameter is in exactly one group; the only untrainable one is the official,
+    # never-trained classic classifier (outside every loss, so DDP would wait for its gradient)
+    grouped = [p for g in groups.values() for p in g["params"]]
+    assert len({id(p) for p in grouped}) == len(grouped)
+    untrained = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert untrained == {"heads.grounding.legacy_cls_logits.weight", "heads.grounding.legacy_cls_logits.bias"}
+    assert sum(p.numel() for p in grouped) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def test_learning_rate_schedule() -> None:
@@ -111,13 +117,13 @@ def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tiny_
     trainer.train()
     saved = trainer.checkpoint_path.read_bytes()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    real = trainer.criterion.forward
+    real = trainer.model.criterion.forward
 
     def nan_losses(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         losses = real(*args, **kwargs)
         return {**losses, "loss": losses["loss"] * float("nan")}
 
-    monkeypatch.setattr(trainer.criterion, "forward", nan_losses)
+    monkeypatch.setattr(trainer.model.criterion, "forward", nan_losses)
     trainer.config = trainer.config.replace(max_steps=5, max_bad_steps=3)
     with pytest.raises(TrainingStopped, match="3 non-finite losses or gradients in a row"):
         trainer.train(resume=False)
@@ -153,7 +159,7 @@ def test_a_fresh_start_sets_the_older_log_aside(tiny_config: Any, tmp_path: Path
 def test_a_non_finite_gradient_skips_the_step(tiny_config: Any, tmp_path: Path) -> None:
     trainer = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=1)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    handle = trainer.model.head.bias0.register_hook(lambda grad: grad * float("inf"))
+    handle = trainer.model.heads.grounding.bias0.register_hook(lambda grad: grad * float("inf"))
     batch = next(trainer.batches())
     assert trainer.train_step([batch]) is None
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

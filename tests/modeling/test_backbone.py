@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from glipv2 import GLIPv2, GLIPv2Config
+from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Processor
 from glipv2.modeling.backbone import build_backbone
 
 
@@ -22,9 +22,9 @@ def test_timm_cnn_backbone(tiny_config: Callable[..., GLIPv2Config], bert_tokeni
     pytest.importorskip("timm")
     config = tiny_config(backbone="timm:resnet10t")
     model = GLIPv2(config).eval()
-    assert model.backbone.strides == [8, 16, 32]
-    assert model.backbone.out_channels == [128, 256, 512]
-    text = model.tokenize("a cat.")
+    assert model.core.backbone.strides == [8, 16, 32]
+    assert model.core.backbone.out_channels == [128, 256, 512]
+    text = GLIPv2Processor.from_config(config).tokenize("a cat.")
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64), text.input_ids, text.attention_mask)
     assert [tuple(f.shape[-2:]) for f in out.region_features] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]

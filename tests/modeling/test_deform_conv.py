@@ -10,6 +10,7 @@ from torchvision.ops import deform_conv2d
 
 from glipv2 import GLIPv2
 from glipv2.modeling.deform_conv import deform_conv2d_grid_sample, modulated_deform_conv
+from glipv2.processing.text import load_tokenizer
 
 
 @pytest.mark.parametrize("height, width, stride", [(9, 11, 1), (9, 11, 2), (1, 1, 1), (2, 7, 2)])
@@ -39,8 +40,8 @@ def test_unknown_implementation_is_an_error() -> None:
 
 
 def test_fixture_logits_with_either_implementation(fixture_model: GLIPv2, fixture_outputs: dict[str, Any]) -> None:
-    tokens = fixture_model.tokenizer(fixture_outputs["caption"], padding="max_length", max_length=256,
-                                     return_tensors="pt")
+    tokens = load_tokenizer(fixture_model.config.tokenizer)(fixture_outputs["caption"], padding="max_length",
+                                                            max_length=256, return_tensors="pt")
     for conv in fixture_model.modules():
         if hasattr(conv, "deformable_impl"):
             conv.deformable_impl = "grid_sample"

@@ -278,7 +278,7 @@ def test_prediction_layers_use_log_scale_biases_and_level_scales(tiny_config: Ca
     S = O·Linear(P̂/2)ᵀ / exp(log_scale) + P̂·bias_lang + bias0 with P̂ = P/|P|, boxes = scale_l·conv(O)."""
     torch.manual_seed(0)
     model = GLIPv2(tiny_config()).eval()
-    head = model.head
+    head = model.heads["grounding"]
     with torch.no_grad():
         head.log_scale.fill_(0.7)
         head.bias_lang.normal_()

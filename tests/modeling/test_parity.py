@@ -2,7 +2,8 @@
 
 The fixture holds a tiny GLIP-T built with the official microsoft/GLIP code, random weights, and
 every intermediate of one eval forward on CPU. We convert its checkpoint, run the same input and
-compare each recorded tensor with FIXTURE.md's tolerances (atol = rtol = 1e-4). A failure here
+compare each recorded tensor at about three times the largest difference measured on this CPU
+(6.7e-6, FPN P3; FIXTURE.md allows atol = rtol = 1e-4). A failure here
 pinpoints the first stage that diverges: text encoder, FPN, tower, or prediction layers.
 """
 
@@ -17,7 +18,8 @@ import torch
 from glipv2 import GLIPv2, GLIPv2Output
 from glipv2.modeling.text_encoder import TextFeatures
 
-ATOL = RTOL = 1e-4
+# measured (float64 comparison, this CPU): FPN 6.7e-6, cls 3.3e-6, box 2.6e-6, tower 2.3e-6, others <= 2.1e-6
+ATOL, RTOL = 2e-5, 0.0
 NUM_LEVELS = 5
 MAX_QUERY_LEN = 256
 

@@ -16,7 +16,9 @@ def test_legacy_boxes_end_on_their_last_pixel() -> None:
     xywh = torch.tensor([[10.0, 20.0, 5.0, 3.0]])
     assert xywh_to_xyxy(xywh, legacy=True).tolist() == [[10.0, 20.0, 14.0, 22.0]]
     assert xywh_to_xyxy(xywh).tolist() == [[10.0, 20.0, 15.0, 23.0]]
-    assert xyxy_to_xywh(torch.tensor([[10.0, 20.0, 14.0, 22.0]]), legacy=True).tolist() == [[10.0, 20.0, 5.0, 3.0]]
+    assert xyxy_to_xywh(torch.tensor([[10.0, 20.0, 14.0, 22.0]]), legacy=True).tolist() == [
+        [10.0, 20.0, 5.0, 3.0]
+    ]
     assert xyxy_to_xywh(torch.tensor([[10.0, 20.0, 15.0, 23.0]])).tolist() == [[10.0, 20.0, 5.0, 3.0]]
     assert legacy_to_plain(torch.tensor([[10.0, 20.0, 14.0, 22.0]])).tolist() == [[10.0, 20.0, 15.0, 23.0]]
 
@@ -37,11 +39,19 @@ def test_float64_gives_the_numbers_of_python_float_arithmetic(box: list[float], 
     """What callers that used Python floats rely on, to the last bit."""
     one = 1 if legacy else 0
     x, y, w, h = box
-    assert xywh_to_xyxy(torch.tensor(box, dtype=torch.float64), legacy=legacy).tolist() == [x, y, x + w - one,
-                                                                                             y + h - one]
+    assert xywh_to_xyxy(torch.tensor(box, dtype=torch.float64), legacy=legacy).tolist() == [
+        x,
+        y,
+        x + w - one,
+        y + h - one,
+    ]
     x1, y1, x2, y2 = box
-    assert xyxy_to_xywh(torch.tensor(box, dtype=torch.float64), legacy=legacy).tolist() == [x1, y1, x2 - x1 + one,
-                                                                                             y2 - y1 + one]
+    assert xyxy_to_xywh(torch.tensor(box, dtype=torch.float64), legacy=legacy).tolist() == [
+        x1,
+        y1,
+        x2 - x1 + one,
+        y2 - y1 + one,
+    ]
 
 
 def test_clip_to_image_keeps_boxes_on_the_last_pixel_and_copies() -> None:
@@ -52,9 +62,13 @@ def test_clip_to_image_keeps_boxes_on_the_last_pixel_and_copies() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(*[st.integers(0, 30)] * 4), min_size=1, max_size=6),
-       st.lists(st.tuples(*[st.integers(0, 30)] * 4), min_size=1, max_size=6))
-def test_box_iou_legacy_is_the_plus_one_iou(first: list[tuple[int, ...]], second: list[tuple[int, ...]]) -> None:
+@given(
+    st.lists(st.tuples(*[st.integers(0, 30)] * 4), min_size=1, max_size=6),
+    st.lists(st.tuples(*[st.integers(0, 30)] * 4), min_size=1, max_size=6),
+)
+def test_box_iou_legacy_is_the_plus_one_iou(
+    first: list[tuple[int, ...]], second: list[tuple[int, ...]]
+) -> None:
     def box(t: tuple[int, ...]) -> list[int]:
         x, y, w, h = t
         return [x, y, x + w, y + h]  # legacy: spans w + 1 pixels

@@ -21,8 +21,10 @@ from glipv2.utils.io import (
 DOCUMENT = {"b": [1, 2.5, None], "a": "é"}
 
 
-@pytest.mark.parametrize(("kwargs", "end"), [({"indent": 1}, ""), ({"indent": 1}, "\n"),
-                                             ({"sort_keys": True, "separators": (",", ":")}, "\n")])
+@pytest.mark.parametrize(
+    ("kwargs", "end"),
+    [({"indent": 1}, ""), ({"indent": 1}, "\n"), ({"sort_keys": True, "separators": (",", ":")}, "\n")],
+)
 def test_json_is_written_with_the_callers_formatting(tmp_path: Path, kwargs: dict, end: str) -> None:
     path = atomic_write_json(tmp_path / "out.json", DOCUMENT, end=end, **kwargs)
     assert path.read_bytes() == (json.dumps(DOCUMENT, **kwargs) + end).encode()
@@ -78,8 +80,11 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
 def test_read_json_reads_json_in_any_json_encoding(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
-    for data in (json.dumps(DOCUMENT).encode(), b"\xef\xbb\xbf" + json.dumps(DOCUMENT).encode(),
-                 json.dumps(DOCUMENT, ensure_ascii=False).encode("utf-16")):
+    for data in (
+        json.dumps(DOCUMENT).encode(),
+        b"\xef\xbb\xbf" + json.dumps(DOCUMENT).encode(),
+        json.dumps(DOCUMENT, ensure_ascii=False).encode("utf-16"),
+    ):
         path.write_bytes(data)
         assert read_json(path, "annotation") == DOCUMENT
 

@@ -529,7 +529,7 @@ def vqa_pairs(rng: np.random.Generator, objects: Sequence[ShapeObject],
     qa += [dict(c, type="count") for c in pick(counts, 3)]
 
     attribute: dict[str, list[dict[str, str]]] = {"colour": [], "shape": [], "size": []}
-    for i, obj in enumerate(objects):
+    for obj in objects:
         for desc in _descriptors(obj)[1:]:
             if sum(matches(o, desc) for o in objects) != 1:
                 continue

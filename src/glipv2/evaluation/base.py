@@ -172,7 +172,7 @@ def check_results_layout(results: Any) -> None:
     """Raise ValueError naming the first entry that is not a COCO results entry: integer
     `image_id` and `category_id`, `bbox` of four finite numbers, a finite numeric `score`."""
     if not isinstance(results, list):
-        raise ValueError("predictions must be a JSON list of COCO results entries")  # noqa: TRY004 (file content)
+        raise ValueError("predictions must be a JSON list of COCO results entries")  # file content
     for i, entry in enumerate(results):
         if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox", "score"} <= entry.keys():
             raise ValueError(f"prediction {i}: needs image_id, category_id, bbox and score, got {entry!r:.200}")

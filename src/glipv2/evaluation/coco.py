@@ -70,7 +70,7 @@ def check_instances(ann_file: str | Path, data: dict[str, Any]) -> None:
     for key, fields in _REQUIRED_FIELDS.items():
         entries = data[key]
         if not isinstance(entries, list):
-            raise ValueError(f"{ann_file}: {key} must be a list")  # noqa: TRY004 (file content)
+            raise ValueError(f"{ann_file}: {key} must be a list")  # file content
         for index, entry in enumerate(entries):
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:

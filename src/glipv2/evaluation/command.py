@@ -116,12 +116,12 @@ def _check_writable(out: Path) -> None:
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
-    from ..utils import distributed
     from ..inference.command import BadInput as PredictBadInput
     from ..inference.command import processor_overrides
     from ..inference.predictor import Predictor
     from ..loading import load_model
     from ..processing.processor import GLIPv2Processor
+    from ..utils import distributed
 
     try:
         overrides = processor_overrides(args)
@@ -162,7 +162,7 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
 def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
     data = read_json(path, "predictions")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # noqa: TRY004 (file content)
+        raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # file content
     for name, entries in data.items():
         try:
             check_results_layout(entries)

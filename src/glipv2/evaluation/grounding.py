@@ -118,7 +118,7 @@ def _overlaps(a: Sequence[Span], b: Sequence[Span]) -> bool:
 def _entry_fields(info: Any, index: int, ann_file: str | Path) -> tuple[int, str, str]:
     """id, file_name and caption of an `images` entry, or a one-line error naming what is missing."""
     if not isinstance(info, dict):
-        raise ValueError(f"{ann_file}: images entry {index} is not an object")  # noqa: TRY004
+        raise ValueError(f"{ann_file}: images entry {index} is not an object")  # file content
     missing = [key for key in ("id", "file_name", "caption") if key not in info]
     if missing:
         raise ValueError(f"{ann_file}: images entry {index} lacks {', '.join(missing)}")
@@ -383,7 +383,7 @@ def _load_refer(path: Path, split: str | None) -> list[RefExpEntry]:
             raise ValueError(f"{instances_file}: image {ref['image_id']} lacks file_name")
         box = _xywh_to_xyxy(ann.get("bbox"), f"annotation {ref['ann_id']}", instances_file)
         if not isinstance(ref["sentences"], list):
-            raise ValueError(f"{path}: ref {ref['ref_id']} sentences must be a list")  # noqa: TRY004
+            raise ValueError(f"{path}: ref {ref['ref_id']} sentences must be a list")  # file content
         for sentence in ref["sentences"]:
             if not isinstance(sentence, dict) or "sent_id" not in sentence or "sent" not in sentence:
                 raise ValueError(f"{path}: ref {ref['ref_id']} has a sentence without sent / sent_id")

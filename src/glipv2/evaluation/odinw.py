@@ -79,7 +79,7 @@ def prompt_file_of(ann_file: Path) -> Path | None:
 
 def _text(value: Any, where: str, path: Path) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{path}: {where} must be a string, got {value!r:.60}")  # noqa: TRY004
+        raise ValueError(f"{path}: {where} must be a string, got {value!r:.60}")  # file content
     return value
 
 
@@ -89,7 +89,7 @@ def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: 
     (start, end) in characters — the name's text only, not its prefix or suffix."""
     spec = read_json(prompt_file, "prompt")
     if not isinstance(spec, dict):
-        raise ValueError(  # noqa: TRY004 (file content: the CLI reports ValueErrors as one line)
+        raise ValueError(  # file content: the CLI reports ValueErrors as one line
             f"{prompt_file}: a prompt file is a JSON object with prefix, suffix, names, categories")
     extra = sorted(set(spec) - _PROMPT_KEYS)
     if extra:
@@ -102,7 +102,7 @@ def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: 
     def by_category(key: str) -> dict[int, Any]:
         table = spec.get(key, {})
         if not isinstance(table, dict):
-            raise ValueError(f"{prompt_file}: {key} must map category names to values")  # noqa: TRY004
+            raise ValueError(f"{prompt_file}: {key} must map category names to values")  # file content
         unknown = sorted(n for n in table if n not in index)
         if unknown:
             raise ValueError(f"{prompt_file}: {key}: unknown category names {unknown[:10]} "

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..processing.postprocess import PostProcessor
 from ..processing.processor import GLIPv2Processor, load_image
 from ..utils.io import atomic_write_json
 from .predictor import Predictor, Vocabulary
@@ -186,3 +185,11 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
           f"-> {args.out}" + (f"; {failed} failed" if failed else ""), file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def predict_main(argv: list[str]) -> int:
+    """`glipv2 predict ARGV...` from Python (argv starts with "predict"), without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="glipv2")
+    add_predict_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

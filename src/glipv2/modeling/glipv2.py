@@ -56,7 +56,8 @@ class GLIPv2(nn.Module):
     @loss_config.setter
     def loss_config(self, config: LossConfig) -> None:
         self._loss_config = config
-        self._criterion = GLIPv2Criterion(config, dict(self.heads.items()))
+        # not a submodule: it holds no parameters of its own, only references to the heads
+        object.__setattr__(self, "_criterion", GLIPv2Criterion(config, dict(self.heads.items())))
 
     @property
     def criterion(self) -> GLIPv2Criterion:

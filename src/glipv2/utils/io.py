@@ -47,13 +47,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to `path` atomically (flushed to disk before the rename); returns `path`."""
-    with atomic_path(path) as tmp:
-        # "xb": the temporary name is fresh, so creating it exclusively is a check, not a race;
-        # unlike tempfile.mkstemp (mode 0600) the file gets the usual umask permissions
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    # "xb": the temporary name is fresh, so creating it exclusively is a check, not a race; unlike
+    # tempfile.mkstemp (mode 0600) the file gets the usual umask permissions
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 
