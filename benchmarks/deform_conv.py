@@ -22,6 +22,7 @@ from torchvision.ops import deform_conv2d
 from glipv2 import GLIPv2Processor, build_model
 from glipv2.data.collate import GroundingCollator, SafeDataset
 from glipv2.data.grounding import build_grounding_dataset
+from glipv2.data.mlm import MaskingVocab
 from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.data.transforms import build_train_transforms
 from glipv2.engine.train_config import TrainConfig
@@ -61,8 +62,10 @@ def step_times(rounds: int, data: Path) -> dict[str, list[float]]:
         model = build_model("glipv2_tiny", deformable_conv_impl=impl)
         dataset = SafeDataset(build_grounding_dataset(data / "instances.json", data / "images", max_categories=36),
                               build_train_transforms(cfg.min_sizes, cfg.max_size))
-        processor = GLIPv2Processor.from_config(model.config, model.tokenizer)
-        trainer = Trainer(model, dataset, GroundingCollator(processor), cfg, data / f"run_{impl}")
+        processor = GLIPv2Processor.from_config(model.config)
+        # the MLM corruption is the collator's now (as `glipv2 train` sets it up): L_mlm stays in the step
+        collator = GroundingCollator(processor, MaskingVocab.from_tokenizer(processor.tokenizer))
+        trainer = Trainer(model, dataset, collator, cfg, data / f"run_{impl}")
         trainers[impl] = (trainer, trainer.batches())
     times: dict[str, list[float]] = {k: [] for k in trainers}
     for _ in range(rounds):

@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import glipv2
-from glipv2.modeling import dyconv as dyconv_module
+from glipv2.modeling import deform_conv as deform_conv_module  # the module whose deform_conv2d DyConv calls
 from glipv2.processing.text import load_tokenizer
 
 COCO_CLASSES = (
@@ -86,7 +86,7 @@ def deform_conv_flops() -> Iterator[list[int]]:
     """Count 2·Cin·9·Cout·Hout·Wout per modulated deformable conv call (torchvision's op is
     invisible to FlopCounterMode) while the context is open."""
     total = [0]
-    original = dyconv_module.deform_conv2d
+    original = deform_conv_module.deform_conv2d
 
     def counting(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
         out = original(x, offset, weight, *args, **kw)
@@ -94,21 +94,22 @@ def deform_conv_flops() -> Iterator[list[int]]:
         total[0] += 2 * cin * kh * kw_ * cout * out.shape[0] * out.shape[2] * out.shape[3]
         return out
 
-    dyconv_module.deform_conv2d = counting
+    deform_conv_module.deform_conv2d = counting
     try:
         yield total
     finally:
-        dyconv_module.deform_conv2d = original
+        deform_conv_module.deform_conv2d = original
 
 
 def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, float]:
     """Seconds spent per part of one forward (forward pre/post hooks; deform convs by wrapping)."""
     spent: dict[str, float] = defaultdict(float)
     starts: dict[int, float] = {}
-    parts = {"swin backbone": [model.backbone], "fpn": [model.fpn], "text encoder": [model.text_encoder],
-             "fusion blocks": [b.fusion for b in model.head.blocks if b.fusion is not None],
-             "head BERT layers": [b.text_layer for b in model.head.blocks if b.text_layer is not None],
-             "DyConv blocks": [b.dyconv for b in model.head.blocks]}
+    blocks = model.core.fusion.blocks
+    parts = {"swin backbone": [model.core.backbone], "fpn": [model.core.fpn], "text encoder": [model.text_encoder],
+             "fusion blocks": [b.fusion for b in blocks if b.fusion is not None],
+             "head BERT layers": [b.text_layer for b in blocks if b.text_layer is not None],
+             "DyConv blocks": [b.dyconv for b in blocks]}
     for name in [*parts, "  of which deformable convs"]:
         spent[name] = 0.0  # fixes the print order
 
@@ -126,7 +127,7 @@ def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, fl
         for m in modules:
             handles.append(m.register_forward_pre_hook(start))
             handles.append(m.register_forward_hook(stop_for(name)))
-    original = dyconv_module.deform_conv2d
+    original = deform_conv_module.deform_conv2d
 
     def timed(*args: Any, **kw: Any) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -134,12 +135,12 @@ def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, fl
         spent["  of which deformable convs"] += time.perf_counter() - t0
         return out
 
-    dyconv_module.deform_conv2d = timed
+    deform_conv_module.deform_conv2d = timed
     t0 = time.perf_counter()
     try:
         run()
     finally:
-        dyconv_module.deform_conv2d = original
+        deform_conv_module.deform_conv2d = original
         for h in handles:
             h.remove()
     spent["total"] = time.perf_counter() - t0
@@ -148,7 +149,8 @@ def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, fl
 
 def build_glip(height: int, width: int) -> tuple[torch.nn.Module, Callable[[], Any]]:
     model = glipv2.build_model("glip_t").eval()
-    tok = model.tokenizer([PROMPT], padding="max_length", max_length=256, truncation=True, return_tensors="pt")
+    tokenizer = load_tokenizer(model.config.tokenizer)
+    tok = tokenizer([PROMPT], padding="max_length", max_length=256, truncation=True, return_tensors="pt")
     pixel_values = torch.randn(1, 3, height, width)
 
     def run() -> Any:

@@ -42,12 +42,11 @@ def main() -> None:
     torch.manual_seed(0)
     short, long = (int(v) for v in args.size.split(","))
     model = glipv2.build_model(args.model).eval()
-    predictor = Predictor(model, GLIPv2Processor.from_config(model.config, model.tokenizer, min_size=short,
-                                                             max_size=long))
+    predictor = Predictor(model, GLIPv2Processor.from_config(model.config, min_size=short, max_size=long))
     names = [clean(n) for n in LVIS_NAMES.read_text().splitlines()]
     image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (480, 640, 3), dtype=np.uint8))
     vocabulary = predictor.detection_vocabulary(names, args.chunk_size)
-    tokens = [len(model.tokenizer(c.prompt.text)["input_ids"]) for c in vocabulary.chunks]
+    tokens = [len(predictor.processor.tokenizer(c.prompt.text)["input_ids"]) for c in vocabulary.chunks]
     print(f"{args.model}: {len(names)} names -> {len(vocabulary.chunks)} chunk prompts "
           f"({min(tokens)}-{max(tokens)} tokens); image 640x480 -> {predictor.processor.resized_size(640, 480)}")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from glipv2 import GLIPv2, GLIPv2Config
+from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Processor
 from glipv2.convert import (
     ConversionError,
     build_shape_model,
@@ -56,14 +56,15 @@ def test_fixture_converts_loads_and_matches_official_logits(fixture_dir: Path, y
     assert report.problems() == [] and report.ignored == []
     assert len(report.converted) == 300 and len(report.derived) == 13  # 8 Swin blocks + 5 anchor levels
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "conversion.json", "model.safetensors",
-                                                     "tokenizer"]
+                                                     "processor_config.json", "tokenizer"]
     assert siblings(out) == ["glip_tiny"]  # the temporary folder was renamed, not copied
     provenance = json.loads((out / "conversion.json").read_text())
     assert provenance["source"] == "glip_tiny_random.pth" and provenance["converted"] == 300
 
     model = GLIPv2.from_pretrained(out)
     assert model.config == yaml_config
-    tokens = model.tokenizer(fixture_outputs["caption"], padding="max_length", max_length=256, return_tensors="pt")
+    tokenizer = GLIPv2Processor.for_model(model).tokenizer  # the processor saved in the folder
+    tokens = tokenizer(fixture_outputs["caption"], padding="max_length", max_length=256, return_tensors="pt")
     with torch.no_grad():
         output = model(fixture_outputs["image_tensor"], tokens["input_ids"], tokens["attention_mask"])
     assert len(output.logits) == len(fixture_outputs["dot_product_logits"]) == 5
@@ -99,7 +100,7 @@ def test_extras_of_released_files_are_tolerated(fixture_dir: Path, yaml_config: 
     report = convert_checkpoint(src, tmp_path / "out", yaml_config)
     assert sorted(report.ignored) == sorted(extras) and report.problems() == []
     weights = load_file(tmp_path / "out" / "model.safetensors")
-    key = "head.bbox_pred.weight"  # random in "model", zeros in the EMA copy
+    key = "heads.grounding.bbox_pred.weight"  # random in "model", zeros in the EMA copy
     assert torch.equal(weights[key], official["module.rpn.head.bbox_pred.weight"]) and weights[key].abs().sum() > 0
 
 
@@ -124,9 +125,10 @@ def test_unknown_and_missing_keys_are_refused(yaml_config: GLIPv2Config, officia
         convert_checkpoint(src, out, yaml_config)
     assert info.value.problems == [
         "unmapped: module.rpn.head.contrastive_align_projection_image.weight",
-        "mismatch: module.rpn.head.bbox_pred.weight (4, 32, 1, 1) -> head.bbox_pred.weight (4, 64, 1, 1)",
-        "missing: head.bbox_pred.weight",
-        "missing: head.centerness.weight",
+        "mismatch: module.rpn.head.bbox_pred.weight (4, 32, 1, 1) -> heads.grounding.bbox_pred.weight "
+        "(4, 64, 1, 1)",
+        "missing: heads.grounding.bbox_pred.weight",
+        "missing: heads.grounding.centerness.weight",
     ]
     assert "bad.pth" in str(info.value)
     assert siblings(out) == ["bad.pth"]  # nothing written, no temporary left over
@@ -152,10 +154,11 @@ def test_allow_partial_keeps_initial_values_for_what_is_missing(yaml_config: GLI
     del state["module.rpn.head.centerness.weight"], state["module.rpn.head.centerness.bias"]
     src = save_checkpoint(tmp_path / "partial.pth", state)
     report = convert_checkpoint(src, tmp_path / "out", yaml_config, allow_partial=True)
-    assert report.missing == ["head.centerness.bias", "head.centerness.weight"]
+    assert report.missing == ["heads.grounding.centerness.bias", "heads.grounding.centerness.weight"]
     model = GLIPv2.from_pretrained(tmp_path / "out")
-    assert torch.equal(model.head.centerness.bias, torch.zeros(1))  # the head's own init
-    assert torch.equal(model.head.bbox_pred.weight, official["module.rpn.head.bbox_pred.weight"])
+    head = model.heads["grounding"]
+    assert torch.equal(head.centerness.bias, torch.zeros(1))  # the head's own init
+    assert torch.equal(head.bbox_pred.weight, official["module.rpn.head.bbox_pred.weight"])
     recorded = json.loads((tmp_path / "out" / "conversion.json").read_text())
     assert recorded["left_at_initialisation"] == report.missing
 

@@ -72,7 +72,7 @@ def test_allow_partial_warns_and_succeeds(fixture_dir: Path, tmp_path: Path,
     status, _, stderr = run(args, capsys)
     assert status == 2 and "error: " in stderr
     status, stdout, stderr = run([*args, "--allow-partial"], capsys)
-    assert status == 0 and stderr == "warning: missing: head.centerness.bias\n"
+    assert status == 0 and stderr == "warning: missing: heads.grounding.centerness.bias\n"
     assert "left at random init 1" in stdout
 
 

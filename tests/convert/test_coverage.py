@@ -144,13 +144,13 @@ def test_glipv2_and_optional_keys_round_trip(early_fusion: bool,
         official = ours_to_official(key, config)
         assert official is not None and official.startswith("module."), (key, official)
         assert official_to_ours(official, config) == key, (key, official)
-    assert ours_to_official("prompt_embedding", config) == "module.rpn.tunable_linear.weight"
-    assert ours_to_official("mlm_head.decoder.weight", config) == "module.rpn.head.mlm_head.decoder.weight"
-    assert (ours_to_official("region_word_contrastive.region.weight", config)
+    assert ours_to_official("core.prompt_embedding", config) == "module.rpn.tunable_linear.weight"
+    assert ours_to_official("heads.mlm.decoder.weight", config) == "module.rpn.head.mlm_head.decoder.weight"
+    assert (ours_to_official("heads.inter.region.weight", config)
             == "module.rpn.loss_evaluator.shallow_contrastive_projection_image.weight")
-    assert (ours_to_official("region_word_contrastive.token.bias", config)
+    assert (ours_to_official("heads.inter.token.bias", config)
             == "module.rpn.loss_evaluator.shallow_contrastive_projection_text.bias")
-    assert ours_to_official("region_word_contrastive.log_scale", config) == "module.rpn.loss_evaluator.shallow_log_scale"
+    assert ours_to_official("heads.inter.log_scale", config) == "module.rpn.loss_evaluator.shallow_log_scale"
 
 
 def test_official_key_without_counterpart_maps_to_none(fixture_config: GLIPv2Config) -> None:
@@ -184,6 +184,6 @@ def test_convert_reports_ignored_unmapped_and_mismatched(fixture_dir: Path,
     assert any(m.startswith("module.rpn.head.bbox_pred.weight (4, 32, 1, 1)") for m in report.mismatched)
     assert any(m.startswith("module.rpn.anchor_generator.cell_anchors.0") for m in report.mismatched)
     assert len(report.problems()) == 3
-    assert "head.bbox_pred.weight" not in state
+    assert "heads.grounding.bbox_pred.weight" not in state
     assert len(report.derived) == 8 + 4
-    assert set(state) == set(model.state_dict()) - {"head.bbox_pred.weight"}
+    assert set(state) == set(model.state_dict()) - {"heads.grounding.bbox_pred.weight"}

@@ -1,4 +1,4 @@
-"""`GLIPv2.from_pretrained(repo, filename="....pth")`: download via the hub cache, convert once, reuse.
+"""`glipv2.load_model(repo, filename="....pth")`: download via the hub cache, convert once, reuse.
 
 Fully offline: a Hugging Face cache folder is laid out by hand (refs/main -> commit,
 snapshots/<commit>/<file>), huggingface_hub is put in offline mode and sockets refuse to connect.
@@ -79,12 +79,13 @@ def assert_same_weights(a: GLIPv2, b: GLIPv2) -> None:
 
 def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
         hub_cache: Path, fixture_dir: Path, tmp_path: Path, conversions: list[Path]) -> None:
-    model = GLIPv2.from_pretrained(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
+    model = glipv2.load_model(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
     assert len(conversions) == 1
     folder = conversions[0]
     assert folder.parent == tmp_path / "glipv2" / "converted"
     assert folder.name.startswith(f"GLIPModel--GLIP--glip_tiny_random--{COMMIT}--")
-    assert model.tokenizer_source == str(folder / "tokenizer") and not model.training
+    assert model.name_or_path == str(folder) and not model.training
+    assert (folder / "tokenizer").is_dir()  # the processor is saved beside the model
 
     config = config_from_official_yaml(fixture_dir / "config_full.yaml",
                                        text_config=fixture_dir / "tiny_bert_config.json")
@@ -92,7 +93,7 @@ def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
     assert_same_weights(model, GLIPv2.from_pretrained(tmp_path / "direct"))
     assert model.config == config
 
-    again = GLIPv2.from_pretrained(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
+    again = glipv2.load_model(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
     assert len(conversions) == 1  # the converted folder was reused
     assert_same_weights(again, model)
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
@@ -101,9 +102,9 @@ def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
 def test_another_architecture_gets_its_own_cache_entry(hub_cache: Path, fixture_dir: Path,
                                                        conversions: list[Path]) -> None:
     """The same file under another config is a different conversion (here: one that fails)."""
-    GLIPv2.from_pretrained(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
+    glipv2.load_model(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
     with pytest.raises(ValueError, match="cannot be converted"):
-        GLIPv2.from_pretrained(REPO, filename=FILENAME, arch="glip_t")
+        glipv2.load_model(REPO, filename=FILENAME, arch="glip_t")
     assert len(conversions) == 2 and conversions[0] != conversions[1]
 
 
@@ -111,26 +112,28 @@ def test_local_pth_path_is_converted_into_the_cache(hub_cache: Path, fixture_dir
                                                     conversions: list[Path]) -> None:
     src = tmp_path / "my_glip.pth"
     shutil.copyfile(fixture_dir / "glip_tiny_random.pth", src)
-    model = GLIPv2.from_pretrained(src, **official_kwargs(fixture_dir))
-    GLIPv2.from_pretrained(str(src), **official_kwargs(fixture_dir))
+    model = glipv2.load_model(str(src), **official_kwargs(fixture_dir))
+    glipv2.load_model(str(src), **official_kwargs(fixture_dir))
     assert len(conversions) == 1 and conversions[0].name.startswith("local--my_glip--")
     assert model.config.num_head_blocks == 2
+    with pytest.raises(ValueError, match=r"official GLIP checkpoint; load it with glipv2\.load_model"):
+        GLIPv2.from_pretrained(src)  # a model folder loader only
 
 
 def test_file_not_in_the_offline_cache(hub_cache: Path, conversions: list[Path]) -> None:
     with pytest.raises(ValueError, match="could not fetch 'glip_large_model.pth' from 'GLIPModel/GLIP'"):
-        GLIPv2.from_pretrained(REPO, filename="glip_large_model.pth")
+        glipv2.load_model(REPO, filename="glip_large_model.pth")
     assert conversions == []
 
 
 def test_unknown_file_needs_an_architecture(hub_cache: Path, conversions: list[Path]) -> None:
     """Refused from the name alone, before any download."""
     with pytest.raises(ValueError, match="mystery.pth: not a released GLIP checkpoint name.*arch="):
-        GLIPv2.from_pretrained(REPO, filename="mystery.pth")
+        glipv2.load_model(REPO, filename="mystery.pth")
     with pytest.raises(ValueError, match="official GLIP .pth"):
-        GLIPv2.from_pretrained(REPO, filename="model.safetensors")
+        glipv2.load_model(REPO, filename="model.safetensors")
     with pytest.raises(ValueError, match="arch: only for official GLIP .pth checkpoints"):
-        GLIPv2.from_pretrained(hub_cache, arch="glip_t")
+        glipv2.load_model(str(hub_cache), arch="glip_t")
     assert conversions == []
 
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import TINY_BERT, make_tiny_config
+
 from glipv2 import GLIPv2Output
+from glipv2.modeling.anchors import AnchorGenerator
 from glipv2.modeling.criterion import GLIPv2Criterion
 from glipv2.modeling.heads import LossConfig, TaskHead, build_heads
 from glipv2.utils.distributed import (
@@ -28,7 +29,6 @@ from glipv2.utils.distributed import (
     scale_gradient,
     select_device,
 )
-from glipv2.modeling.anchors import AnchorGenerator
 
 WORLD = 2
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]  # a 64x64 input
@@ -70,7 +70,9 @@ def make_data(seed: int = 0) -> dict[str, Any]:
 
 def make_output(data: dict[str, Any], images: slice) -> GLIPv2Output:
     """The GLIPv2Output of some images of `data`; O̊ and P̊ are fresh leaves (to read gradients)."""
-    leaf = lambda t: t[images].clone().requires_grad_()
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t[images].clone().requires_grad_()
+
     mask = data["mask"][images]
     return GLIPv2Output(
         logits=[leaf(t) for t in data["logits"]], box_regression=[leaf(t) for t in data["box_regression"]],

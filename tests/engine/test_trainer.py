@@ -219,12 +219,13 @@ DDP_SCRIPT = textwrap.dedent('''
     if world > 1:
         dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=world)
     model = tiny_model(make_tiny_config, no_dropout=True)
-    trainer = make_trainer(model, {data!r}, {out!r} + str(rank), batch_size=2 // world, max_steps=1,
-                           flip_probability=0.0)
+    trainer = make_trainer(model, {data!r}, {out!r} + str(rank), batch_size=2 // world, max_steps={steps},
+                           flip_probability=0.0, losses={losses!r})
     trainer.dataset.transform = None
     samples = [trainer.dataset[i] for i in (0, 1)]
     batch = trainer.collator(samples if world == 1 else samples[rank:rank + 1])
-    losses = trainer.train_step([batch])
+    for _ in range({steps}):
+        losses = trainer.train_step([batch])
     if rank == 0:
         torch.save({{"losses": losses, "state": model.state_dict()}}, {result!r} + str(world) + ".pt")
     if world > 1:
@@ -232,11 +233,17 @@ DDP_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_two_process_gloo_step_equals_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("losses, steps", [
+    ({}, 1),
+    # a head whose loss is switched off (the L_inter projection here) gets no gradient: DDP must
+    # still finish each step's reduction (a second step would fail otherwise) and match one process
+    ({"use_inter": False}, 2),
+])
+def test_two_process_gloo_step_equals_one_process(tmp_path: Path, losses: dict[str, bool], steps: int) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), data=str(tmp_path / "data"),
                                         store=str(tmp_path / "store"), out=str(tmp_path / "out"),
-                                        result=str(tmp_path / "result")))
+                                        result=str(tmp_path / "result"), losses=losses, steps=steps))
     make_dataset(tmp_path / "data")  # once, before any rank reads it
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, str(script), "0", "1"], env=env, capture_output=True, text=True,

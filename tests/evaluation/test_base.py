@@ -108,7 +108,7 @@ class _Tokenizing:
 def test_prompts_too_long_for_the_token_slots_fail_up_front(tiny_model: Any) -> None:
     from glipv2 import GLIPv2Processor
 
-    processor = GLIPv2Processor.from_config(tiny_model.config.replace(max_query_len=16), tiny_model.tokenizer)
+    processor = GLIPv2Processor.from_config(tiny_model.config.replace(max_query_len=16))
     caption = "a " + " ".join(["very"] * 40) + " long cat"
     long_sample = EvalSample(Path("x.png"), 9, caption=caption, spans=(((len(caption) - 3, len(caption)),),))
     short_sample = EvalSample(Path("y.png"), 8, caption="a cat", spans=(((2, 5),),))

@@ -248,7 +248,8 @@ def test_chunked_labels_map_back_to_category_ids(tmp_path: Path, make_predictor:
     assert [c.label_offset for c in vocabulary.chunks] == [0, 40, 80]
     assert [c.prompt.num_labels for c in vocabulary.chunks] == [40, 40, 15]
 
-    def fake_run(tensors: list[torch.Tensor], prompts: list[Any]) -> list[RawDetections]:
+    def fake_run(tensors: list[torch.Tensor], prompts: list[Any],
+                 postprocessor: Any = None) -> list[RawDetections]:
         # per prompt one detection per local label i, its box encoding (chunk, i)
         chunk = next(k for k, c in enumerate(vocabulary.chunks) if c.prompt is prompts[0])
         n = prompts[0].num_labels

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from glipv2 import Detections, GLIPv2, GLIPv2Processor, Predictor
-from glipv2.inference import PostProcessor
+from glipv2.processing.postprocess import PostProcessor
 from glipv2.processing.prompts import DETECTION_SEPARATOR
 
 FIXTURE_CAPTION = "red circle. blue square. green triangle."
@@ -197,8 +197,11 @@ def test_postprocessor_follows_the_config(tiny_model: GLIPv2) -> None:
     model_config = tiny_model.config.replace(detections_per_image=300, nms_threshold=0.5)
     post = PostProcessor.from_config(model_config)
     assert (post.detections_per_image, post.nms_threshold, post.pre_nms_top_n) == (300, 0.5, 1000)
-    processor = GLIPv2Processor.from_config(model_config, tiny_model.tokenizer)
+    processor = GLIPv2Processor.from_config(model_config)
     assert (processor.min_size, processor.max_size) == (800, 1333)
+    # the processor's default post-processing follows the config too
+    default = processor.postprocessor
+    assert (default.detections_per_image, default.nms_threshold, default.pre_nms_top_n) == (300, 0.5, 1000)
 
 
 def test_drawing_survives_boxes_narrower_than_a_pixel() -> None:

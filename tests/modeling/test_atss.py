@@ -11,9 +11,9 @@ from statistics import mean, stdev
 import pytest
 import torch
 
+from glipv2.modeling.anchors import AnchorGenerator, encode_boxes
 from glipv2.modeling.heads.atss import atss_assign, centerness_targets
 from glipv2.utils.boxes import box_iou_legacy
-from glipv2.modeling.anchors import AnchorGenerator, encode_boxes
 
 # Two "levels" along a row: three 10x10 anchors, then two 20x20 anchors (legacy: x2 = x1 + size - 1).
 A0, A1, A2 = [0, 0, 9, 9], [10, 0, 19, 9], [20, 0, 29, 9]  # centres (4.5, 4.5), (14.5, 4.5), (24.5, 4.5)

@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
-from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Output
-from glipv2.engine import ATSSTargets, GLIPv2Criterion, LossConfig, generalized_iou_loss
+from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Output, GLIPv2Processor
 from glipv2.modeling.anchors import decode_boxes, encode_boxes
-from glipv2.modeling.glipv2 import RegionWordContrastiveProjection
+from glipv2.modeling.criterion import GLIPv2Criterion
+from glipv2.modeling.heads import (
+    ATSSTargets,
+    GroundingHead,
+    LanguageAwareMaskHead,
+    LossConfig,
+    MLMHead,
+    RegionWordContrastiveHead,
+    generalized_iou_loss,
+)
 
 ALPHA, GAMMA = 0.25, 2.0
 
@@ -49,16 +57,20 @@ def assignment(matched: list[int], regression: torch.Tensor | None = None,
                        torch.tensor(centerness if centerness is not None else [0.0] * n))
 
 
-class Holder(nn.Module):
-    """Stands in for the model: only the L_inter projections are needed."""
-
-    def __init__(self, projection: RegionWordContrastiveProjection) -> None:
-        super().__init__()
-        self.region_word_contrastive = projection
+def grounding_head() -> GroundingHead:
+    """A grounding head (L_loc, L_intra, token accuracy); its loss methods read only their arguments."""
+    return GroundingHead(GLIPv2Config())
 
 
-def identity_projection(dim: int) -> RegionWordContrastiveProjection:
-    proj = RegionWordContrastiveProjection(dim, dim, dim)
+def inter_head(region_dim: int, token_dim: int, dim: int) -> RegionWordContrastiveHead:
+    """The L_inter head alone, from the only config fields it reads (temperature 1)."""
+    config = SimpleNamespace(fpn_channels=region_dim, text_hidden_size=token_dim,
+                             region_word_contrastive_dim=dim, region_word_contrastive_log_scale_init=0.0)
+    return RegionWordContrastiveHead(config)  # type: ignore[arg-type]
+
+
+def identity_projection(dim: int) -> RegionWordContrastiveHead:
+    proj = inter_head(dim, dim, dim)
     with torch.no_grad():
         for layer in (proj.region, proj.token):
             layer.weight.copy_(torch.eye(dim))
@@ -88,9 +100,10 @@ def test_loss_loc_weights_giou_by_centerness() -> None:
     ctr = [0.8, 0.5, 0.0]
     deltas = torch.tensor([[[0.5, -0.3, 0.2, 0.1], [-1.0, 0.4, -0.2, 0.3], [9.0, 9.0, 9.0, 9.0]]], requires_grad=True)
     ctr_logits = torch.tensor([[0.3, -1.2, 5.0]], requires_grad=True)
-    crit = GLIPv2Criterion(LossConfig())
+    head = grounding_head()
     num_pos = torch.tensor(2.0)
-    giou, centerness = crit.loss_loc(deltas, ctr_logits, anchors, [assignment([0, 1, -1], targets, ctr)], num_pos)
+    giou, centerness = head.loss_loc(deltas, ctr_logits, anchors, [assignment([0, 1, -1], targets, ctr)],
+                                     num_pos)
 
     per_box = generalized_iou_loss(decode_boxes(deltas[0, :2].detach(), anchors[:2]), gts)
     expected = (0.8 * per_box[0] + 0.5 * per_box[1]) / (0.8 + 0.5)
@@ -103,7 +116,7 @@ def test_loss_loc_weights_giou_by_centerness() -> None:
 def test_loss_loc_without_positives_is_a_connected_zero() -> None:
     deltas = torch.randn(1, 3, 4, requires_grad=True)
     ctr_logits = torch.randn(1, 3, requires_grad=True)
-    giou, centerness = GLIPv2Criterion(LossConfig()).loss_loc(
+    giou, centerness = grounding_head().loss_loc(
         deltas, ctr_logits, torch.zeros(3, 4), [assignment([-1, -1, -1])], torch.tensor(1.0))
     assert giou.item() == 0.0 and centerness.item() == 0.0
     (giou + centerness).backward()
@@ -117,12 +130,14 @@ def test_loss_intra_focal_by_hand() -> None:
     logits = torch.tensor([[[0.4, -1.1, 2.0], [-0.3, 1.5, -3.0]]], requires_grad=True)
     mask = torch.tensor([[1, 1, 0]])
     positive_map = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    crit = GLIPv2Criterion(LossConfig())
-    loss = crit.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}], torch.tensor(1.0))
+    head = grounding_head()
+    loss = head.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}],
+                           torch.tensor(1.0))
     expected = focal(0.4, 0) + focal(-1.1, 1) + focal(-0.3, 0) + focal(1.5, 0)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # divided by the number of positives
-    half = crit.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}], torch.tensor(2.0))
+    half = head.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}],
+                           torch.tensor(2.0))
     assert half.item() == pytest.approx(expected / 2, rel=1e-6)
     loss.backward()
     assert logits.grad is not None and not logits.grad[..., 2].any()  # the padding slot gets nothing
@@ -137,17 +152,18 @@ def test_token_accuracy_by_hand() -> None:
                            [[0.1, 0.2, 0.3, -9.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
     maps = [torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])]
-    crit = GLIPv2Criterion(LossConfig())
-    accuracy = crit.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])],
+    head = grounding_head()
+    accuracy = head.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])],
                                    [{"positive_map": m} for m in maps])
     assert accuracy.item() == pytest.approx(2 / 3)
-    none = crit.token_accuracy(logits, mask, [assignment([-1, -1, -1])] * 2, [{"positive_map": m} for m in maps])
+    none = head.token_accuracy(logits, mask, [assignment([-1, -1, -1])] * 2,
+                               [{"positive_map": m} for m in maps])
     assert none.item() == 0.0
     # with token labels, only phrase tokens compete: image 0's slot 2 is no phrase's ("."), so
     # anchor 1's best candidate becomes slot 0, in its own phrase
     labelled = [{"positive_map": maps[0], "token_labels": torch.tensor([7, 7, -1, -1])},
                 {"positive_map": maps[1], "token_labels": torch.tensor([3, -1, 5, -1])}]
-    accuracy = crit.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])], labelled)
+    accuracy = head.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])], labelled)
     assert accuracy.item() == pytest.approx(1.0)
 
 
@@ -180,9 +196,9 @@ def test_loss_inter_two_images_by_hand() -> None:
         {"positive_map": torch.tensor([[0.0, 0, 1, 0], [0.0, 1, 0, 0]]), "labels": torch.tensor([7, 9]),
          "token_labels": torch.tensor([-1, 9, 7, -1])},
     ]
-    crit = GLIPv2Criterion(LossConfig(use_inter=True), Holder(identity_projection(2)))
+    head = identity_projection(2)
     num_pos = torch.tensor(3.0)
-    loss = crit.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
+    loss = head.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
                            targets, num_pos)
 
     regions = [r0, r1, r2]
@@ -204,8 +220,8 @@ def test_loss_inter_two_images_by_hand() -> None:
 
     # the temperature: logits / exp(log_scale) (official `shallow_log_scale`)
     with torch.no_grad():
-        crit.region_word_contrastive.log_scale.fill_(math.log(0.5))
-    hot = crit.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
+        head.log_scale.fill_(math.log(0.5))
+    hot = head.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
                           targets, num_pos)
     logits2 = [[2 * v for v in row] for row in logits]
     r2t = -sum(sum(p / sum(pos) * v for p, v in zip(pos, log_softmax(row))) for row, pos in zip(logits2, positive))
@@ -218,11 +234,10 @@ def test_loss_inter_two_images_by_hand() -> None:
 
 
 def test_loss_inter_without_regions_is_a_connected_zero() -> None:
-    proj = RegionWordContrastiveProjection(4, 6, 3)
-    crit = GLIPv2Criterion(LossConfig(use_inter=True), Holder(proj))
+    proj = inter_head(4, 6, 3)
     targets = [{"positive_map": torch.zeros(0, 5), "labels": torch.zeros(0, dtype=torch.long),
                 "token_labels": torch.full((5,), -1)}]
-    loss = crit.loss_inter([torch.randn(1, 4, 2, 2)], torch.randn(1, 5, 6), torch.ones(1, 5),
+    loss = proj.loss_inter([torch.randn(1, 4, 2, 2)], torch.randn(1, 5, 6), torch.ones(1, 5),
                            [assignment([-1] * 4)], targets, torch.tensor(1.0))
     assert loss.item() == 0.0
     loss.backward()
@@ -233,13 +248,12 @@ def test_loss_inter_without_regions_is_a_connected_zero() -> None:
 def test_loss_mlm_by_hand() -> None:
     logits = torch.tensor([[[0.1, 0.2, 0.3], [1.0, -1.0, 0.5]], [[2.0, 0.0, 0.0], [0.3, 0.3, 0.9]]])
     targets = [{"mlm_labels": torch.tensor([-100, 2])}, {"mlm_labels": torch.tensor([0, -100])}]
-    crit = GLIPv2Criterion(LossConfig(use_mlm=True))
     expected = -(log_softmax([1.0, -1.0, 0.5])[2] + log_softmax([2.0, 0.0, 0.0])[0]) / 2
-    assert crit.loss_mlm(logits, targets).item() == pytest.approx(expected, rel=1e-6)
-    nothing = crit.loss_mlm(logits.requires_grad_(), [{"mlm_labels": torch.full((2,), -100)}] * 2)
+    assert MLMHead.loss_mlm(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    nothing = MLMHead.loss_mlm(logits.requires_grad_(), [{"mlm_labels": torch.full((2,), -100)}] * 2)
     assert nothing.item() == 0.0 and nothing.requires_grad
     with pytest.raises(ValueError, match="mlm_logits"):
-        crit.loss_mlm(None, targets)
+        MLMHead.loss_mlm(None, targets)
 
 
 def test_loss_mask_by_hand() -> None:
@@ -251,15 +265,16 @@ def test_loss_mask_by_hand() -> None:
     logits = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])
     boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0]])
     targets = [{"boxes": boxes, "masks": mask}, {"boxes": boxes}]
-    crit = GLIPv2Criterion(LossConfig(use_mask=True))
     expected = (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 1) + bce(3.0, 0)) / 4
-    assert crit.loss_mask([logits, torch.zeros(1, 2, 2)], targets).item() == pytest.approx(expected, rel=1e-6)
-    nothing = crit.loss_mask([logits.requires_grad_()], [{"boxes": boxes}])
+    loss = LanguageAwareMaskHead.loss_mask([logits, torch.zeros(1, 2, 2)], targets)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    nothing = LanguageAwareMaskHead.loss_mask([logits.requires_grad_()], [{"boxes": boxes}])
     assert nothing.item() == 0.0 and nothing.requires_grad
     with pytest.raises(ValueError, match="mask_logits"):
-        crit.loss_mask(None, targets)
+        LanguageAwareMaskHead.loss_mask(None, targets)
     with pytest.raises(ValueError, match="mask logits of 1 boxes for 2 boxes"):
-        crit.loss_mask([logits], [{"boxes": boxes.repeat(2, 1), "masks": mask.repeat(2, 1, 1)}])
+        LanguageAwareMaskHead.loss_mask([logits],
+                                        [{"boxes": boxes.repeat(2, 1), "masks": mask.repeat(2, 1, 1)}])
 
 
 # --- configuration and targets ----------------------------------------------------------------------
@@ -274,7 +289,7 @@ def test_loss_config() -> None:
     with pytest.raises(ValueError, match="intra_weight"):
         LossConfig(intra_weight=-1.0)
     with pytest.raises(ValueError, match="region-word contrastive projection"):
-        GLIPv2Criterion(LossConfig(use_inter=True), nn.Linear(2, 2))
+        GLIPv2Criterion(LossConfig(use_inter=True), {"grounding": grounding_head()})
 
 
 def synthetic_output(batch: int = 1, tokens: int = 6, channels: int = 8, text_dim: int = 12,
@@ -300,7 +315,7 @@ def synthetic_output(batch: int = 1, tokens: int = 6, channels: int = 8, text_di
 
 def test_target_maps_are_fitted_to_the_token_slots() -> None:
     out = synthetic_output(tokens=6)
-    crit = GLIPv2Criterion(LossConfig())
+    crit = GLIPv2Criterion(LossConfig(), {"grounding": grounding_head()})
     box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
     short = crit(out, [{"boxes": box, "positive_map": torch.tensor([[0.0, 1.0]])}])
     padded = crit(out, [{"boxes": box, "positive_map": torch.tensor([[0.0, 1.0, 0, 0, 0, 0, 0, 0]])}])
@@ -311,7 +326,8 @@ def test_target_maps_are_fitted_to_the_token_slots() -> None:
         crit(out, [{"boxes": box}])
     with pytest.raises(ValueError, match="2 targets for a batch of 1"):
         crit(out, [{"boxes": box, "positive_map": torch.ones(1, 6)}] * 2)
-    inter = GLIPv2Criterion(LossConfig(use_inter=True), Holder(RegionWordContrastiveProjection(8, 12, 4)))
+    inter = GLIPv2Criterion(LossConfig(use_inter=True),
+                            {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)})
     with pytest.raises(ValueError, match="token_labels"):
         inter(out, [{"boxes": box, "positive_map": torch.ones(1, 6), "labels": torch.tensor([1])}])
 
@@ -319,7 +335,8 @@ def test_target_maps_are_fitted_to_the_token_slots() -> None:
 def test_all_background_batch() -> None:
     """No boxes at all: L_intra on every anchor (divided by the clamped 1), no L_loc, no L_inter."""
     out = synthetic_output(batch=2)
-    crit = GLIPv2Criterion(LossConfig(use_inter=True), Holder(RegionWordContrastiveProjection(8, 12, 4)))
+    crit = GLIPv2Criterion(LossConfig(use_inter=True),
+                           {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)})
     empty = {"boxes": torch.zeros(0, 4), "positive_map": torch.zeros(0, 6),
              "labels": torch.zeros(0, dtype=torch.long), "token_labels": torch.full((6,), -1)}
     losses = crit(out, [empty, empty])
@@ -349,16 +366,18 @@ def tiny_model(tiny_config: Callable[..., GLIPv2Config]) -> GLIPv2:
 
 @pytest.mark.parametrize("second_image_has_boxes", [True, False])
 def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: bool) -> None:
-    from glipv2.engine import mask_tokens
+    from glipv2.data.mlm import mask_tokens
 
     model = tiny_model
     model.zero_grad(set_to_none=True)
     prompts = ["cat. dog. car.", "a red car. a small cat."]
     labels_of = {"cat": 1, "dog": 2, "car": 3}
-    tok = model.tokenize(prompts)
+    processor = GLIPv2Processor.from_config(model.config)
+    tok = processor.tokenize(prompts)
     num_tokens = tok.input_ids.shape[1]
     g = torch.Generator().manual_seed(1)
-    ids, mlm_labels = mask_tokens(tok.input_ids, tok.attention_mask, model.tokenizer, probability=0.3, generator=g)
+    ids, mlm_labels = mask_tokens(tok.input_ids, tok.attention_mask, processor.tokenizer, probability=0.3,
+                                  generator=g)
 
     def target(i: int, names: list[str]) -> dict[str, torch.Tensor]:
         xy = torch.rand(len(names), 2, generator=g) * 30
@@ -374,7 +393,7 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
 
     targets = [target(0, ["cat", "dog"]), target(1, ["car", "cat"] if second_image_has_boxes else [])]
     out = model(torch.randn(2, 3, 64, 72, generator=g), ids, tok.attention_mask)
-    crit = GLIPv2Criterion(LossConfig.for_model(model.config), model)
+    crit = GLIPv2Criterion(LossConfig.for_model(model.config), model.heads)
     losses = crit(out, targets)
 
     accuracy = losses.pop("token_accuracy")
@@ -384,12 +403,12 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
     assert all(v.item() > 0 for v in losses.values()), losses
     parts = sum(v for k, v in losses.items() if k != "loss")
     assert losses["loss"].item() == pytest.approx(parts.item(), rel=1e-6)
-    assert not any(isinstance(m, RegionWordContrastiveProjection) for m in crit.modules())  # not registered
+    assert not list(crit.parameters())  # the heads are referenced, not registered
 
     losses["loss"].backward()
     grads = {k: p.grad for k, p in model.named_parameters()}
-    for prefix in ("backbone.", "fpn.", "head.", "text_encoder.", "region_word_contrastive.region.",
-                   "region_word_contrastive.token.", "region_word_contrastive.log_scale", "mlm_head."):
+    for prefix in ("core.backbone.", "core.fpn.", "core.fusion.", "heads.grounding.", "core.text_encoder.",
+                   "heads.inter.region.", "heads.inter.token.", "heads.inter.log_scale", "heads.mlm."):
         reached = [k for k, v in grads.items() if k.startswith(prefix) and v is not None and v.abs().sum() > 0]
         assert reached, f"no gradient reaches {prefix}"
     assert all(bool(torch.isfinite(v).all()) for v in grads.values() if v is not None)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Output
+from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Output, GLIPv2Processor
 
 Tokenizer = Any  # a transformers PreTrainedTokenizerFast
 PROMPT = "a red circle. a blue square."
@@ -248,6 +248,8 @@ def test_save_load_round_trip(perturbed_model: GLIPv2, bert_tokenizer: Tokenizer
     folder = perturbed_model.save_pretrained(tmp_path / "tiny")
     assert (folder / "config.json").is_file()
     assert (folder / "model.safetensors").is_file()
+    # the tokenizer is the processor's: it saves it beside the model
+    GLIPv2Processor.from_config(perturbed_model.config).save_pretrained(folder)
     assert (folder / "tokenizer").is_dir() and any((folder / "tokenizer").iterdir())
     assert not list(folder.glob("*.tmp"))
 
@@ -265,11 +267,12 @@ def test_save_load_round_trip(perturbed_model: GLIPv2, bert_tokenizer: Tokenizer
             assert torch.equal(x, y), name
     assert torch.equal(before.fused_token_features, after.fused_token_features)
     assert before.mlm_logits is not None and torch.equal(before.mlm_logits, after.mlm_logits)
-    assert loaded.tokenizer(PROMPT)["input_ids"] == bert_tokenizer(PROMPT)["input_ids"]
+    tokenizer = GLIPv2Processor.for_model(loaded).tokenizer
+    assert tokenizer(PROMPT)["input_ids"] == bert_tokenizer(PROMPT)["input_ids"]
 
 
 def test_from_pretrained_config_overrides(perturbed_model: GLIPv2, tmp_path: Path) -> None:
-    folder = perturbed_model.save_pretrained(tmp_path / "m", save_tokenizer=False)
+    folder = perturbed_model.save_pretrained(tmp_path / "m")
     loaded = GLIPv2.from_pretrained(folder, fusion_dropout=0.0)
     assert loaded.config.fusion_dropout == 0.0
     original = perturbed_model.config
@@ -277,7 +280,7 @@ def test_from_pretrained_config_overrides(perturbed_model: GLIPv2, tmp_path: Pat
 
 
 def test_from_pretrained_missing_weights(perturbed_model: GLIPv2, tmp_path: Path) -> None:
-    folder = perturbed_model.save_pretrained(tmp_path / "m", save_tokenizer=False)
+    folder = perturbed_model.save_pretrained(tmp_path / "m")
     (folder / "model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"not a glipv2 model folder.*model\.safetensors"):
         GLIPv2.from_pretrained(folder)
@@ -286,13 +289,14 @@ def test_from_pretrained_missing_weights(perturbed_model: GLIPv2, tmp_path: Path
 def test_from_pretrained_lists_every_bad_key(perturbed_model: GLIPv2, tmp_path: Path) -> None:
     """A weights file with one tensor removed, one renamed and one reshaped: one ValueError naming
     all of them (missing, unexpected, shape mismatch with both shapes)."""
-    folder = perturbed_model.save_pretrained(tmp_path / "m", save_tokenizer=False)
+    folder = perturbed_model.save_pretrained(tmp_path / "m")
     state = load_file(str(folder / "model.safetensors"))
-    removed, renamed, reshaped = "head.bias0", "fpn.p6.weight", "head.token_projection.weight"
+    removed, renamed, reshaped = ("heads.grounding.bias0", "core.fpn.p6.weight",
+                                  "heads.grounding.token_projection.weight")
     del state[removed]
-    state["fpn.p6.weight_renamed"] = state.pop(renamed)
+    state["core.fpn.p6.weight_renamed"] = state.pop(renamed)
     state[reshaped] = state[reshaped][:, :-1].contiguous()
-    save_file(state, str(folder / "model.safetensors"))
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "layout": "2"})
     with pytest.raises(ValueError) as info:
         GLIPv2.from_pretrained(folder)
     message = str(info.value)
@@ -301,7 +305,7 @@ def test_from_pretrained_lists_every_bad_key(perturbed_model: GLIPv2, tmp_path: 
     mismatch = message.index("shape mismatch (1)")
     assert missing < message.index(removed) < unexpected
     assert missing < message.index(f"    {renamed}\n") < unexpected  # a renamed key is missing too
-    assert unexpected < message.index("fpn.p6.weight_renamed") < mismatch
+    assert unexpected < message.index("core.fpn.p6.weight_renamed") < mismatch
     assert f"{reshaped}: expected (32, 32), got (32, 31)" in message[mismatch:]
 
 
@@ -352,7 +356,8 @@ def test_train_forward_backward_gives_finite_gradients(tiny_config: Callable[...
 
     grads = {k: p.grad for k, p in model.named_parameters()}
     checked = [k for k in grads
-               if ".fusion." in k or ".dyconv.offset." in k or k.startswith("head.token_projection.")]
+               if ".fusion." in k or ".dyconv.offset." in k
+               or k.startswith("heads.grounding.token_projection.")]
     assert any(".fusion.attn." in k for k in checked) and any(".dyconv.offset.weight" in k for k in checked)
     for key in checked:
         assert grads[key] is not None, f"no gradient for {key}"
@@ -384,7 +389,7 @@ def test_prompt_embedding(tiny_config: Callable[..., GLIPv2Config], bert_tokeniz
     assert tuned.prompt_embedding is not None and tuned.prompt_embedding.shape == (8, 32)
     assert bool((tuned.prompt_embedding == 0).all())
     plain = GLIPv2(tiny_config(max_query_len=8)).eval()
-    plain.load_state_dict({k: v for k, v in tuned.state_dict().items() if k != "prompt_embedding"})
+    plain.load_state_dict({k: v for k, v in tuned.state_dict().items() if k != "core.prompt_embedding"})
 
     image = torch.randn(1, 3, 40, 40)
     ids, mask = tokenize(bert_tokenizer, "a cat.", padding="max_length", max_length=8)
@@ -411,9 +416,9 @@ def test_temperatures_start_at_their_configured_log_scales(tiny_config: Callable
     """DYHEAD.LOG_SCALE sets the temperature of S = O·Pᵀ, DYHEAD.SHALLOW_LOG_SCALE the one of L_inter."""
     model = build(tiny_config(region_word_contrastive_dim=8, log_scale_init=-2.3,
                               region_word_contrastive_log_scale_init=-1.5))
-    assert model.head.log_scale.item() == pytest.approx(-2.3)
-    assert model.region_word_contrastive is not None
-    assert model.region_word_contrastive.log_scale.item() == pytest.approx(-1.5)
+    assert model.heads["grounding"].log_scale.item() == pytest.approx(-2.3)
+    assert "inter" in model.heads
+    assert model.heads["inter"].log_scale.item() == pytest.approx(-1.5)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[..., GLIPv2Config],
@@ -450,7 +455,7 @@ def test_saved_weights_may_refer_to_the_pretrained_text_encoder(tmp_path: Path) 
     torch.manual_seed(0)
     model = build_model("glipv2_tiny", mlm_head=False)
     referenced = model.save_pretrained(tmp_path / "referenced", reference_text_weights=True)
-    whole = model.save_pretrained(tmp_path / "whole", save_tokenizer=False)
+    whole = model.save_pretrained(tmp_path / "whole")
     text_bytes = sum(p.numel() * 4 for p in model.text_encoder.parameters())
     assert (whole / "model.safetensors").stat().st_size - (referenced / "model.safetensors").stat().st_size \
         >= text_bytes
@@ -461,7 +466,8 @@ def test_saved_weights_may_refer_to_the_pretrained_text_encoder(tmp_path: Path) 
     # a different installed source is refused on load
     state = load_file(str(referenced / "model.safetensors"))
     save_file(state, str(referenced / "model.safetensors"),
-              metadata={"format": "pt", "text_weights": "minilm", "text_weights_sha256": "0" * 64})
+              metadata={"format": "pt", "layout": "2", "text_weights": "minilm",
+                        "text_weights_sha256": "0" * 64})
     with pytest.raises(ValueError, match="differ from the ones this model was trained with"):
         GLIPv2.from_pretrained(referenced)
     # a trained (changed) text encoder must be saved with the weights

@@ -17,6 +17,7 @@ import torch
 
 from glipv2 import GLIPv2, GLIPv2Output
 from glipv2.modeling.text_encoder import TextFeatures
+from glipv2.processing.text import load_tokenizer
 
 # measured (float64 comparison, this CPU): FPN 6.7e-6, cls 3.3e-6, box 2.6e-6, tower 2.3e-6, others <= 2.1e-6
 ATOL, RTOL = 2e-5, 0.0
@@ -36,8 +37,9 @@ class ParityRun:
 
 @pytest.fixture(scope="module")
 def parity_run(fixture_model: GLIPv2, fixture_outputs: dict[str, Any]) -> ParityRun:
-    tokens = fixture_model.tokenizer(fixture_outputs["caption"], padding="max_length",
-                                     max_length=MAX_QUERY_LEN, return_tensors="pt")
+    tokenizer = load_tokenizer(fixture_model.config.tokenizer)
+    tokens = tokenizer(fixture_outputs["caption"], padding="max_length", max_length=MAX_QUERY_LEN,
+                       return_tensors="pt")
     with torch.no_grad():
         text = fixture_model.encode_text(tokens["input_ids"], tokens["attention_mask"])
         output = fixture_model(fixture_outputs["image_tensor"], tokens["input_ids"], tokens["attention_mask"],
@@ -78,7 +80,8 @@ def test_conversion_fills_every_model_tensor(fixture_model: GLIPv2, fixture_conv
 def test_tokenization_matches_fixture(fixture_model: GLIPv2, fixture_outputs: dict[str, Any],
                                       parity_run: ParityRun) -> None:
     """Our tokenizer reproduces the official ids, and padding to 256 gives the official mask."""
-    unpadded = fixture_model.tokenizer(fixture_outputs["caption"], return_tensors="pt")["input_ids"][0]
+    tokenizer = load_tokenizer(fixture_model.config.tokenizer)
+    unpadded = tokenizer(fixture_outputs["caption"], return_tensors="pt")["input_ids"][0]
     assert unpadded.tolist() == fixture_outputs["input_ids"].tolist()
     assert parity_run.input_ids.shape == (1, MAX_QUERY_LEN)
     assert torch.equal(parity_run.input_ids[0, : len(unpadded)], unpadded)

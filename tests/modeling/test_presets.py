@@ -13,6 +13,7 @@ import torch
 
 import glipv2
 from glipv2 import GLIPv2, GLIPv2Config
+from glipv2.processing.text import load_tokenizer
 
 EXPECTED_PRESETS = {"glip_t", "glip_t_a", "glip_l", "glipv2_t", "glipv2_b", "glipv2_l", "glipv2_tiny"}
 
@@ -71,9 +72,9 @@ def test_build_model_overrides() -> None:
     assert (cfg.name, cfg.swin_embed_dim, cfg.swin_depths, cfg.head_channels, cfg.num_head_blocks) == (
         "glip_t", 16, (1, 1, 1, 1), 32, 1)
     assert cfg.fusion_num_heads == glipv2.get_config("glip_t").fusion_num_heads  # untouched
-    assert len(model.head.blocks) == 1
-    assert model.fpn.p6.out_channels == 32
-    assert model.backbone.patch_embed.proj.out_channels == 16
+    assert len(model.core.fusion.blocks) == 1
+    assert model.core.fpn.p6.out_channels == 32
+    assert model.core.backbone.patch_embed.proj.out_channels == 16
     assert model.text_encoder.config.hidden_size == 32
     with pytest.raises(ValueError, match="unknown GLIPv2Config field"):
         glipv2.get_config("glip_t", not_a_field=1)
@@ -136,7 +137,7 @@ def test_config_reports_all_problems_at_once() -> None:
 def _eval_forward_shapes(model: GLIPv2) -> None:
     """One eval forward on a 64x96 image with a short prompt; checks the output layout."""
     model.eval()
-    tokens = model.tokenizer(["a cat. a remote control."], return_tensors="pt")
+    tokens = load_tokenizer(model.config.tokenizer)(["a cat. a remote control."], return_tensors="pt")
     n_tokens = tokens["input_ids"].shape[1]
     torch.manual_seed(0)
     with torch.no_grad():
@@ -159,7 +160,7 @@ def test_full_size_glipv2_preset_runs(name: str) -> None:
     eval forward on CPU. One model at a time, freed afterwards."""
     model = glipv2.build_model(name)
     try:
-        assert model.mlm_head is not None and model.region_word_contrastive is not None
+        assert "mlm" in model.heads and "inter" in model.heads
         _eval_forward_shapes(model)
     finally:
         del model
@@ -185,4 +186,4 @@ def test_glipv2_tiny_uses_pretrained_minilm() -> None:
     for key, tensor in expected.items():
         assert torch.equal(ours[key], tensor), key
     # ...and the tokenizer is MiniLM's (same WordPiece vocab as bert-base-uncased)
-    assert model.tokenizer("a cat")["input_ids"] == [101, 1037, 4937, 102]
+    assert load_tokenizer(model.config.tokenizer)("a cat")["input_ids"] == [101, 1037, 4937, 102]

@@ -2,8 +2,8 @@
 
 `from_official("GLIPModel/GLIP", filename="glip_tiny_model_o365_goldg.pth")` (or `glipv2.load_model`) downloads
 the file with `huggingface_hub.hf_hub_download` (so the hub's own cache, offline mode and tokens
-apply), converts it into `$GLIPV2_CACHE/converted/<owner>--<repo>--<file stem>--<commit>--<config
-digest>` (default root `~/.cache/glipv2`) and loads that folder; later calls find the folder and
+apply), converts it into `cache_root()/<owner>--<repo>--<file stem>--<commit>--<config
+digest>` (`$GLIPV2_CACHE/converted`, default the hub's assets cache) and loads that folder; later calls find the folder and
 skip both steps. The config digest keeps conversions of one file under different architectures
 apart.
 """
@@ -36,9 +36,15 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
 
 
 def cache_root() -> Path:
-    """Folder of converted checkpoints: `$GLIPV2_CACHE/converted`, default `~/.cache/glipv2/converted`."""
-    root = os.environ.get(CACHE_ENV) or str(Path("~/.cache/glipv2").expanduser())
-    return Path(root) / "converted"
+    """Folder of converted checkpoints: `$GLIPV2_CACHE/converted`, by default the Hugging Face hub's
+    assets cache for glipv2 (`huggingface_hub.cached_assets_path`: `$HF_HOME/assets/glipv2/official/
+    converted`, which honours HF_HOME / HF_ASSETS_CACHE and is listed and cleaned with the hub's cache)."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root) / "converted"
+    from huggingface_hub import cached_assets_path
+
+    return cached_assets_path(library_name="glipv2", namespace="official", subfolder="converted")
 
 
 def official_arch(filename: str) -> str | None:

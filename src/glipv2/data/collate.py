@@ -1,6 +1,6 @@
 """Batches for training: padded images, tokenized captions, and per-image targets for the losses.
 
-Targets follow the criterion's contract (`glipv2.engine.criterion`): `boxes` (N, 4) legacy xyxy in
+Targets follow the criterion's contract (`glipv2.modeling.criterion`): `boxes` (N, 4) legacy xyxy in
 the model's input frame, `positive_map` (N, T) — the tokens of the phrase naming each box —,
 `labels` (N,) phrase identities and `token_labels` (T,) the identity of the phrase each token
 belongs to (-1 for none), which L_inter uses to find positives across images; and, for samples

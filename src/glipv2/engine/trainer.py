@@ -13,6 +13,7 @@ weights an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from ..modeling.glipv2 import GLIPv2
 from ..modeling.heads import LossConfig
 from ..processing.processor import GLIPv2Processor
 from ..utils import distributed
+from ..utils.io import atomic_path, atomic_write_json
 from .train_config import TrainConfig
 
 CHECKPOINT_NAME = "last.pt"
@@ -87,6 +89,18 @@ def model_ema(model: nn.Module, decay: float) -> AveragedModel:
     stays bit-identical (a frozen pretrained text encoder must equal its source, so that saved
     weights can refer to it). Buffers are not averaged: the model's are derived constants."""
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def losses_switched_off(model: GLIPv2) -> bool:
+    """Whether `model.loss_config` switches off a loss the model has the parameters for (e.g.
+    use_inter=False for a model with the L_inter projection, use_mlm=False with an MLM head, or
+    use_intra=False): those parameters then get no gradient, and DDP must be told to look for
+    them (`find_unused_parameters`), else it never finishes the step's reduction and fails at the
+    next forward. With every loss on, each trained parameter gets a gradient in every step (the
+    heads' contract), and DDP is spared the per-step search of the autograd graph."""
+    full = LossConfig.for_model(model.config)
+    return any(getattr(full, f.name) and not getattr(model.loss_config, f.name)
+               for f in dataclasses.fields(LossConfig) if f.name.startswith("use_"))
 
 
 # the `TrainConfig.freeze` names -> the modules they stand for
@@ -163,7 +177,8 @@ class Trainer:
         self.network: nn.Module = model
         if self.world > 1:
             self.network = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=losses_switched_off(model))
         # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
         self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay, foreach=True)
@@ -204,9 +219,8 @@ class Trainer:
             "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
         return path
 
     def save_model(self, directory: Path) -> Path:
@@ -296,10 +310,8 @@ class Trainer:
                 (losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 totals[k] += float(v.detach()) / len(micro_batches)
+        # a parameter that no active loss reaches keeps grad None: AdamW leaves it alone (no decay)
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        for p in trained:  # a parameter no loss reached this step (e.g. no masks in the batch)
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
         norm = torch.nn.utils.clip_grad_norm_(trained, self.config.clip_grad_norm or float("inf"))
         if not bool(torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -341,7 +353,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if not resumed and self.metrics_path.is_file():  # a fresh run's log must not continue an older run's
                 self.metrics_path.replace(self.output_dir / PREVIOUS_METRICS_NAME)
-            (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+            atomic_write_json(self.output_dir / "train_config.json", cfg.to_dict(), indent=1, end="\n")
         data = self.batches()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0,
                    dynamic_ncols=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import atomic_write_text
+
 # bert-base-uncased's architecture, so that GLIP-T/L can be built (random or from an official
 # checkpoint) without contacting the hub.
 BERT_BASE_UNCASED_CONFIG: dict[str, Any] = {
@@ -213,7 +215,7 @@ class GLIPv2Config(DataclassConfig):
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> GLIPv2Config:
