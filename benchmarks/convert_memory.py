@@ -96,7 +96,7 @@ def main() -> None:
         src = work / f"{args.arch}_synthetic.pth"
         state = synthetic_official_state_dict(read_state_dict_shapes(tsv), glipv2.get_config(args.arch))
         n_tensors = len(state)
-        torch.save({"model": {k: v for k, v in state.items()}, "iteration": 0}, src)
+        torch.save({"model": dict(state), "iteration": 0}, src)
         del state
         gc.collect()
         size = src.stat().st_size

@@ -32,15 +32,7 @@ import glipv2
 from glipv2.modeling import deform_conv as deform_conv_module  # the module whose deform_conv2d DyConv calls
 from glipv2.processing.text import load_tokenizer
 
-COCO_CLASSES = (
-    "person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, "
-    "stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, "
-    "backpack, umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, "
-    "baseball glove, skateboard, surfboard, tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, "
-    "banana, apple, sandwich, orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, "
-    "potted plant, bed, dining table, toilet, tv, laptop, mouse, remote, keyboard, cell phone, microwave, "
-    "oven, toaster, sink, refrigerator, book, clock, vase, scissors, teddy bear, hair drier, toothbrush"
-).split(", ")
+COCO_CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"]
 PROMPT = ". ".join(COCO_CLASSES)
 
 
@@ -205,8 +197,8 @@ def main() -> int:
     counted = {name: count_flops(run) for name, (_, run) in models.items()}
     flops = {name: total for name, (total, _) in counted.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
-    peaks: dict[str, float] = {name: 0.0 for name in models}
-    growth: dict[str, float] = {name: 0.0 for name in models}
+    peaks: dict[str, float] = dict.fromkeys(models, 0.0)
+    growth: dict[str, float] = dict.fromkeys(models, 0.0)
     matmul: list[float] = []
     for r in range(args.rounds):
         matmul.append(matmul_gflops())

@@ -45,7 +45,7 @@ def build_trainer(package: str, data: Path, out: Path, recipe: dict[str, Any]) -
     train_config = importlib.import_module(f"{package}.engine.train_config")
     trainer_module = importlib.import_module(f"{package}.engine.trainer")
     processing = importlib.import_module(f"{package}.processing.processor")
-    config = train_config.TrainConfig(**{k: v for k, v in recipe.items()})
+    config = train_config.TrainConfig(**recipe)
     torch.manual_seed(0)
     model = modeling.build_model("glipv2_tiny", **config.model_overrides)
     if hasattr(processing.GLIPv2Processor, "for_model"):

@@ -11,6 +11,7 @@ meta-device model: same keys and shapes, nothing left over), and mapping every t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import shutil
@@ -93,10 +94,8 @@ def release_freed_memory() -> None:
     """Hand freed heap memory back to the OS: glibc keeps the synthetic checkpoint's freed tensors
     (most are below its mmap threshold) in the heap, and the conversion's peak would stack on them."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def batches(names: list[str], weights: Path, limit: int = 256 * 2**20) -> list[list[str]]:

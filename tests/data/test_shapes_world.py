@@ -33,10 +33,11 @@ from glipv2.data.command import main
 from glipv2.data.shapes_world import MIN_VISIBLE_FRACTION, POSITION_MARGIN
 
 pycocotools = pytest.importorskip("pycocotools")
+from pycocotools import mask as mask_utils  # noqa: E402 (after the importorskip)
+from pycocotools.coco import COCO  # noqa: E402
+
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
 JSON_FILES = ("instances.json", "grounding.json", "vqa.json", "captions.json")
 PLURALS = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star",

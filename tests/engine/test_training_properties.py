@@ -19,7 +19,7 @@ from glipv2.data.collate import GroundingCollator
 from glipv2.data.mlm import MaskingVocab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer import REPO, make_dataset, make_trainer, tiny_model  # noqa: E402
+from test_trainer import REPO, make_dataset, make_trainer, tiny_model
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

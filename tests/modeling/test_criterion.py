@@ -181,7 +181,9 @@ def test_loss_inter_two_images_by_hand() -> None:
       r1: k5 (own phrase), k1 (cat in image 0)
       r2: k4 (own phrase), k2 (dog in image 0 — no region of image 0 is a dog)
     """
-    unit = lambda a: [math.cos(a), math.sin(a)]
+    def unit(a: float) -> list[float]:
+        return [math.cos(a), math.sin(a)]
+
     # O̊ (B=2, C=2, H=1, W=2): directions 0.3 (r0), 2.0 (background) | 1.2 (r1), 2.5 (r2); the
     # lengths differ on purpose (O̊ is not normalised, the projection output is)
     r0, r1, r2 = 0.3, 1.2, 2.5
@@ -299,7 +301,9 @@ def synthetic_output(batch: int = 1, tokens: int = 6, channels: int = 8, text_di
 
     g = torch.Generator().manual_seed(seed)
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
-    rand = lambda *shape: torch.randn(*shape, generator=g).requires_grad_()
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).requires_grad_()
+
     return GLIPv2Output(
         logits=[rand(batch, h * w, tokens) for h, w in sizes],
         box_regression=[rand(batch, 4, h, w) for h, w in sizes],

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..modeling.heads.mlm import IGNORE_INDEX
+
 MASK_FRACTION = 0.8  # of the selected tokens -> [MASK]
 RANDOM_FRACTION = 0.1  # of the selected tokens -> a random token (the last 10 % stay unchanged)
 

@@ -72,8 +72,8 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.collate import GroundingCollator, SafeDataset
-    from ..data.mlm import MaskingVocab
     from ..data.grounding import build_grounding_dataset
+    from ..data.mlm import MaskingVocab
     from ..data.transforms import build_train_transforms
     from ..inference.predictor import Predictor
     from ..loading import load_model

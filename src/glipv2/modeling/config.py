@@ -49,11 +49,11 @@ def read_mapping(path: str | Path, fmt: str, expected: str) -> dict[str, Any]:
             data = json.loads(text)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a text file ({err})") from err
-    except Exception as err:  # noqa: BLE001 — yaml.YAMLError or json.JSONDecodeError
+    except Exception as err:
         raise ValueError(f"{path}: not a valid {fmt.upper()} file ({err})") from err
     if not isinstance(data, dict):
         # a file's content, not an argument's type: ValueError like every other bad input
-        raise ValueError(f"{path}: expected {expected} at the top")  # noqa: TRY004
+        raise ValueError(f"{path}: expected {expected} at the top")
     return data
 
 

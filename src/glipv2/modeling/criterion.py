@@ -34,7 +34,7 @@ from torch import nn
 
 from ..utils import distributed
 from .heads.atss import ATSSTargets, atss_assign
-from .heads.base import FlatOutputs, LossConfig, LossContext, TaskHead, Targets, fit_slots
+from .heads.base import FlatOutputs, LossConfig, LossContext, Targets, TaskHead, fit_slots
 from .heads.grounding import GroundingHead
 from .outputs import GLIPv2Output
 

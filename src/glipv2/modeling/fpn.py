@@ -55,4 +55,4 @@ class FPN(nn.Module):
             results.insert(0, getattr(self, f"fpn_layer{name}")(dropped))
         p6 = self.p6(results[-1])
         p7 = self.p7(F.relu(p6))
-        return results + [p6, p7]
+        return [*results, p6, p7]

@@ -73,7 +73,7 @@ class GLIPv2(nn.Module):
 
     @property
     def mask_head(self) -> nn.Module | None:
-        return self.heads["mask"] if "mask" in self.heads else None
+        return self.heads["mask"] if "mask" in self.heads else None  # noqa: SIM401 (ModuleDict has no .get)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ...utils.distributed import all_reduce_mean
 from ..anchors import AnchorGenerator, decode_boxes
 from ..fusion import CLAMP
-from ...utils.distributed import all_reduce_mean
 from .atss import ATSSTargets
-from .base import HeadInputs, LossContext, TaskHead, Targets
+from .base import HeadInputs, LossContext, Targets, TaskHead
 
 if TYPE_CHECKING:
     from ..config import GLIPv2Config

@@ -27,7 +27,7 @@ from torch import nn
 
 from ...utils import distributed
 from .atss import ATSSTargets
-from .base import HeadInputs, LossConfig, LossContext, TaskHead, Targets
+from .base import HeadInputs, LossConfig, LossContext, Targets, TaskHead
 
 if TYPE_CHECKING:
     from ..config import GLIPv2Config

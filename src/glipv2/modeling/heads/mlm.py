@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .base import HeadInputs, LossConfig, LossContext, TaskHead, Targets, fit_slots
+from .base import HeadInputs, LossConfig, LossContext, Targets, TaskHead, fit_slots
 
 if TYPE_CHECKING:
     from ..config import GLIPv2Config
