@@ -67,25 +67,33 @@ model.save_pretrained(sys.argv[2])
 # A lean interpreter (no torch) that runs one work process and reports its peak RSS in KiB. The
 # indirection matters: a child forked from this (large, torch-importing) script would count the
 # parent's pages, shared at fork time, in its own ru_maxrss.
-MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def peak_rss_of_child(code: str, args: list[str]) -> tuple[float, float]:
     """(peak RSS in bytes, wall seconds) of one fresh `python -c code args...`."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-c", code, *args],
-                          check=True, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-c", code, *args],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return float(done.stdout.split()[-1]) * 1024.0, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="glip_t", choices=["glip_t", "glip_t_a", "glip_l"])
-    parser.add_argument("--compare", action="store_true",
-                        help="also measure save_file and the naive conversion")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to put the ~2x checkpoint-size files")
+    parser.add_argument(
+        "--compare", action="store_true", help="also measure save_file and the naive conversion"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to put the ~2x checkpoint-size files"
+    )
     args = parser.parse_args()
     tsv = REFERENCE_DIR / f"{args.arch}_state_dict_shapes.tsv"
     if not tsv.is_file():
@@ -113,8 +121,10 @@ def main() -> None:
                 continue
             assert baseline is not None
             above = peak - baseline
-            print(f"{mode:9s}: peak RSS {peak / 2**30:.3f} GiB = {peak / size:.2f} x checkpoint; above the "
-                  f"import floor {above / 2**30:.3f} GiB = {above / size:.2f} x ({seconds:.1f} s)")
+            print(
+                f"{mode:9s}: peak RSS {peak / 2**30:.3f} GiB = {peak / size:.2f} x checkpoint; above the "
+                f"import floor {above / 2**30:.3f} GiB = {above / size:.2f} x ({seconds:.1f} s)"
+            )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def op_times(runs: int = 5) -> dict[str, tuple[float, float]]:
     mask = torch.rand(4, 9, 44, 44, requires_grad=True)
     weight = torch.randn(64, 64, 3, 3, requires_grad=True)
     bias = torch.randn(64, requires_grad=True)
-    ops = {"torchvision": lambda: deform_conv2d(x, offset, weight, bias, stride=1, padding=1, mask=mask),
-           "grid_sample": lambda: deform_conv2d_grid_sample(x, offset, weight, bias, 1, 1, mask)}
+    ops = {
+        "torchvision": lambda: deform_conv2d(x, offset, weight, bias, stride=1, padding=1, mask=mask),
+        "grid_sample": lambda: deform_conv2d_grid_sample(x, offset, weight, bias, 1, 1, mask),
+    }
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in ops}
     for _ in range(2):
         for name, op in ops.items():
@@ -55,13 +57,17 @@ def op_times(runs: int = 5) -> dict[str, tuple[float, float]]:
 
 def step_times(rounds: int, data: Path) -> dict[str, list[float]]:
     generate_shapes_world(data, 32, seed=0)
-    cfg = TrainConfig(max_steps=100, batch_size=4, min_sizes=(288,), max_size=512, warmup_steps=2, max_categories=36)
+    cfg = TrainConfig(
+        max_steps=100, batch_size=4, min_sizes=(288,), max_size=512, warmup_steps=2, max_categories=36
+    )
     trainers = {}
     for impl in ("torchvision", "grid_sample"):
         torch.manual_seed(0)
         model = build_model("glipv2_tiny", deformable_conv_impl=impl)
-        dataset = SafeDataset(build_grounding_dataset(data / "instances.json", data / "images", max_categories=36),
-                              build_train_transforms(cfg.min_sizes, cfg.max_size))
+        dataset = SafeDataset(
+            build_grounding_dataset(data / "instances.json", data / "images", max_categories=36),
+            build_train_transforms(cfg.min_sizes, cfg.max_size),
+        )
         processor = GLIPv2Processor.from_config(model.config)
         # the MLM corruption is the collator's now (as `glipv2 train` sets it up): L_mlm stays in the step
         collator = GroundingCollator(processor, MaskingVocab.from_tokenizer(processor.tokenizer))
@@ -84,16 +90,25 @@ def main() -> None:
     torch.set_num_threads(2)
     ops = op_times()
     for name, (both, forward) in ops.items():
-        print(f"op {name:12s} forward+backward {both * 1000:.0f} ms, forward {forward * 1000:.0f} ms (best of 2 rounds)")
-    print(f"op ratio torchvision/grid_sample: forward+backward {ops['torchvision'][0] / ops['grid_sample'][0]:.2f}, "
-          f"forward {ops['torchvision'][1] / ops['grid_sample'][1]:.2f}")
+        print(
+            f"op {name:12s} forward+backward {both * 1000:.0f} ms, forward {forward * 1000:.0f} ms (best of 2 rounds)"
+        )
+    print(
+        f"op ratio torchvision/grid_sample: forward+backward {ops['torchvision'][0] / ops['grid_sample'][0]:.2f}, "
+        f"forward {ops['torchvision'][1] / ops['grid_sample'][1]:.2f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         times = step_times(args.rounds, Path(tmp))
     for impl, ts in times.items():
-        print(f"train step {impl:12s} " + ", ".join(f"{t:.2f}" for t in ts)
-              + f" s; median of rounds 2-{args.rounds}: {statistics.median(ts[1:]):.2f} s")
-    print("step ratio torchvision/grid_sample per round: "
-          + ", ".join(f"{a / b:.2f}" for a, b in zip(times["torchvision"], times["grid_sample"])))
+        print(
+            f"train step {impl:12s} "
+            + ", ".join(f"{t:.2f}" for t in ts)
+            + f" s; median of rounds 2-{args.rounds}: {statistics.median(ts[1:]):.2f} s"
+        )
+    print(
+        "step ratio torchvision/grid_sample per round: "
+        + ", ".join(f"{a / b:.2f}" for a, b in zip(times["torchvision"], times["grid_sample"]))
+    )
 
 
 if __name__ == "__main__":

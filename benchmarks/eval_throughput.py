@@ -27,9 +27,23 @@ def run_once(model: str, data: Path, out: Path, batch_size: int) -> float:
     """images/s as `glipv2 eval` reports it."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = glipv2_main(["eval", "coco", "--model", model, "--ann", str(data / "instances.json"), "--images",
-                            str(data / "images"), "--out", str(out), "--batch-size", str(batch_size),
-                            "--no-progress"])
+        code = glipv2_main(
+            [
+                "eval",
+                "coco",
+                "--model",
+                model,
+                "--ann",
+                str(data / "instances.json"),
+                "--images",
+                str(data / "images"),
+                "--out",
+                str(out),
+                "--batch-size",
+                str(batch_size),
+                "--no-progress",
+            ]
+        )
     found = re.search(r"\(([\d.]+) images/s\)", err.getvalue())
     if code != 0 or found is None:
         raise RuntimeError(f"glipv2 eval failed: {err.getvalue()[-500:]}")
@@ -46,16 +60,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "val"
         generate_shapes_world(data, args.images, seed=1, split="val", progress=False)
-        print(f"{args.model}, {args.images} ShapesWorld val images (192-384 px, 36-name class prompt), "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"{args.model}, {args.images} ShapesWorld val images (192-384 px, 36-name class prompt), "
+            f"{torch.get_num_threads()} threads"
+        )
         speeds: dict[int, list[float]] = {1: [], 4: []}
         for r in range(args.rounds):
             for batch_size, measured in speeds.items():
                 measured.append(run_once(args.model, data, Path(tmp) / "metrics.json", batch_size))
-            print(f"round {r + 1}: " + ", ".join(f"batch {b}: {s[-1]:.2f} images/s" for b, s in speeds.items()))
+            print(
+                f"round {r + 1}: " + ", ".join(f"batch {b}: {s[-1]:.2f} images/s" for b, s in speeds.items())
+            )
         medians = {b: statistics.median(s) for b, s in speeds.items()}
-        print("median: " + ", ".join(f"batch {b}: {m:.2f} images/s" for b, m in medians.items())
-              + f"; batch 4 / batch 1 = {medians[4] / medians[1]:.2f}")
+        print(
+            "median: "
+            + ", ".join(f"batch {b}: {m:.2f} images/s" for b, m in medians.items())
+            + f"; batch 4 / batch 1 = {medians[4] / medians[1]:.2f}"
+        )
 
 
 if __name__ == "__main__":

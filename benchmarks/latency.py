@@ -32,7 +32,88 @@ import glipv2
 from glipv2.modeling import deform_conv as deform_conv_module  # the module whose deform_conv2d DyConv calls
 from glipv2.processing.text import load_tokenizer
 
-COCO_CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"]
+COCO_CLASSES = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+]
 PROMPT = ". ".join(COCO_CLASSES)
 
 
@@ -80,7 +161,9 @@ def deform_conv_flops() -> Iterator[list[int]]:
     total = [0]
     original = deform_conv_module.deform_conv2d
 
-    def counting(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+    def counting(
+        x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, *args: Any, **kw: Any
+    ) -> torch.Tensor:
         out = original(x, offset, weight, *args, **kw)
         cout, cin, kh, kw_ = weight.shape
         total[0] += 2 * cin * kh * kw_ * cout * out.shape[0] * out.shape[2] * out.shape[3]
@@ -98,10 +181,14 @@ def time_breakdown(model: glipv2.GLIPv2, run: Callable[[], Any]) -> dict[str, fl
     spent: dict[str, float] = defaultdict(float)
     starts: dict[int, float] = {}
     blocks = model.core.fusion.blocks
-    parts = {"swin backbone": [model.core.backbone], "fpn": [model.core.fpn], "text encoder": [model.text_encoder],
-             "fusion blocks": [b.fusion for b in blocks if b.fusion is not None],
-             "head BERT layers": [b.text_layer for b in blocks if b.text_layer is not None],
-             "DyConv blocks": [b.dyconv for b in blocks]}
+    parts = {
+        "swin backbone": [model.core.backbone],
+        "fpn": [model.core.fpn],
+        "text encoder": [model.text_encoder],
+        "fusion blocks": [b.fusion for b in blocks if b.fusion is not None],
+        "head BERT layers": [b.text_layer for b in blocks if b.text_layer is not None],
+        "DyConv blocks": [b.dyconv for b in blocks],
+    }
     for name in [*parts, "  of which deformable convs"]:
         spent[name] = 0.0  # fixes the print order
 
@@ -149,8 +236,11 @@ def build_glip(height: int, width: int) -> tuple[torch.nn.Module, Callable[[], A
         with torch.no_grad():
             return model(pixel_values, tok["input_ids"], tok["attention_mask"])
 
-    print(f"glip_t: {model.num_parameters() / 1e6:.2f} M params; prompt of {int(tok['attention_mask'].sum())} "
-          f"tokens padded to 256", flush=True)
+    print(
+        f"glip_t: {model.num_parameters() / 1e6:.2f} M params; prompt of {int(tok['attention_mask'].sum())} "
+        f"tokens padded to 256",
+        flush=True,
+    )
     return model, run
 
 
@@ -165,10 +255,15 @@ def build_gdino(height: int, width: int) -> tuple[torch.nn.Module, Callable[[], 
 
     def run() -> Any:
         with torch.no_grad():
-            return model(pixel_values=pixel_values, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            return model(
+                pixel_values=pixel_values, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+            )
 
-    print(f"Grounding DINO: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; prompt of "
-          f"{tok['input_ids'].shape[1]} tokens", flush=True)
+    print(
+        f"Grounding DINO: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; prompt of "
+        f"{tok['input_ids'].shape[1]} tokens",
+        flush=True,
+    )
     return model, run
 
 
@@ -180,7 +275,9 @@ def count_flops(run: Callable[[], Any]) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
@@ -190,7 +287,9 @@ def main() -> int:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.height}x{args.width}")
 
-    models: dict[str, tuple[torch.nn.Module, Callable[[], Any]]] = {"glip_t": build_glip(args.height, args.width)}
+    models: dict[str, tuple[torch.nn.Module, Callable[[], Any]]] = {
+        "glip_t": build_glip(args.height, args.width)
+    }
     if not args.no_gdino:
         models["grounding_dino"] = build_gdino(args.height, args.width)
 
@@ -210,25 +309,39 @@ def main() -> int:
             times[name].append(elapsed)
             peaks[name] = max(peaks[name], mem["peak"] / 2**30)
             growth[name] = max(growth[name], (mem["peak"] - mem["base"]) / 2**30)
-            print(f"round {r + 1}: {name:15s} {elapsed:6.2f} s  (matmul peak now {matmul[-1]:.0f} GFLOP/s)",
-                  flush=True)
+            print(
+                f"round {r + 1}: {name:15s} {elapsed:6.2f} s  (matmul peak now {matmul[-1]:.0f} GFLOP/s)",
+                flush=True,
+            )
 
     peak = statistics.median(matmul)
-    print(f"\nfp32 matmul 2048² peak: median {peak:.0f} GFLOP/s (rounds: {', '.join(f'{m:.0f}' for m in matmul)})")
-    print("peak RSS: of the whole process (every model loaded) during that model's forward; "
-          "+fwd: its rise over the RSS before the forward")
-    print(f"{'model':15s} {'median s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS GiB':>13s} "
-          f"{'+fwd GiB':>9s}")
+    print(
+        f"\nfp32 matmul 2048² peak: median {peak:.0f} GFLOP/s (rounds: {', '.join(f'{m:.0f}' for m in matmul)})"
+    )
+    print(
+        "peak RSS: of the whole process (every model loaded) during that model's forward; "
+        "+fwd: its rise over the RSS before the forward"
+    )
+    print(
+        f"{'model':15s} {'median s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS GiB':>13s} "
+        f"{'+fwd GiB':>9s}"
+    )
     for name in models:
         med = statistics.median(times[name])
         rate = flops[name] / 1e9 / med
-        print(f"{name:15s} {med:9.2f} {flops[name] / 1e9:8.0f} {rate:8.1f} {rate / peak:8.0%} {peaks[name]:13.2f} "
-              f"{growth[name]:9.2f}")
+        print(
+            f"{name:15s} {med:9.2f} {flops[name] / 1e9:8.0f} {rate:8.1f} {rate / peak:8.0%} {peaks[name]:13.2f} "
+            f"{growth[name]:9.2f}"
+        )
     if "grounding_dino" in models:
         ratios = [a / b for a, b in zip(times["glip_t"], times["grounding_dino"])]
-        print(f"ratio glip_t / grounding_dino (per round, interleaved): "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}")
-    print(f"glip_t: {counted['glip_t'][1] / 1e9:.0f} of its GFLOP are modulated deformable convs (by formula)")
+        print(
+            f"ratio glip_t / grounding_dino (per round, interleaved): "
+            f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}"
+        )
+    print(
+        f"glip_t: {counted['glip_t'][1] / 1e9:.0f} of its GFLOP are modulated deformable convs (by formula)"
+    )
 
     model, run = models["glip_t"]
     breakdown = time_breakdown(model, run)

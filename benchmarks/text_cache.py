@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--model", default="glipv2_tiny")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="800,1333", help="SHORT,LONG test resize")
-    parser.add_argument("--chunk-size", type=int, default=None, help="names per pass (default: packed to 256 tokens)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="names per pass (default: packed to 256 tokens)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -47,8 +49,10 @@ def main() -> None:
     image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (480, 640, 3), dtype=np.uint8))
     vocabulary = predictor.detection_vocabulary(names, args.chunk_size)
     tokens = [len(predictor.processor.tokenizer(c.prompt.text)["input_ids"]) for c in vocabulary.chunks]
-    print(f"{args.model}: {len(names)} names -> {len(vocabulary.chunks)} chunk prompts "
-          f"({min(tokens)}-{max(tokens)} tokens); image 640x480 -> {predictor.processor.resized_size(640, 480)}")
+    print(
+        f"{args.model}: {len(names)} names -> {len(vocabulary.chunks)} chunk prompts "
+        f"({min(tokens)}-{max(tokens)} tokens); image 640x480 -> {predictor.processor.resized_size(640, 480)}"
+    )
 
     cold, warm, encode = [], [], []
     for r in range(args.rounds):
@@ -64,11 +68,15 @@ def main() -> None:
         t0 = time.perf_counter()
         predictor.predict([image], [vocabulary], threshold=0.0)
         warm.append(time.perf_counter() - t0)
-        print(f"round {r + 1}: text encoding alone {encode[-1]:.2f} s, cold call {cold[-1]:.2f} s, "
-              f"warm call {warm[-1]:.2f} s, warm/cold {warm[-1] / cold[-1]:.3f}")
-    print(f"median: cold {statistics.median(cold):.2f} s, warm {statistics.median(warm):.2f} s, "
-          f"saved {statistics.median(cold) - statistics.median(warm):.2f} s per image "
-          f"(text encoding alone {statistics.median(encode):.2f} s); cache hits {predictor.text_cache.hits}")
+        print(
+            f"round {r + 1}: text encoding alone {encode[-1]:.2f} s, cold call {cold[-1]:.2f} s, "
+            f"warm call {warm[-1]:.2f} s, warm/cold {warm[-1] / cold[-1]:.3f}"
+        )
+    print(
+        f"median: cold {statistics.median(cold):.2f} s, warm {statistics.median(warm):.2f} s, "
+        f"saved {statistics.median(cold) - statistics.median(warm):.2f} s per image "
+        f"(text encoding alone {statistics.median(encode):.2f} s); cache hits {predictor.text_cache.hits}"
+    )
 
 
 if __name__ == "__main__":

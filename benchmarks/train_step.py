@@ -52,9 +52,15 @@ def build_trainer(package: str, data: Path, out: Path, recipe: dict[str, Any]) -
         processor = processing.GLIPv2Processor.for_model(model)
     else:  # the layout before the processor owned the tokenizer
         processor = processing.GLIPv2Processor.from_config(model.config, model.tokenizer)
-    dataset = collate.SafeDataset(grounding.build_grounding_dataset(
-        data / "instances.json", data / "images", max_categories=config.max_categories, seed=0,
-        with_masks=model.config.mask_head))
+    dataset = collate.SafeDataset(
+        grounding.build_grounding_dataset(
+            data / "instances.json",
+            data / "images",
+            max_categories=config.max_categories,
+            seed=0,
+            with_masks=model.config.mask_head,
+        )
+    )
     collator = collate.GroundingCollator(processor)
     trainer = trainer_module.Trainer(model, dataset, collator, config, out)
     batches = [collator([dataset[i] for i in range(b * 4, b * 4 + 4)]) for b in range(4)]
@@ -76,7 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shapes"
         generate_shapes_world(data, 16, 0, split="train")
-        runs = {name: build_trainer(name, data, Path(tmp) / name, recipe) for name in ("glipv2", "glipv2_baseline")}
+        runs = {
+            name: build_trainer(name, data, Path(tmp) / name, recipe)
+            for name in ("glipv2", "glipv2_baseline")
+        }
         times: dict[str, list[float]] = {name: [] for name in runs}
         for step in range(args.steps + 1):
             for name, (trainer, batches) in runs.items():
@@ -85,7 +94,9 @@ def main() -> None:
                 if step:  # the first step of each warms the allocator and caches
                     times[name].append(time.perf_counter() - start)
     current, baseline = statistics.median(times["glipv2"]), statistics.median(times["glipv2_baseline"])
-    print(f"median step: current {current:.3f} s, baseline {baseline:.3f} s over {args.steps} interleaved steps")
+    print(
+        f"median step: current {current:.3f} s, baseline {baseline:.3f} s over {args.steps} interleaved steps"
+    )
     print(f"ratio current / baseline: {current / baseline:.3f}")
 
 

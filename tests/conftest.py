@@ -31,16 +31,35 @@ FIXTURE_DIR = SHARED_DIR / "fixtures" / "glip_parity_tiny"
 REFERENCE_DIR = SHARED_DIR / "reference"
 
 # The BertConfig fields a GLIPv2Config's `text_encoder` dict carries.
-BERT_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-             "type_vocab_size", "layer_norm_eps", "pad_token_id")
+BERT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+)
 
 # A BERT small enough that the text side costs nothing (vocab kept: the real tokenizer is used).
 TINY_BERT: dict[str, Any] = {
-    "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12, "pad_token_id": 0,
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
 }
 
 
@@ -49,8 +68,14 @@ def build_fixture_config(fixture_dir: Path) -> GLIPv2Config:
     GLIP-T with a 32-wide Swin, 64-channel FPN and head, 2 head blocks, and the fixture's BERT."""
     bert = json.loads((fixture_dir / "tiny_bert_config.json").read_text())
     return glipv2.get_config(
-        "glip_t", swin_embed_dim=32, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 2, 4, 8),
-        fpn_channels=64, head_channels=64, num_head_blocks=2, text_encoder={k: bert[k] for k in BERT_KEYS},
+        "glip_t",
+        swin_embed_dim=32,
+        swin_depths=(2, 2, 2, 2),
+        swin_num_heads=(1, 2, 4, 8),
+        fpn_channels=64,
+        head_channels=64,
+        num_head_blocks=2,
+        text_encoder={k: bert[k] for k in BERT_KEYS},
     )
 
 
@@ -59,8 +84,14 @@ def make_tiny_config(**overrides: Any) -> GLIPv2Config:
     embedding): Swin 16 wide with 2 blocks per stage (so shifted windows are exercised), 32-channel
     FPN/head, 2 head blocks, 4-head 64-dim fusion and a 32-wide, 2-layer BERT."""
     base: dict[str, Any] = dict(
-        swin_embed_dim=16, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 1, 2, 2), fpn_channels=32,
-        head_channels=32, num_head_blocks=2, fusion_embed_dim=64, fusion_num_heads=4,
+        swin_embed_dim=16,
+        swin_depths=(2, 2, 2, 2),
+        swin_num_heads=(1, 1, 2, 2),
+        fpn_channels=32,
+        head_channels=32,
+        num_head_blocks=2,
+        fusion_embed_dim=64,
+        fusion_num_heads=4,
         text_encoder=dict(TINY_BERT),
     )
     base.update(overrides)
@@ -89,8 +120,10 @@ class Conversion:
 def fixture_dir() -> Path:
     """Folder of the official-code parity fixture; tests needing it are skipped when absent."""
     if not (FIXTURE_DIR / "glip_tiny_random.pth").is_file():
-        skip_or_fail(f"GLIP parity fixture not found at {FIXTURE_DIR} (expected next to the repository, "
-                     "in ../shared/fixtures/glip_parity_tiny)")
+        skip_or_fail(
+            f"GLIP parity fixture not found at {FIXTURE_DIR} (expected next to the repository, "
+            "in ../shared/fixtures/glip_parity_tiny)"
+        )
     return FIXTURE_DIR
 
 
@@ -165,17 +198,21 @@ def tiny_model() -> GLIPv2:
 def make_predictor(tiny_model: GLIPv2) -> Callable[..., Predictor]:
     """Factory of predictors on small images (shorter side 64) whose post-processing keeps every
     candidate, so that random weights still give detections to compare."""
+
     def make(model: GLIPv2 | None = None, **kwargs: Any) -> Predictor:
         model = model or tiny_model
         processor = GLIPv2Processor.from_config(model.config, min_size=64, max_size=96)
         return Predictor(model, processor, postprocessor=PostProcessor(inference_threshold=0.0), **kwargs)
+
     return make
 
 
 @pytest.fixture(scope="session")
 def random_image() -> Callable[..., Image.Image]:
     """Factory: `random_image(seed, (width, height))` -> a noise RGB image."""
+
     def make(seed: int, size: tuple[int, int] = (80, 60)) -> Image.Image:
         pixels = np.random.RandomState(seed).randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)
         return Image.fromarray(pixels)
+
     return make

@@ -21,8 +21,9 @@ def test_models_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in printed
 
 
-def test_demo_runs_the_tiny_preset_without_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_runs_the_tiny_preset_without_weights(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(demo, "SHIPPED_WEIGHTS", tmp_path / "none")
     assert main(["demo"]) == 0
     printed = capsys.readouterr().out
@@ -38,7 +39,9 @@ def test_unknown_command_exits_with_usage() -> None:
     assert err.value.code == 2
 
 
-def test_demo_with_weights_writes_detection_and_grounding(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_demo_with_weights_writes_detection_and_grounding(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     model = glipv2.GLIPv2(make_tiny_config(pad_to_max_query_len=False, test_min_size=64, test_max_size=96))
     weights = model.save_pretrained(tmp_path / "weights")
@@ -46,7 +49,12 @@ def test_demo_with_weights_writes_detection_and_grounding(capsys: pytest.Capture
     assert main(["demo", "--weights", str(weights), "--out", str(out)]) == 0
     detection = json.loads((out / "detection.json").read_text())
     assert len(detection["images"]) == 4 and len(detection["labels"]) == 36
-    assert sorted(p.name for p in (out / "detection").glob("*.png")) == [f"val_00000{i}.png" for i in range(4)]
-    assert len(list((out / "grounding").glob("*.json"))) == 4 and len(list((out / "grounding").glob("*.png"))) == 4
+    assert sorted(p.name for p in (out / "detection").glob("*.png")) == [
+        f"val_00000{i}.png" for i in range(4)
+    ]
+    assert (
+        len(list((out / "grounding").glob("*.json"))) == 4
+        and len(list((out / "grounding").glob("*.png"))) == 4
+    )
     printed = capsys.readouterr().out
     assert printed.count("ground truth:") == 4 and "caption:" in printed

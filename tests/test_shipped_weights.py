@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights" / "glipv2_tiny_shapes"
 RECIPE = REPO / "configs" / "glipv2_tiny_shapes.yaml"
 
-pytestmark = pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped weights in this checkout")
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED / "config.json").is_file(), reason="no shipped weights in this checkout"
+)
 
 
 def test_shipped_weights_follow_the_committed_recipe() -> None:
@@ -35,6 +37,7 @@ def test_shipped_weights_detect_shapes_on_fresh_val_images(tmp_path: Path) -> No
     # the first 12 images of the split the script scores (seed 101); random detection weights score ~0
     generate_shapes_world(tmp_path, 12, 101, split="val")
     model = load_model(str(SHIPPED)).eval()
-    metrics = evaluate_detection(Predictor(model), tmp_path / "instances.json", tmp_path / "images",
-                                 progress=False)
+    metrics = evaluate_detection(
+        Predictor(model), tmp_path / "instances.json", tmp_path / "images", progress=False
+    )
     assert metrics["bbox"]["AP50"] >= 0.5

@@ -32,12 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the named model variants").set_defaults(func=_models)
-    demo = sub.add_parser("demo", help="detection and grounding with the shipped tiny weights on ShapesWorld images")
-    demo.add_argument("--weights", metavar="DIR",
-                      help="a model folder (default: weights/glipv2_tiny_shapes when present)")
-    demo.add_argument("--out", default="demo_out", metavar="DIR", help="where the JSON and PNGs go (default demo_out)")
-    demo.add_argument("--model", default="glipv2_tiny", choices=list_models(),
-                      help="preset for the random-weights forward-pass summary when no weights are found")
+    demo = sub.add_parser(
+        "demo", help="detection and grounding with the shipped tiny weights on ShapesWorld images"
+    )
+    demo.add_argument(
+        "--weights", metavar="DIR", help="a model folder (default: weights/glipv2_tiny_shapes when present)"
+    )
+    demo.add_argument(
+        "--out", default="demo_out", metavar="DIR", help="where the JSON and PNGs go (default demo_out)"
+    )
+    demo.add_argument(
+        "--model",
+        default="glipv2_tiny",
+        choices=list_models(),
+        help="preset for the random-weights forward-pass summary when no weights are found",
+    )
     demo.set_defaults(func=_demo)
     add_predict_parser(sub)
     add_convert_parser(sub)

@@ -45,8 +45,12 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "glipv2_tiny
 DEMO_THRESHOLD = 0.3
 
 
-def run_demo(model_name: str = "glipv2_tiny", weights: str | Path | None = None,
-             out: str | Path = "demo_out", num_images: int = 4) -> dict[str, object]:
+def run_demo(
+    model_name: str = "glipv2_tiny",
+    weights: str | Path | None = None,
+    out: str | Path = "demo_out",
+    num_images: int = 4,
+) -> dict[str, object]:
     """The trained demo when weights are given or shipped, else the forward-pass summary of
     `model_name` with random detection weights."""
     if weights is None and (SHIPPED_WEIGHTS / "config.json").is_file():
@@ -72,16 +76,52 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
 
     t0 = time.perf_counter()
     detection_json = out / "detection.json"
-    if main(["predict", *images, "--model", str(weights), "--classes", ",".join(names),
-             "--threshold", str(DEMO_THRESHOLD), "--one-label-per-box", "--out", str(detection_json),
-             "--viz", str(out / "detection")]) != 0:
+    if (
+        main(
+            [
+                "predict",
+                *images,
+                "--model",
+                str(weights),
+                "--classes",
+                ",".join(names),
+                "--threshold",
+                str(DEMO_THRESHOLD),
+                "--one-label-per-box",
+                "--out",
+                str(detection_json),
+                "--viz",
+                str(out / "detection"),
+            ]
+        )
+        != 0
+    ):
         raise RuntimeError("glipv2 predict (detection) failed; see the message above")
     grounded: list[dict[str, object]] = []
     for image, entry in zip(images, grounding["images"]):
         result = out / "grounding" / f"{Path(image).stem}.json"
         phrases = list(dict.fromkeys(p["text"] for p in entry["phrases"]))
-        if main(["predict", image, "--model", str(weights), "--caption", entry["caption"], "--phrases", *phrases,
-                 "--threshold", str(DEMO_THRESHOLD), "--out", str(result), "--viz", str(out / "grounding")]) != 0:
+        if (
+            main(
+                [
+                    "predict",
+                    image,
+                    "--model",
+                    str(weights),
+                    "--caption",
+                    entry["caption"],
+                    "--phrases",
+                    *phrases,
+                    "--threshold",
+                    str(DEMO_THRESHOLD),
+                    "--out",
+                    str(result),
+                    "--viz",
+                    str(out / "grounding"),
+                ]
+            )
+            != 0
+        ):
             raise RuntimeError("glipv2 predict (grounding) failed; see the message above")
         grounded.append(read_json(result, "predictions"))
     seconds = time.perf_counter() - t0
@@ -91,8 +131,10 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
     by_id = {c["id"]: c["name"] for c in instances["categories"]}
     for ann in instances["annotations"]:
         truth.setdefault(ann["image_id"], Counter())[by_id[ann["category_id"]]] += 1
-    print(f"{weights}: detection and grounding on {len(images)} ShapesWorld images in {seconds:.1f} s "
-          f"(scores >= {DEMO_THRESHOLD})")
+    print(
+        f"{weights}: detection and grounding on {len(images)} ShapesWorld images in {seconds:.1f} s "
+        f"(scores >= {DEMO_THRESHOLD})"
+    )
     for entry, info, ground in zip(detections["images"], grounding["images"], grounded):
         found = Counter(d["label"] for d in entry.get("detections", []))
         print(f"\n{Path(entry['file']).name}  caption: {info['caption']!r}")
@@ -124,7 +166,9 @@ def run_random_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
     forward_s = time.perf_counter() - t0
 
     print(f"model {model_name}: {model.num_parameters() / 1e6:.2f} M parameters (built in {build_s:.1f} s)")
-    print(f"input {tuple(pixel_values.shape)}, prompt {DEMO_CAPTION!r} -> {text.input_ids.shape[1]} token slots")
+    print(
+        f"input {tuple(pixel_values.shape)}, prompt {DEMO_CAPTION!r} -> {text.input_ids.shape[1]} token slots"
+    )
     print(f"forward pass: {forward_s:.2f} s")
     for level, (s, a) in enumerate(zip(out.logits, out.anchors)):
         print(f"  P{level + 3}: region-word logits {tuple(s.shape)}, anchors {tuple(a.shape)}")
@@ -133,7 +177,8 @@ def run_random_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
     # the official post-processing of this same output (no resize: boxes are in image pixels);
     # detections come best first, so each phrase's first one is its best
     [detections] = PostProcessor(inference_threshold=0.0)(
-        out, [prompt.positive_map(text.offsets[0], text.attention_mask[0])])
+        out, [prompt.positive_map(text.offsets[0], text.attention_mask[0])]
+    )
     summary: dict[str, object] = {}
     for index, phrase in enumerate(DEMO_PHRASES):
         mine = detections.select(detections.labels == index)
@@ -142,6 +187,8 @@ def run_random_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
         box, score = mine.boxes[0].tolist(), float(mine.scores[0])
         summary[phrase] = {"score": score, "box": box}
         print(f"  {phrase!r}: best score {score:.3f} at box [{', '.join(f'{v:.0f}' for v in box)}]")
-    print("note: the detection head is randomly initialised until trained weights ship; "
-          "scores above are not detections.")
+    print(
+        "note: the detection head is randomly initialised until trained weights ship; "
+        "scores above are not detections."
+    )
     return summary

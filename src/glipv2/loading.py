@@ -11,9 +11,18 @@ from .modeling.glipv2 import GLIPv2
 from .modeling.registry import build_model, list_models
 
 
-def load_model(name_or_path: str, *, warn: bool = True, filename: str | None = None, revision: str | None = None,
-               arch: str | None = None, official_config: str | None = None, text_config: str | None = None,
-               allow_pickle: bool = False, **config_overrides: Any) -> GLIPv2:
+def load_model(
+    name_or_path: str,
+    *,
+    warn: bool = True,
+    filename: str | None = None,
+    revision: str | None = None,
+    arch: str | None = None,
+    official_config: str | None = None,
+    text_config: str | None = None,
+    allow_pickle: bool = False,
+    **config_overrides: Any,
+) -> GLIPv2:
     """A model folder written by `save_pretrained`, a Hugging Face hub id, a preset name, or an
     official GLIP checkpoint (a local `.pth`, or a hub id with `filename="<name>.pth"`; `arch`,
     `official_config`, `text_config` and `allow_pickle` as `glipv2.convert.from_official`).
@@ -24,20 +33,28 @@ def load_model(name_or_path: str, *, warn: bool = True, filename: str | None = N
     if (filename or str(name_or_path)).endswith(".pth"):
         from .convert.hub import from_official
 
-        return from_official(str(name_or_path), filename, revision, allow_pickle=allow_pickle, **official,
-                             **config_overrides)
+        return from_official(
+            str(name_or_path), filename, revision, allow_pickle=allow_pickle, **official, **config_overrides
+        )
     if given := sorted(k for k, v in {**official, "filename": filename}.items() if v is not None):
-        raise ValueError(f"{', '.join(given)}: only for official GLIP .pth checkpoints "
-                         f"(filename='<name>.pth' or a local .pth path), not {name_or_path!r}")
+        raise ValueError(
+            f"{', '.join(given)}: only for official GLIP .pth checkpoints "
+            f"(filename='<name>.pth' or a local .pth path), not {name_or_path!r}"
+        )
     if Path(name_or_path).is_dir():
         return GLIPv2.from_pretrained(name_or_path, **config_overrides)
     if name_or_path in list_models():
         if warn:
-            print(f"WARNING: {name_or_path!r} is a preset name, not trained weights: the model is built with RANDOM "
-                  "weights and its detections mean nothing. Pass a model folder (glipv2 convert / save_pretrained) "
-                  "or a hub id.", file=sys.stderr)
+            print(
+                f"WARNING: {name_or_path!r} is a preset name, not trained weights: the model is built with RANDOM "
+                "weights and its detections mean nothing. Pass a model folder (glipv2 convert / save_pretrained) "
+                "or a hub id.",
+                file=sys.stderr,
+            )
         return build_model(name_or_path, **config_overrides).eval()
     if name_or_path.count("/") == 1 and not Path(name_or_path).exists():
         return GLIPv2.from_pretrained(name_or_path, revision=revision, **config_overrides)
-    raise ValueError(f"{name_or_path!r} is not a model folder, a hub id 'owner/name', a .pth checkpoint, or a "
-                     f"preset ({', '.join(list_models())})")
+    raise ValueError(
+        f"{name_or_path!r} is not a model folder, a hub id 'owner/name', a .pth checkpoint, or a "
+        f"preset ({', '.join(list_models())})"
+    )

@@ -30,7 +30,9 @@ ATOL = RTOL = 1e-4
 @pytest.fixture(scope="module")
 def yaml_config(fixture_dir: Path) -> GLIPv2Config:
     """The fixture's config as derived from its official YAML and BERT config."""
-    return config_from_official_yaml(fixture_dir / "config_full.yaml", text_config=fixture_dir / "tiny_bert_config.json")
+    return config_from_official_yaml(
+        fixture_dir / "config_full.yaml", text_config=fixture_dir / "tiny_bert_config.json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +50,21 @@ def siblings(out: Path) -> list[str]:
 
 
 # --- end to end -----------------------------------------------------------------------------------
-def test_fixture_converts_loads_and_matches_official_logits(fixture_dir: Path, yaml_config: GLIPv2Config,
-                                                            fixture_outputs: dict[str, Any], tmp_path: Path) -> None:
+def test_fixture_converts_loads_and_matches_official_logits(
+    fixture_dir: Path, yaml_config: GLIPv2Config, fixture_outputs: dict[str, Any], tmp_path: Path
+) -> None:
     """Official YAML + BERT config -> folder -> `from_pretrained` -> the official region-word logits."""
     out = tmp_path / "glip_tiny"
     report = convert_checkpoint(fixture_dir / "glip_tiny_random.pth", out, yaml_config)
     assert report.problems() == [] and report.ignored == []
     assert len(report.converted) == 300 and len(report.derived) == 13  # 8 Swin blocks + 5 anchor levels
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "conversion.json", "model.safetensors",
-                                                     "processor_config.json", "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "conversion.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer",
+    ]
     assert siblings(out) == ["glip_tiny"]  # the temporary folder was renamed, not copied
     provenance = json.loads((out / "conversion.json").read_text())
     assert provenance["source"] == "glip_tiny_random.pth" and provenance["converted"] == 300
@@ -73,8 +81,9 @@ def test_fixture_converts_loads_and_matches_official_logits(fixture_dir: Path, y
         torch.testing.assert_close(ours, theirs.float(), atol=ATOL, rtol=RTOL)
 
 
-def test_weights_file_holds_the_official_tensors(fixture_dir: Path, yaml_config: GLIPv2Config,
-                                                 official: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_weights_file_holds_the_official_tensors(
+    fixture_dir: Path, yaml_config: GLIPv2Config, official: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     convert_checkpoint(fixture_dir / "glip_tiny_random.pth", tmp_path / "out", yaml_config)
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert set(weights) == set(build_shape_model(yaml_config).state_dict())
@@ -83,29 +92,41 @@ def test_weights_file_holds_the_official_tensors(fixture_dir: Path, yaml_config:
 
 
 # --- what released files may carry ------------------------------------------------------------------
-def test_extras_of_released_files_are_tolerated(fixture_dir: Path, yaml_config: GLIPv2Config,
-                                                official: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_extras_of_released_files_are_tolerated(
+    fixture_dir: Path, yaml_config: GLIPv2Config, official: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     """Optimizer / scheduler / iteration entries and an EMA copy at the top level, position_ids and
     a pooler in the model: converted from "model", the extras reported as ignored."""
     state = dict(official)
     hidden = yaml_config.text_hidden_size
-    extras = {"module.language_backbone.body.model.embeddings.position_ids": torch.arange(512).unsqueeze(0),
-              "module.language_backbone.body.model.pooler.dense.weight": torch.zeros(hidden, hidden),
-              "module.language_backbone.body.model.pooler.dense.bias": torch.zeros(hidden)}
+    extras = {
+        "module.language_backbone.body.model.embeddings.position_ids": torch.arange(512).unsqueeze(0),
+        "module.language_backbone.body.model.pooler.dense.weight": torch.zeros(hidden, hidden),
+        "module.language_backbone.body.model.pooler.dense.bias": torch.zeros(hidden),
+    }
     state.update(extras)
     ema = {k: torch.zeros_like(v) for k, v in official.items()}
-    src = save_checkpoint(tmp_path / "released.pth", state, model_ema=ema, iteration=90000,
-                          optimizer={"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-4}]},
-                          scheduler={"last_epoch": 90000, "base_lrs": [1e-4]})
+    src = save_checkpoint(
+        tmp_path / "released.pth",
+        state,
+        model_ema=ema,
+        iteration=90000,
+        optimizer={"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-4}]},
+        scheduler={"last_epoch": 90000, "base_lrs": [1e-4]},
+    )
     report = convert_checkpoint(src, tmp_path / "out", yaml_config)
     assert sorted(report.ignored) == sorted(extras) and report.problems() == []
     weights = load_file(tmp_path / "out" / "model.safetensors")
     key = "heads.grounding.bbox_pred.weight"  # random in "model", zeros in the EMA copy
-    assert torch.equal(weights[key], official["module.rpn.head.bbox_pred.weight"]) and weights[key].abs().sum() > 0
+    assert (
+        torch.equal(weights[key], official["module.rpn.head.bbox_pred.weight"])
+        and weights[key].abs().sum() > 0
+    )
 
 
-def test_legacy_serialization_is_read(yaml_config: GLIPv2Config, official: dict[str, torch.Tensor],
-                                      tmp_path: Path) -> None:
+def test_legacy_serialization_is_read(
+    yaml_config: GLIPv2Config, official: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     """Files from torch < 1.6 (not zip, cannot be memory-mapped) are read whole."""
     src = tmp_path / "legacy.pth"
     torch.save({"model": dict(official)}, src, _use_new_zipfile_serialization=False)
@@ -113,8 +134,9 @@ def test_legacy_serialization_is_read(yaml_config: GLIPv2Config, official: dict[
 
 
 # --- refusals -----------------------------------------------------------------------------------------
-def test_unknown_and_missing_keys_are_refused(yaml_config: GLIPv2Config, official: dict[str, torch.Tensor],
-                                              tmp_path: Path) -> None:
+def test_unknown_and_missing_keys_are_refused(
+    yaml_config: GLIPv2Config, official: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     state = dict(official)
     del state["module.rpn.head.centerness.weight"]
     state["module.rpn.head.contrastive_align_projection_image.weight"] = torch.zeros(64, 64)
@@ -134,8 +156,9 @@ def test_unknown_and_missing_keys_are_refused(yaml_config: GLIPv2Config, officia
     assert siblings(out) == ["bad.pth"]  # nothing written, no temporary left over
 
 
-def test_bert_mismatch_says_to_pass_the_text_config(fixture_dir: Path, yaml_config: GLIPv2Config,
-                                                    tmp_path: Path) -> None:
+def test_bert_mismatch_says_to_pass_the_text_config(
+    fixture_dir: Path, yaml_config: GLIPv2Config, tmp_path: Path
+) -> None:
     """A config with bert-base's architecture for the fixture's 64-wide BERT fails, and the last
     line describes both BERTs and names the option."""
     config = yaml_config.replace(text_encoder=dict(BERT_BASE_UNCASED_CONFIG))
@@ -147,9 +170,9 @@ def test_bert_mismatch_says_to_pass_the_text_config(fixture_dir: Path, yaml_conf
     assert "--text-config" in hint
 
 
-def test_allow_partial_keeps_initial_values_for_what_is_missing(yaml_config: GLIPv2Config,
-                                                                official: dict[str, torch.Tensor],
-                                                                tmp_path: Path) -> None:
+def test_allow_partial_keeps_initial_values_for_what_is_missing(
+    yaml_config: GLIPv2Config, official: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     state = dict(official)
     del state["module.rpn.head.centerness.weight"], state["module.rpn.head.centerness.bias"]
     src = save_checkpoint(tmp_path / "partial.pth", state)
@@ -163,8 +186,9 @@ def test_allow_partial_keeps_initial_values_for_what_is_missing(yaml_config: GLI
     assert recorded["left_at_initialisation"] == report.missing
 
 
-def test_existing_folder_is_kept_unless_overwrite(fixture_dir: Path, yaml_config: GLIPv2Config,
-                                                  tmp_path: Path) -> None:
+def test_existing_folder_is_kept_unless_overwrite(
+    fixture_dir: Path, yaml_config: GLIPv2Config, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
@@ -177,8 +201,9 @@ def test_existing_folder_is_kept_unless_overwrite(fixture_dir: Path, yaml_config
     assert siblings(out) == ["out"]
 
 
-def test_a_crash_while_writing_leaves_no_folder(fixture_dir: Path, yaml_config: GLIPv2Config, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_while_writing_leaves_no_folder(
+    fixture_dir: Path, yaml_config: GLIPv2Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def crash(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
@@ -199,25 +224,34 @@ def test_missing_source_file(yaml_config: GLIPv2Config, tmp_path: Path) -> None:
 def test_shape_model_has_meta_parameters_and_real_derived_buffers(yaml_config: GLIPv2Config) -> None:
     shape_model, real = build_shape_model(yaml_config), GLIPv2(yaml_config)
     assert all(p.device.type == "meta" for p in shape_model.parameters())
-    assert {k: (v.shape, v.dtype) for k, v in shape_model.state_dict().items()} == \
-        {k: (v.shape, v.dtype) for k, v in real.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in shape_model.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in real.state_dict().items()
+    }
     real_buffers = dict(real.named_buffers())
     for name, buffer in shape_model.named_buffers():
         assert torch.equal(buffer, real_buffers[name]), name
     # parameters are back on the CPU for modules built afterwards
     assert all(p.device.type == "cpu" for p in torch.nn.Linear(2, 2).parameters())
     # and the shape model loads a state dict strictly, like the real one
-    load_state_dict_strict(shape_model, {k: torch.empty(v.shape, device="meta") for k, v in real.state_dict().items()})
+    load_state_dict_strict(
+        shape_model, {k: torch.empty(v.shape, device="meta") for k, v in real.state_dict().items()}
+    )
 
 
 def test_write_safetensors_round_trips_every_dtype(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     tensors = {
-        "f32": torch.randn(3, 5, generator=g), "f16": torch.randn(7, generator=g).half(),
-        "bf16": torch.randn(2, 3, generator=g).bfloat16(), "f64": torch.randn(1, generator=g).double(),
-        "i64": torch.arange(10).reshape(2, 5), "i32": torch.arange(3, dtype=torch.int32),
-        "u8": torch.arange(5, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
-        "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "strided": torch.randn(4, 6, generator=g).t(),
+        "f32": torch.randn(3, 5, generator=g),
+        "f16": torch.randn(7, generator=g).half(),
+        "bf16": torch.randn(2, 3, generator=g).bfloat16(),
+        "f64": torch.randn(1, generator=g).double(),
+        "i64": torch.arange(10).reshape(2, 5),
+        "i32": torch.arange(3, dtype=torch.int32),
+        "u8": torch.arange(5, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+        "strided": torch.randn(4, 6, generator=g).t(),
     }
     write_safetensors(tmp_path / "x.safetensors", tensors, metadata={"k": "v"})
     loaded = load_file(tmp_path / "x.safetensors")

@@ -36,14 +36,18 @@ IGNORED = [
     "module.language_backbone.body.model.pooler.dense.bias",
     "module.rpn.head.mlm_head.decoder.bias",
 ]
-_IGNORED_RE = re.compile(r"module\.(language_backbone\.body\.model\.(embeddings\.position_ids|pooler\..+)"
-                         r"|rpn\.head\.mlm_head\.decoder\.bias)")
+_IGNORED_RE = re.compile(
+    r"module\.(language_backbone\.body\.model\.(embeddings\.position_ids|pooler\..+)"
+    r"|rpn\.head\.mlm_head\.decoder\.bias)"
+)
 
 
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The listing (parsed and checked by `read_state_dict_shapes`); official keys carry `module.`."""
     shapes = read_state_dict_shapes(path)
-    assert all(key.startswith("module.") for key in shapes), f"{path.name}: official keys carry the DDP prefix"
+    assert all(key.startswith("module.") for key in shapes), (
+        f"{path.name}: official keys carry the DDP prefix"
+    )
     return shapes
 
 
@@ -58,8 +62,12 @@ class Listing:
 
 
 # listing -> (preset or "fixture", number of tensors; glip_reference.md section 10, FIXTURE.md)
-LISTINGS = {"tiny": ("fixture", 313), "glip_t": ("glip_t", 745), "glip_t_a": ("glip_t_a", 541),
-            "glip_l": ("glip_l", 1021)}
+LISTINGS = {
+    "tiny": ("fixture", 313),
+    "glip_t": ("glip_t", 745),
+    "glip_t_a": ("glip_t_a", 541),
+    "glip_l": ("glip_l", 1021),
+}
 
 
 @pytest.fixture(scope="module", params=list(LISTINGS))
@@ -121,24 +129,33 @@ def test_derived_buffers_are_the_official_buffer_keys(listing: Listing) -> None:
     """The official buffers (Swin relative position indices, cell anchors) are exactly the keys that
     map to our non-saved buffers: they are recomputed from the config, not loaded."""
     official, config, ours, buffers = listing.official, listing.config, listing.ours, listing.buffers
-    to_buffers = sorted(k for k in official if not _IGNORED_RE.fullmatch(k)
-                        and official_to_ours(k, config) not in ours)
+    to_buffers = sorted(
+        k for k in official if not _IGNORED_RE.fullmatch(k) and official_to_ours(k, config) not in ours
+    )
     assert all(official_to_ours(k, config) in buffers for k in to_buffers)
-    assert to_buffers == sorted(k for k in official if k.endswith("relative_position_index")
-                                or ".anchor_generator.cell_anchors." in k)
+    assert to_buffers == sorted(
+        k for k in official if k.endswith("relative_position_index") or ".anchor_generator.cell_anchors." in k
+    )
     n_blocks = sum(config.swin_depths)
     assert len(to_buffers) == n_blocks + 5
 
 
 # --- keys the official listings do not contain ---------------------------------------------------
 @pytest.mark.parametrize("early_fusion", [True, False])
-def test_glipv2_and_optional_keys_round_trip(early_fusion: bool,
-                                             tiny_config: Callable[..., GLIPv2Config]) -> None:
+def test_glipv2_and_optional_keys_round_trip(
+    early_fusion: bool, tiny_config: Callable[..., GLIPv2Config]
+) -> None:
     """Every key of a model with the optional parts (prompt embedding, MLM head, L_inter
     projections) maps to an official name and back; the L_inter projections are GLIP's "shallow
     contrastive" modules of the ATSS loss evaluator."""
-    config = tiny_config(early_fusion=early_fusion, fused_dot_product=early_fusion, prompt_embedding_rows=8,
-                         max_query_len=8, mlm_head=True, region_word_contrastive_dim=16)
+    config = tiny_config(
+        early_fusion=early_fusion,
+        fused_dot_product=early_fusion,
+        prompt_embedding_rows=8,
+        max_query_len=8,
+        mlm_head=True,
+        region_word_contrastive_dim=16,
+    )
     model = build_shape_model(config)
     for key in model.state_dict():
         official = ours_to_official(key, config)
@@ -146,10 +163,14 @@ def test_glipv2_and_optional_keys_round_trip(early_fusion: bool,
         assert official_to_ours(official, config) == key, (key, official)
     assert ours_to_official("core.prompt_embedding", config) == "module.rpn.tunable_linear.weight"
     assert ours_to_official("heads.mlm.decoder.weight", config) == "module.rpn.head.mlm_head.decoder.weight"
-    assert (ours_to_official("heads.inter.region.weight", config)
-            == "module.rpn.loss_evaluator.shallow_contrastive_projection_image.weight")
-    assert (ours_to_official("heads.inter.token.bias", config)
-            == "module.rpn.loss_evaluator.shallow_contrastive_projection_text.bias")
+    assert (
+        ours_to_official("heads.inter.region.weight", config)
+        == "module.rpn.loss_evaluator.shallow_contrastive_projection_image.weight"
+    )
+    assert (
+        ours_to_official("heads.inter.token.bias", config)
+        == "module.rpn.loss_evaluator.shallow_contrastive_projection_text.bias"
+    )
     assert ours_to_official("heads.inter.log_scale", config) == "module.rpn.loss_evaluator.shallow_log_scale"
 
 
@@ -160,8 +181,9 @@ def test_official_key_without_counterpart_maps_to_none(fixture_config: GLIPv2Con
     assert ours_to_official("not_a_module.weight", fixture_config) is None
 
 
-def test_convert_reports_ignored_unmapped_and_mismatched(fixture_dir: Path,
-                                                         fixture_config: GLIPv2Config) -> None:
+def test_convert_reports_ignored_unmapped_and_mismatched(
+    fixture_dir: Path, fixture_config: GLIPv2Config
+) -> None:
     """On the fixture checkpoint plus extras: the documented extras (position_ids, pooler, the tied
     MLM decoder bias) are ignored, an unknown key is unmapped, a wrong shape and a derived buffer
     that differs from the config's value are mismatched and left out of the converted dict."""

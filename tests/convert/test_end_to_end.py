@@ -15,21 +15,53 @@ CAPTION = "red circle. blue square. green triangle."
 PHRASES = ["red circle", "blue square", "green triangle"]
 
 
-def test_convert_then_predict_gives_the_official_detections(fixture_dir: Path, tmp_path: Path,
-                                                           fixture_outputs: dict[str, Any]) -> None:
+def test_convert_then_predict_gives_the_official_detections(
+    fixture_dir: Path, tmp_path: Path, fixture_outputs: dict[str, Any]
+) -> None:
     model_dir = tmp_path / "glip_tiny"
     # the YAML names bert-base-uncased; the fixture's BERT is a tiny one, given beside it
-    assert main(["convert", str(fixture_dir / "glip_tiny_random.pth"), str(model_dir),
-                 "--official-config", str(fixture_dir / "config_full.yaml"),
-                 "--text-config", str(fixture_dir / "tiny_bert_config.json")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(fixture_dir / "glip_tiny_random.pth"),
+                str(model_dir),
+                "--official-config",
+                str(fixture_dir / "config_full.yaml"),
+                "--text-config",
+                str(fixture_dir / "tiny_bert_config.json"),
+            ]
+        )
+        == 0
+    )
     results = tmp_path / "results.json"
-    assert main(["predict", str(fixture_dir / "input.png"), "--model", str(model_dir), "--no-resize",
-                 "--caption", CAPTION, "--phrases", *PHRASES, "--threshold", "0", "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(fixture_dir / "input.png"),
+                "--model",
+                str(model_dir),
+                "--no-resize",
+                "--caption",
+                CAPTION,
+                "--phrases",
+                *PHRASES,
+                "--threshold",
+                "0",
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     [entry] = json.loads(results.read_text())["images"]
     detections = entry["detections"]
     assert len(detections) == len(fixture_outputs["scores"]) == 100
     assert [d["label_index"] + 1 for d in detections] == fixture_outputs["labels"].tolist()
-    torch.testing.assert_close(torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"],
-                               atol=1e-3, rtol=0)
-    torch.testing.assert_close(torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"], atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"], atol=1e-5, rtol=0
+    )

@@ -33,14 +33,20 @@ PRESETS = {"glip_t": 745, "glip_t_a": 541, "glip_l": 1021}
 def extras(hidden: int) -> dict[str, torch.Tensor]:
     """Tensors released files may hold that have no counterpart (the converter's ignore list)."""
     bert = "module.language_backbone.body.model."
-    return {bert + "embeddings.position_ids": torch.arange(512).unsqueeze(0),
-            bert + "pooler.dense.weight": torch.ones(hidden, hidden), bert + "pooler.dense.bias": torch.ones(hidden)}
+    return {
+        bert + "embeddings.position_ids": torch.arange(512).unsqueeze(0),
+        bert + "pooler.dense.weight": torch.ones(hidden, hidden),
+        bert + "pooler.dense.bias": torch.ones(hidden),
+    }
 
 
-@pytest.mark.parametrize("preset", [pytest.param("glip_t"), pytest.param("glip_t_a"),
-                                    pytest.param("glip_l", marks=pytest.mark.slow)])
-def test_full_size_checkpoint_converts_loads_and_maps_back(preset: str, reference_dir: Path,
-                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "preset",
+    [pytest.param("glip_t"), pytest.param("glip_t_a"), pytest.param("glip_l", marks=pytest.mark.slow)],
+)
+def test_full_size_checkpoint_converts_loads_and_maps_back(
+    preset: str, reference_dir: Path, tmp_path: Path
+) -> None:
     try:
         check_full_size_conversion(preset, reference_dir, tmp_path)
     finally:
@@ -70,8 +76,11 @@ def check_full_size_conversion(preset: str, reference_dir: Path, tmp_path: Path)
     with safe_open(str(out / "model.safetensors"), "pt") as weights:
         names = list(weights.keys())
         # the strict loader of from_pretrained, on meta tensors with the file's shapes and dtypes
-        load_state_dict_strict(model, {k: torch.empty(weights.get_slice(k).get_shape(), device="meta") for k in names},
-                               source=str(out))
+        load_state_dict_strict(
+            model,
+            {k: torch.empty(weights.get_slice(k).get_shape(), device="meta") for k in names},
+            source=str(out),
+        )
         assert {weights.get_slice(k).get_dtype() for k in names} == {"F32"}
     mapped_back: dict[str, str] = {}
     for batch in batches(names, out / "model.safetensors"):

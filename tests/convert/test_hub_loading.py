@@ -67,7 +67,10 @@ def conversions(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 def official_kwargs(fixture_dir: Path) -> dict[str, Any]:
-    return {"official_config": fixture_dir / "config_full.yaml", "text_config": fixture_dir / "tiny_bert_config.json"}
+    return {
+        "official_config": fixture_dir / "config_full.yaml",
+        "text_config": fixture_dir / "tiny_bert_config.json",
+    }
 
 
 def assert_same_weights(a: GLIPv2, b: GLIPv2) -> None:
@@ -78,7 +81,8 @@ def assert_same_weights(a: GLIPv2, b: GLIPv2) -> None:
 
 
 def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
-        hub_cache: Path, fixture_dir: Path, tmp_path: Path, conversions: list[Path]) -> None:
+    hub_cache: Path, fixture_dir: Path, tmp_path: Path, conversions: list[Path]
+) -> None:
     model = glipv2.load_model(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
     assert len(conversions) == 1
     folder = conversions[0]
@@ -87,8 +91,9 @@ def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
     assert model.name_or_path == str(folder) and not model.training
     assert (folder / "tokenizer").is_dir()  # the processor is saved beside the model
 
-    config = config_from_official_yaml(fixture_dir / "config_full.yaml",
-                                       text_config=fixture_dir / "tiny_bert_config.json")
+    config = config_from_official_yaml(
+        fixture_dir / "config_full.yaml", text_config=fixture_dir / "tiny_bert_config.json"
+    )
     convert_checkpoint(fixture_dir / "glip_tiny_random.pth", tmp_path / "direct", config)
     assert_same_weights(model, GLIPv2.from_pretrained(tmp_path / "direct"))
     assert model.config == config
@@ -99,8 +104,9 @@ def test_hub_checkpoint_is_converted_once_and_equals_a_direct_conversion(
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
 
-def test_another_architecture_gets_its_own_cache_entry(hub_cache: Path, fixture_dir: Path,
-                                                       conversions: list[Path]) -> None:
+def test_another_architecture_gets_its_own_cache_entry(
+    hub_cache: Path, fixture_dir: Path, conversions: list[Path]
+) -> None:
     """The same file under another config is a different conversion (here: one that fails)."""
     glipv2.load_model(REPO, filename=FILENAME, **official_kwargs(fixture_dir))
     with pytest.raises(ValueError, match="cannot be converted"):
@@ -108,8 +114,9 @@ def test_another_architecture_gets_its_own_cache_entry(hub_cache: Path, fixture_
     assert len(conversions) == 2 and conversions[0] != conversions[1]
 
 
-def test_local_pth_path_is_converted_into_the_cache(hub_cache: Path, fixture_dir: Path, tmp_path: Path,
-                                                    conversions: list[Path]) -> None:
+def test_local_pth_path_is_converted_into_the_cache(
+    hub_cache: Path, fixture_dir: Path, tmp_path: Path, conversions: list[Path]
+) -> None:
     src = tmp_path / "my_glip.pth"
     shutil.copyfile(fixture_dir / "glip_tiny_random.pth", src)
     model = glipv2.load_model(str(src), **official_kwargs(fixture_dir))
@@ -137,15 +144,18 @@ def test_unknown_file_needs_an_architecture(hub_cache: Path, conversions: list[P
     assert conversions == []
 
 
-@pytest.mark.parametrize(("filename", "preset"), [
-    ("glip_a_tiny_o365.pth", "glip_t_a"),
-    ("glip_tiny_model_o365.pth", "glip_t"),
-    ("glip_tiny_model_o365_goldg.pth", "glip_t"),
-    ("glip_tiny_model_o365_goldg_cc_sbu.pth", "glip_t"),
-    ("glip_tiny_model_o365_goldg_cc_sbu_lvisbest.pth", "glip_t"),
-    ("glip_large_model.pth", "glip_l"),
-    ("some/folder/glip_large_model_lvisbest.pth", "glip_l"),
-])
+@pytest.mark.parametrize(
+    ("filename", "preset"),
+    [
+        ("glip_a_tiny_o365.pth", "glip_t_a"),
+        ("glip_tiny_model_o365.pth", "glip_t"),
+        ("glip_tiny_model_o365_goldg.pth", "glip_t"),
+        ("glip_tiny_model_o365_goldg_cc_sbu.pth", "glip_t"),
+        ("glip_tiny_model_o365_goldg_cc_sbu_lvisbest.pth", "glip_t"),
+        ("glip_large_model.pth", "glip_l"),
+        ("some/folder/glip_large_model_lvisbest.pth", "glip_l"),
+    ],
+)
 def test_released_file_names_give_their_preset(filename: str, preset: str) -> None:
     assert official_checkpoint_config(filename) == glipv2.get_config(preset)
     assert official_checkpoint_config(filename, arch="glip_t_a") == glipv2.get_config("glip_t_a")

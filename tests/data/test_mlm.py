@@ -97,8 +97,9 @@ def test_reproducible_with_a_generator_and_input_untouched() -> None:
 
 
 def test_with_the_bert_tokenizer(bert_tokenizer: Any) -> None:
-    enc = bert_tokenizer(["a cat on a mat. two dogs."] * 200, padding="max_length", max_length=16,
-                         return_tensors="pt")
+    enc = bert_tokenizer(
+        ["a cat on a mat. two dogs."] * 200, padding="max_length", max_length=16, return_tensors="pt"
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"]
     masked, labels = mask_tokens(ids, mask, bert_tokenizer, generator=torch.Generator().manual_seed(0))
     special = torch.isin(ids, torch.tensor(bert_tokenizer.all_special_ids))

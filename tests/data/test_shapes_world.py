@@ -40,15 +40,34 @@ from pycocotools.coco import COCO  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 JSON_FILES = ("instances.json", "grounding.json", "vqa.json", "captions.json")
-PLURALS = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star",
-           "hexagons": "hexagon", "crosses": "cross", "objects": "object"}
+PLURALS = {
+    "circles": "circle",
+    "squares": "square",
+    "triangles": "triangle",
+    "stars": "star",
+    "hexagons": "hexagon",
+    "crosses": "cross",
+    "objects": "object",
+}
 PLURALS_INV = {v: k for k, v in PLURALS.items()}
-NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+}
 RELATION_WORDS = {"to the left of": "left", "to the right of": "right", "above": "above", "below": "below"}
 HELDOUT_NAMES = [f"{c} {s}" for c, s in HELDOUT_PAIRS]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -80,7 +99,7 @@ Desc = tuple[str | None, str | None, str | None]
 
 
 def parse_descriptor(words: str) -> Desc:
-    """"small red circle" -> ("small", "red", "circle"); "red object" -> (None, "red", None); plurals too."""
+    """ "small red circle" -> ("small", "red", "circle"); "red object" -> (None, "red", None); plurals too."""
     tokens = words.split(" ")
     noun = PLURALS.get(tokens[-1], tokens[-1])
     assert noun in (*SHAPES, "object"), words
@@ -103,7 +122,9 @@ def centre(ann: dict[str, Any]) -> tuple[float, float]:
 def strictly(rel: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
     ax, ay, aw, ah = a["bbox"]
     bx, by, bw, bh = b["bbox"]
-    return {"left": ax + aw <= bx, "right": ax >= bx + bw, "above": ay + ah <= by, "below": ay >= by + bh}[rel]
+    return {"left": ax + aw <= bx, "right": ax >= bx + bw, "above": ay + ah <= by, "below": ay >= by + bh}[
+        rel
+    ]
 
 
 def clearly_not(rel: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -111,7 +132,9 @@ def clearly_not(rel: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {"left": ax >= bx, "right": ax <= bx, "above": ay >= by, "below": ay <= by}[rel]
 
 
-def extreme(direction: str, target: dict[str, Any], others: list[dict[str, Any]], image: dict[str, Any]) -> bool:
+def extreme(
+    direction: str, target: dict[str, Any], others: list[dict[str, Any]], image: dict[str, Any]
+) -> bool:
     axis = 0 if direction in ("leftmost", "rightmost") else 1
     sign = 1 if direction in ("leftmost", "topmost") else -1
     margin = POSITION_MARGIN * (image["width"] if axis == 0 else image["height"])
@@ -139,6 +162,7 @@ def resolve(expression: str, anns: list[dict[str, Any]], image: dict[str, Any]) 
 
 
 # ----------------------------------------------------------------------------------------------- tests
+
 
 def test_category_constants_are_fixed_and_heldout_pairs_form_a_latin_square() -> None:
     cats = get_categories()
@@ -194,7 +218,9 @@ def test_split_rule(datasets: dict[str, Path]) -> None:
             assert not used & heldout_ids
             # no sentence of train/val names a held-out pair either
             texts = [g["caption"] for g in load(directory, "grounding.json")["images"]]
-            texts += [r["expression"] for g in load(directory, "grounding.json")["images"] for r in g["refexps"]]
+            texts += [
+                r["expression"] for g in load(directory, "grounding.json")["images"] for r in g["refexps"]
+            ]
             texts += [q["question"] for q in load(directory, "vqa.json")]
             texts += [c["caption"] for c in load(directory, "captions.json")["annotations"]]
             pattern = re.compile(r"\b(" + "|".join(HELDOUT_NAMES) + r")")
@@ -220,12 +246,18 @@ def test_masks_boxes_areas_sizes_and_occlusion(datasets: dict[str, Path], split:
             mask = mask_utils.decode(ann["segmentation"]).astype(bool)
             assert mask.shape == pixels.shape[:2]
             ys, xs = np.nonzero(mask)
-            assert ann["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                                   int(ys.max() - ys.min() + 1)]
+            assert ann["bbox"] == [
+                int(xs.min()),
+                int(ys.min()),
+                int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1),
+            ]
             assert list(mask_utils.toBbox(ann["segmentation"])) == ann["bbox"]
             assert ann["area"] == int(mask.sum()) == int(mask_utils.area(ann["segmentation"]))
-            assert ann["iscrowd"] == 0 and ann["category_id"] == CATEGORIES.index(
-                f"{ann['colour']} {ann['shape']}") + 1
+            assert (
+                ann["iscrowd"] == 0
+                and ann["category_id"] == CATEGORIES.index(f"{ann['colour']} {ann['shape']}") + 1
+            )
             assert ann["area"] >= MIN_VISIBLE_FRACTION * ann["full_area"] - 1e-9
             # the mask is what shows: its pixels have the object's colour, not the background's or another's
             median = np.median(pixels[mask].astype(float), axis=0)
@@ -308,7 +340,9 @@ def test_vqa_answers_are_true(datasets: dict[str, Path], split: str) -> None:
         elif m := re.fullmatch(r"is there (a|an) (.+)\?", question):
             assert qa["type"] == "existence"
             assert answer == ("yes" if any(fits(a, parse_descriptor(m[2])) for a in objects) else "no"), qa
-        elif m := re.fullmatch(r"is the (.+?) (to the left of|to the right of|above|below) the (.+)\?", question):
+        elif m := re.fullmatch(
+            r"is the (.+?) (to the left of|to the right of|above|below) the (.+)\?", question
+        ):
             assert qa["type"] == "relation"
             a_hits = [a for a in objects if fits(a, parse_descriptor(m[1]))]
             b_hits = [a for a in objects if fits(a, parse_descriptor(m[3]))]
@@ -330,7 +364,9 @@ def test_captions_list_the_objects(datasets: dict[str, Path]) -> None:
     doc = load(directory, "captions.json")
     assert [im["id"] for im in doc["images"]] == list(images)
     per_image = Counter(c["image_id"] for c in doc["annotations"])
-    assert set(per_image) == set(images) and len({c["id"] for c in doc["annotations"]}) == len(doc["annotations"])
+    assert set(per_image) == set(images) and len({c["id"] for c in doc["annotations"]}) == len(
+        doc["annotations"]
+    )
     for cap in doc["annotations"]:
         text, image = cap["caption"], images[cap["image_id"]]
         objects = anns[cap["image_id"]]
@@ -356,8 +392,9 @@ def test_captions_list_the_objects(datasets: dict[str, Path]) -> None:
 
 def test_render_scene_on_the_fly() -> None:
     rng = np.random.Generator(np.random.PCG64(11))
-    image, objects = render_scene(rng, width=200, height=300, num_objects=5, pairs=[("red", "circle")],
-                                  background="striped")
+    image, objects = render_scene(
+        rng, width=200, height=300, num_objects=5, pairs=[("red", "circle")], background="striped"
+    )
     assert image.size == (200, 300) and image.mode == "RGB"
     assert 1 <= len(objects) <= 5 and all(o.name == "red circle" for o in objects)
     union = sum(o.mask.astype(int) for o in objects)
@@ -377,17 +414,21 @@ def test_cli_writes_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(load(out, "instances.json")["images"]) == 3
 
 
-@pytest.mark.parametrize("argv", [
-    ["--out", "{out}", "--num-images", "0"],
-    ["--out", "{out}", "--num-images", "two"],
-    ["--out", "{out}", "--num-images", "2", "--split", "test"],
-    ["--out", "{out}", "--num-images", "2", "--seed", "-1"],
-    ["--out", "{file}", "--num-images", "2"],
-    ["--num-images", "2"],
-    ["--out", "{out}", "--num-images", "2", "--bogus"],
-])
-def test_cli_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--out", "{out}", "--num-images", "0"],
+        ["--out", "{out}", "--num-images", "two"],
+        ["--out", "{out}", "--num-images", "2", "--split", "test"],
+        ["--out", "{out}", "--num-images", "2", "--seed", "-1"],
+        ["--out", "{file}", "--num-images", "2"],
+        ["--num-images", "2"],
+        ["--out", "{out}", "--num-images", "2", "--bogus"],
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     a_file = tmp_path / "not_a_dir"
     a_file.write_text("x")
     places = {"{out}": str(tmp_path / "out"), "{file}": str(a_file)}

@@ -39,8 +39,9 @@ def make_heads() -> dict[str, TaskHead]:
     """The heads of a tiny model whose O̊ / P̊ widths are CHANNELS / TEXT_DIM, with an L_inter
     projection to PROJ_DIM (the criterion needs the grounding head beside it: ATSS on its anchors)."""
     text = {**TINY_BERT, "hidden_size": TEXT_DIM, "num_attention_heads": 2, "intermediate_size": 2 * TEXT_DIM}
-    return build_heads(make_tiny_config(fpn_channels=CHANNELS, text_encoder=text,
-                                        region_word_contrastive_dim=PROJ_DIM))
+    return build_heads(
+        make_tiny_config(fpn_channels=CHANNELS, text_encoder=text, region_word_contrastive_dim=PROJ_DIM)
+    )
 
 
 def make_data(seed: int = 0) -> dict[str, Any]:
@@ -57,12 +58,18 @@ def make_data(seed: int = 0) -> dict[str, Any]:
         "token_features": torch.randn(2, TOKENS, TEXT_DIM, generator=g),
         "mask": mask,
         "targets": [
-            {"boxes": torch.tensor([[4.0, 6.0, 40.0, 44.0], [30.0, 20.0, 62.0, 60.0]]),
-             "positive_map": torch.tensor([[0.0, 1, 0, 0, 0, 0], [0.0, 0, 1, 1, 0, 0]]),
-             "labels": torch.tensor([1, 2]), "token_labels": torch.tensor([-1, 1, 2, 2, -1, -1])},
-            {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0]]),
-             "positive_map": torch.tensor([[0.0, 0, 1, 0, 0, 0]]),
-             "labels": torch.tensor([2]), "token_labels": torch.tensor([-1, 1, 2, -1, -1, -1])},
+            {
+                "boxes": torch.tensor([[4.0, 6.0, 40.0, 44.0], [30.0, 20.0, 62.0, 60.0]]),
+                "positive_map": torch.tensor([[0.0, 1, 0, 0, 0, 0], [0.0, 0, 1, 1, 0, 0]]),
+                "labels": torch.tensor([1, 2]),
+                "token_labels": torch.tensor([-1, 1, 2, 2, -1, -1]),
+            },
+            {
+                "boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0]]),
+                "positive_map": torch.tensor([[0.0, 0, 1, 0, 0, 0]]),
+                "labels": torch.tensor([2]),
+                "token_labels": torch.tensor([-1, 1, 2, -1, -1, -1]),
+            },
         ],
         "projection": make_heads()["inter"].state_dict(),
     }
@@ -70,17 +77,23 @@ def make_data(seed: int = 0) -> dict[str, Any]:
 
 def make_output(data: dict[str, Any], images: slice) -> GLIPv2Output:
     """The GLIPv2Output of some images of `data`; O̊ and P̊ are fresh leaves (to read gradients)."""
+
     def leaf(t: torch.Tensor) -> torch.Tensor:
         return t[images].clone().requires_grad_()
 
     mask = data["mask"][images]
     return GLIPv2Output(
-        logits=[leaf(t) for t in data["logits"]], box_regression=[leaf(t) for t in data["box_regression"]],
+        logits=[leaf(t) for t in data["logits"]],
+        box_regression=[leaf(t) for t in data["box_regression"]],
         centerness=[leaf(t) for t in data["centerness"]],
         anchors=AnchorGenerator((64, 128, 256, 512, 1024), (8, 16, 32, 64, 128))(SIZES),
-        region_features=[leaf(t) for t in data["region_features"]], token_features=leaf(data["token_features"]),
-        fused_region_features=[], fused_token_features=torch.zeros(0), token_embeddings=torch.zeros(0),
-        text_attention_mask=mask, image_sizes=torch.tensor([[64, 64]] * mask.shape[0]),
+        region_features=[leaf(t) for t in data["region_features"]],
+        token_features=leaf(data["token_features"]),
+        fused_region_features=[],
+        fused_token_features=torch.zeros(0),
+        token_embeddings=torch.zeros(0),
+        text_attention_mask=mask,
+        image_sizes=torch.tensor([[64, 64]] * mask.shape[0]),
     )
 
 
@@ -93,15 +106,23 @@ def inter_loss(data: dict[str, Any], images: slice) -> dict[str, Any]:
     output = make_output(data, images)
     losses = criterion(output, data["targets"][images])
     losses["loss"].backward()
-    return {"loss": losses["loss_inter"].detach(),
-            "grads": {k: p.grad.clone() for k, p in projection.named_parameters()},
-            "region_grads": [f.grad for f in output.region_features], "token_grad": output.token_features.grad}
+    return {
+        "loss": losses["loss_inter"].detach(),
+        "grads": {k: p.grad.clone() for k, p in projection.named_parameters()},
+        "region_grads": [f.grad for f in output.region_features],
+        "token_grad": output.token_features.grad,
+    }
 
 
 def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/store",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         out: dict[str, Any] = {"world": get_world_size(), "rank": get_rank()}
         # all_gather_with_grad: the global tensor; gradient to the local slice only
@@ -166,8 +187,9 @@ def test_two_process_gloo_group(tmp_path: Path) -> None:
     # fork where the platform has it: the children inherit the imported modules instead of paying
     # the ~10 s import of torch + transformers each (spawn elsewhere)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.start_processes(_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method=method)
+    context = mp.start_processes(
+        _worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=False, start_method=method
+    )
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):  # raises when a worker fails
         if time.monotonic() > deadline:
@@ -181,7 +203,7 @@ def test_two_process_gloo_group(tmp_path: Path) -> None:
     for r, out in enumerate(ranks):
         assert (out["world"], out["rank"]) == (WORLD, r)
         torch.testing.assert_close(out["gathered"], expected)
-        torch.testing.assert_close(out["grad"], weights[2 * r:2 * r + 2])  # only its own rows' weights
+        torch.testing.assert_close(out["grad"], weights[2 * r : 2 * r + 2])  # only its own rows' weights
         torch.testing.assert_close(out["varlen"], torch.tensor([[0.0, 0.0]] + [[1.0, 1.0]] * 3))
         assert out["sizes"] == [1, 3] and out["all_sizes"] == [7, 8]
         rows = torch.arange(1.0, 5.0)[slice(0, 1) if r == 0 else slice(1, 4)]
@@ -200,9 +222,10 @@ def test_two_process_gloo_group(tmp_path: Path) -> None:
         # O̊ / P̊ (the backbone and text-encoder side): this rank's gradient, averaged over the
         # ranks as DDP does for the parameters upstream, is the single-process gradient
         for got, want in zip(out["region_grads"], reference["region_grads"]):
-            torch.testing.assert_close(got / WORLD, want[r:r + 1], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(out["token_grad"] / WORLD, reference["token_grad"][r:r + 1],
-                                   rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got / WORLD, want[r : r + 1], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            out["token_grad"] / WORLD, reference["token_grad"][r : r + 1], rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("images", [slice(0, 1), slice(1, 2)])
@@ -210,4 +233,6 @@ def test_single_image_losses_differ_from_the_global_batch(images: slice) -> None
     """Sanity check of the test above: the global batch matters (cross-image positives and
     negatives), so equality there is not a coincidence."""
     data = make_data()
-    assert inter_loss(data, images)["loss"].item() != pytest.approx(inter_loss(data, slice(0, 2))["loss"].item())
+    assert inter_loss(data, images)["loss"].item() != pytest.approx(
+        inter_loss(data, slice(0, 2))["loss"].item()
+    )

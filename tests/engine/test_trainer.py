@@ -48,11 +48,26 @@ def make_dataset(root: Path, n: int = 6, size: tuple[int, int] = (96, 64)) -> Pa
         # the circle's outline as the segmentation polygon (used when the model has a mask head)
         angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         polygon = np.stack([x + 15.5 + 15.5 * np.cos(angles), y + 15.5 + 15.5 * np.sin(angles)], 1).ravel()
-        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, 31, 31], "iscrowd": 0,
-                            "segmentation": [polygon.round(2).tolist()]})
+        annotations.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "bbox": [x, y, 31, 31],
+                "iscrowd": 0,
+                "segmentation": [polygon.round(2).tolist()],
+            }
+        )
     partial = root / "instances.json.partial"
-    partial.write_text(json.dumps({"images": images, "annotations": annotations,
-                                   "categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue square"}]}))
+    partial.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue square"}],
+            }
+        )
+    )
     os.replace(partial, path)
     return path
 
@@ -60,24 +75,39 @@ def make_dataset(root: Path, n: int = 6, size: tuple[int, int] = (96, 64)) -> Pa
 def tiny_model(tiny_config: Any, seed: int = 0, no_dropout: bool = False, **overrides: Any) -> GLIPv2:
     if no_dropout:  # for comparisons between runs: nothing random in the forward pass
         text = {**tiny_config().text_encoder, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        overrides.update(swin_drop_path_rate=0.0, fpn_drop_block_prob=0.0, fusion_dropout=0.0, text_encoder=text)
+        overrides.update(
+            swin_drop_path_rate=0.0, fpn_drop_block_prob=0.0, fusion_dropout=0.0, text_encoder=text
+        )
     torch.manual_seed(seed)
     return GLIPv2(tiny_config(pad_to_max_query_len=False, region_word_contrastive_dim=16, **overrides))
 
 
 def make_trainer(model: GLIPv2, root: Path | str, out: Path | str, **config: Any) -> Trainer:
     root = Path(root)
-    cfg = TrainConfig(**{"max_steps": 4, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "lr": 1e-3,
-                         "min_sizes": (64,), "max_size": 96, **config})
-    dataset = SafeDataset(CocoGroundingDataset(make_dataset(root), root / "images",
-                                               with_masks=model.config.mask_head))
+    cfg = TrainConfig(
+        **{
+            "max_steps": 4,
+            "batch_size": 2,
+            "warmup_steps": 1,
+            "log_every": 1,
+            "lr": 1e-3,
+            "min_sizes": (64,),
+            "max_size": 96,
+            **config,
+        }
+    )
+    dataset = SafeDataset(
+        CocoGroundingDataset(make_dataset(root), root / "images", with_masks=model.config.mask_head)
+    )
     collator = GroundingCollator(GLIPv2Processor.from_config(model.config))
     return Trainer(model, dataset, collator, cfg, out)
 
 
 def test_solver_groups_follow_the_official_rules(tiny_config: Any) -> None:
     model = tiny_model(tiny_config)
-    groups = {g["name"]: g for g in param_groups(model, TrainConfig(lr=1e-4, language_lr=1e-5, weight_decay=0.05))}
+    groups = {
+        g["name"]: g for g in param_groups(model, TrainConfig(lr=1e-4, language_lr=1e-5, weight_decay=0.05))
+    }
     assert set(groups) == {"main", "main_bias", "language", "language_bias"}
     assert (groups["main"]["lr"], groups["main"]["weight_decay"]) == (1e-4, 0.05)
     assert (groups["main_bias"]["lr"], groups["main_bias"]["weight_decay"]) == (2e-4, 0.0)
@@ -110,10 +140,12 @@ def test_epoch_order_is_deterministic_and_split_across_ranks() -> None:
     assert [a + b for a, b in zip(r0, r1)] == [one[0] + one[1], one[2] + one[3]]
 
 
-def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tiny_config: Any, tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    trainer = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=2,
-                           checkpoint_every=1)
+def test_non_finite_losses_skip_steps_then_stop_with_the_checkpoint_intact(
+    tiny_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(
+        tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=2, checkpoint_every=1
+    )
     trainer.train()
     saved = trainer.checkpoint_path.read_bytes()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -151,7 +183,9 @@ def test_a_fresh_start_sets_the_older_log_aside(tiny_config: Any, tmp_path: Path
     older = (tmp_path / "run" / "metrics.jsonl").read_text()
     again = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / "run", max_steps=1)
     again.train(resume=False)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1]
     assert (tmp_path / "run" / "metrics.previous.jsonl").read_text() == older
 
@@ -167,7 +201,7 @@ def test_a_non_finite_gradient_skips_the_step(tiny_config: Any, tmp_path: Path) 
     assert trainer.train_step([batch]) is not None
 
 
-RUN_SCRIPT = textwrap.dedent('''
+RUN_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path[:0] = [{tests!r}, {tests!r} + "/engine"]
     import torch
@@ -185,7 +219,7 @@ RUN_SCRIPT = textwrap.dedent('''
     trainer.train_step = step_then_maybe_die
     trainer.train()
     torch.save(trainer.model.state_dict(), os.path.join(out, "final.pt"))
-''')
+""")
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path: Path) -> None:
@@ -194,8 +228,14 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path: Path) -
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def run(out: str, kill_at: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(script), str(tmp_path / out), str(kill_at)], env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, str(script), str(tmp_path / out), str(kill_at)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     straight = run("straight", -1)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -209,7 +249,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path: Path) -
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-DDP_SCRIPT = textwrap.dedent('''
+DDP_SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path[:0] = [{tests!r}, {tests!r} + "/engine"]
     import torch, torch.distributed as dist
@@ -230,27 +270,54 @@ DDP_SCRIPT = textwrap.dedent('''
         torch.save({{"losses": losses, "state": model.state_dict()}}, {result!r} + str(world) + ".pt")
     if world > 1:
         dist.destroy_process_group()
-''')
+""")
 
 
-@pytest.mark.parametrize("losses, steps", [
-    ({}, 1),
-    # a head whose loss is switched off (the L_inter projection here) gets no gradient: DDP must
-    # still finish each step's reduction (a second step would fail otherwise) and match one process
-    ({"use_inter": False}, 2),
-])
-def test_two_process_gloo_step_equals_one_process(tmp_path: Path, losses: dict[str, bool], steps: int) -> None:
+@pytest.mark.parametrize(
+    "losses, steps",
+    [
+        ({}, 1),
+        # a head whose loss is switched off (the L_inter projection here) gets no gradient: DDP must
+        # still finish each step's reduction (a second step would fail otherwise) and match one process
+        ({"use_inter": False}, 2),
+    ],
+)
+def test_two_process_gloo_step_equals_one_process(
+    tmp_path: Path, losses: dict[str, bool], steps: int
+) -> None:
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), data=str(tmp_path / "data"),
-                                        store=str(tmp_path / "store"), out=str(tmp_path / "out"),
-                                        result=str(tmp_path / "result"), losses=losses, steps=steps))
+    script.write_text(
+        DDP_SCRIPT.format(
+            tests=str(REPO / "tests"),
+            data=str(tmp_path / "data"),
+            store=str(tmp_path / "store"),
+            out=str(tmp_path / "out"),
+            result=str(tmp_path / "result"),
+            losses=losses,
+            steps=steps,
+        )
+    )
     make_dataset(tmp_path / "data")  # once, before any rank reads it
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), "0", "1"], env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+    single = subprocess.run(
+        [sys.executable, str(script), "0", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    ranks = [subprocess.Popen([sys.executable, str(script), str(r), "2"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in ranks]
     # both ranks' logs: when one crashes, the other only reports a closed connection
     assert [p.returncode for p in ranks] == [0, 0], "\n".join(e[-2000:] for e in errors)

@@ -31,11 +31,26 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_config: Any, tmp_path
     normaliser (its positive anchors) is half the large batch's and the two objectives are one; L_inter,
     which contrasts across the images of a batch, is off."""
     losses = {"use_inter": False}
-    large = make_trainer(tiny_model(tiny_config, no_dropout=True), tmp_path / "data", tmp_path / "a",
-                         batch_size=2, losses=losses, flip_probability=0.0)
-    accumulated = make_trainer(tiny_model(tiny_config, no_dropout=True), tmp_path / "data", tmp_path / "b",
-                               batch_size=1, grad_accumulation=2, losses=losses, flip_probability=0.0)
-    assert all(torch.equal(a, b) for a, b in zip(_state(large.model).values(), _state(accumulated.model).values()))
+    large = make_trainer(
+        tiny_model(tiny_config, no_dropout=True),
+        tmp_path / "data",
+        tmp_path / "a",
+        batch_size=2,
+        losses=losses,
+        flip_probability=0.0,
+    )
+    accumulated = make_trainer(
+        tiny_model(tiny_config, no_dropout=True),
+        tmp_path / "data",
+        tmp_path / "b",
+        batch_size=1,
+        grad_accumulation=2,
+        losses=losses,
+        flip_probability=0.0,
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(_state(large.model).values(), _state(accumulated.model).values())
+    )
     sample = large.dataset[0]
     one = large.train_step([large.collator([sample, sample])])
     two = accumulated.train_step([accumulated.collator([sample]), accumulated.collator([sample])])
@@ -52,12 +67,20 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_config: Any, tmp_path
 def test_data_loader_workers_give_the_same_batches(tiny_config: Any, tmp_path: Path) -> None:
     """num_workers 2 yields exactly the batches of num_workers 0 — augmentation and the MLM corruption
     included (both are drawn from each sample's (seed, epoch, index), not from a process's RNG)."""
+
     def batches(workers: int) -> list[Any]:
-        trainer = make_trainer(tiny_model(tiny_config), tmp_path / "data", tmp_path / f"w{workers}",
-                               num_workers=workers, batch_size=2)
-        trainer.collator = GroundingCollator(trainer.collator.processor,
-                                             MaskingVocab.from_tokenizer(trainer.collator.processor.tokenizer),
-                                             mlm_probability=0.5)
+        trainer = make_trainer(
+            tiny_model(tiny_config),
+            tmp_path / "data",
+            tmp_path / f"w{workers}",
+            num_workers=workers,
+            batch_size=2,
+        )
+        trainer.collator = GroundingCollator(
+            trainer.collator.processor,
+            MaskingVocab.from_tokenizer(trainer.collator.processor.tokenizer),
+            mlm_probability=0.5,
+        )
         stream = trainer.batches()
         return [next(stream) for _ in range(4)]  # past one epoch of 6 samples
 
@@ -78,8 +101,9 @@ def test_prompt_tuning_trains_only_the_prompt_table(tiny_config: Any, tmp_path: 
     """prompt_tuning: after a step only `core.prompt_embedding` differs (every other tensor is
     bit-identical), and every module runs in eval mode (no dropout, DropBlock or drop path)."""
     model = tiny_model(tiny_config, prompt_embedding_rows=256)
-    trainer = make_trainer(model, tmp_path / "data", tmp_path / "out", prompt_tuning=True, lr=0.05,
-                           weight_decay=0.25)
+    trainer = make_trainer(
+        model, tmp_path / "data", tmp_path / "out", prompt_tuning=True, lr=0.05, weight_decay=0.25
+    )
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["core.prompt_embedding"]
     modes: list[tuple[str, bool]] = []
 
@@ -98,7 +122,7 @@ def test_prompt_tuning_trains_only_the_prompt_table(tiny_config: Any, tmp_path: 
     assert changed == ["core.prompt_embedding"]
 
 
-DDP_RUN = textwrap.dedent('''
+DDP_RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path[:0] = [{tests!r}, {tests!r} + "/engine"]
     import torch, torch.distributed as dist
@@ -120,7 +144,7 @@ DDP_RUN = textwrap.dedent('''
     if rank == 0:
         torch.save(trainer.model.state_dict(), os.path.join(out, "final.pt"))
     dist.destroy_process_group()
-''')
+""")
 
 
 def test_a_sigkilled_two_process_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
@@ -131,9 +155,16 @@ def test_a_sigkilled_two_process_run_resumes_to_the_same_weights(tmp_path: Path)
 
     def run(out: str, kill_at: int) -> list[subprocess.CompletedProcess[str]]:
         store = tmp_path / f"store-{out}-{time.monotonic_ns()}"
-        ranks = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / out), str(kill_at),
-                                   str(store)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for r in (0, 1)]
+        ranks = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(r), str(tmp_path / out), str(kill_at), str(store)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in (0, 1)
+        ]
         done = []
         for p in ranks:
             _, err = p.communicate(timeout=300)
@@ -143,7 +174,9 @@ def test_a_sigkilled_two_process_run_resumes_to_the_same_weights(tmp_path: Path)
     straight = run("straight", -1)
     assert [p.returncode for p in straight] == [0, 0], "\n".join(p.stderr[-2000:] for p in straight)
     killed = run("resumed", 4)
-    assert [p.returncode for p in killed] == [-signal.SIGKILL] * 2, "\n".join(p.stderr[-2000:] for p in killed)
+    assert [p.returncode for p in killed] == [-signal.SIGKILL] * 2, "\n".join(
+        p.stderr[-2000:] for p in killed
+    )
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["step"] == 2
     resumed = run("resumed", -1)
     assert [p.returncode for p in resumed] == [0, 0], "\n".join(p.stderr[-2000:] for p in resumed)

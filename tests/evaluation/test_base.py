@@ -22,20 +22,35 @@ WORLD = 2
 GT = {
     "images": [{"id": i, "width": 100, "height": 80, "file_name": f"{i}.png"} for i in (1, 2, 3, 4)],
     "annotations": [
-        {"id": i, "image_id": i, "category_id": 3 if i % 2 else 7, "bbox": [10 * i, 10, 30, 20], "area": 600,
-         "iscrowd": 0} for i in (1, 2, 3, 4)],
+        {
+            "id": i,
+            "image_id": i,
+            "category_id": 3 if i % 2 else 7,
+            "bbox": [10 * i, 10, 30, 20],
+            "area": 600,
+            "iscrowd": 0,
+        }
+        for i in (1, 2, 3, 4)
+    ],
     "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
 }
 # per image: one good box (IoU 1 with its GT) of the right label and a wrong "cat" box, scoring
 # above the good ones on some images (so AP < 1)
-PREDICTED = {i: ([[10.0 * i, 10, 10 * i + 29, 29], [0, 50, 20, 70]], [0.6, 0.5 + 0.1 * i], [i % 2 == 0, 0])
-             for i in (1, 2, 3, 4)}
+PREDICTED = {
+    i: ([[10.0 * i, 10, 10 * i + 29, 29], [0, 50, 20, 70]], [0.6, 0.5 + 0.1 * i], [i % 2 == 0, 0])
+    for i in (1, 2, 3, 4)
+}
 
 
 def detections(image_id: int) -> Detections:
     boxes, scores, labels = PREDICTED[image_id]
-    return Detections(torch.tensor(boxes), torch.tensor(scores), torch.tensor(labels, dtype=torch.int64),
-                      ["cat", "dog"], (80, 100))
+    return Detections(
+        torch.tensor(boxes),
+        torch.tensor(scores),
+        torch.tensor(labels, dtype=torch.int64),
+        ["cat", "dog"],
+        (80, 100),
+    )
 
 
 def samples(*ids: int) -> list[EvalSample]:
@@ -44,15 +59,21 @@ def samples(*ids: int) -> list[EvalSample]:
 
 def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/store",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         evaluator = COCOEvaluator(Path(folder) / "gt.json", [3, 7])
         mine = [1, 2, 3, 4][rank::world]
         evaluator.process(samples(*mine), [detections(i) for i in mine])
         metrics = evaluator.evaluate()
-        Path(folder, f"rank{rank}.json").write_text(json.dumps({"metrics": metrics,
-                                                                "predictions": evaluator.predictions()}))
+        Path(folder, f"rank{rank}.json").write_text(
+            json.dumps({"metrics": metrics, "predictions": evaluator.predictions()})
+        )
     finally:
         dist.destroy_process_group()
 
@@ -65,8 +86,9 @@ def test_two_ranks_give_rank_0_the_single_process_metrics(tmp_path: Path) -> Non
     assert 0 < expected["bbox"]["AP"] < 1
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.start_processes(_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method=method)
+    context = mp.start_processes(
+        _worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=False, start_method=method
+    )
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -81,10 +103,13 @@ def test_two_ranks_give_rank_0_the_single_process_metrics(tmp_path: Path) -> Non
 
 def test_composed_evaluators_share_inputs_and_merge_metrics(tmp_path: Path) -> None:
     (tmp_path / "gt.json").write_text(json.dumps(GT))
-    flickr_json = {"images": [{"id": 1, "file_name": "1.png", "caption": "a cat", "tokens_positive_eval": [[[2, 5]]]}],
-                   "annotations": [{"id": 1, "image_id": 1, "bbox": [10, 10, 20, 20], "tokens_positive": [[2, 5]],
-                                    "category_id": 1}],
-                   "categories": [{"id": 1, "name": "object"}]}
+    flickr_json = {
+        "images": [{"id": 1, "file_name": "1.png", "caption": "a cat", "tokens_positive_eval": [[[2, 5]]]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [10, 10, 20, 20], "tokens_positive": [[2, 5]], "category_id": 1}
+        ],
+        "categories": [{"id": 1, "name": "object"}],
+    }
     (tmp_path / "flickr.json").write_text(json.dumps(flickr_json))
     coco = COCOEvaluator(tmp_path / "gt.json", [3, 7], distributed=False)
     both = DatasetEvaluators([coco, FlickrEvaluator(tmp_path / "flickr.json", distributed=False)])

@@ -16,8 +16,10 @@ from glipv2.evaluation.base import EvalSample
 from glipv2.evaluation.coco import STAT_NAMES, coco_benchmark
 
 GT = {
-    "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.png"},
-               {"id": 2, "width": 100, "height": 80, "file_name": "b.png"}],
+    "images": [
+        {"id": 1, "width": 100, "height": 80, "file_name": "a.png"},
+        {"id": 2, "width": 100, "height": 80, "file_name": "b.png"},
+    ],
     "annotations": [
         {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0},
         {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 40, 40, 30], "area": 1200, "iscrowd": 0},
@@ -33,8 +35,13 @@ def legacy_xyxy(bbox: list[float]) -> list[float]:
 
 
 def detections(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:
-    return Detections(torch.tensor(boxes).reshape(-1, 4), torch.tensor(scores), torch.tensor(labels),
-                      ["cat", "dog"], (80, 100))
+    return Detections(
+        torch.tensor(boxes).reshape(-1, 4),
+        torch.tensor(scores),
+        torch.tensor(labels),
+        ["cat", "dog"],
+        (80, 100),
+    )
 
 
 def samples(*image_ids: int) -> list[EvalSample]:
@@ -50,11 +57,17 @@ def ann_file(tmp_path: Path) -> Path:
 
 def test_ground_truth_as_predictions_gives_ap_1(ann_file: Path) -> None:
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process(samples(1, 2), [
-        detections([legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
-                   [0.9, 0.8], [0, 1]),
-        detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
-    ])
+    evaluator.process(
+        samples(1, 2),
+        [
+            detections(
+                [legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
+                [0.9, 0.8],
+                [0, 1],
+            ),
+            detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
+        ],
+    )
     metrics = evaluator.evaluate()["bbox"]
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
 
@@ -66,7 +79,9 @@ def test_matches_pycocotools_called_directly(ann_file: Path) -> None:
     boxes1 = [[12, 9, 41, 31], [48, 42, 85, 66], [0, 0, 20, 20]]
     boxes2 = [[5, 5, 50, 58]]
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process(samples(1, 2), [detections(boxes1, [0.9, 0.6, 0.3], [0, 1, 1]), detections(boxes2, [0.5], [0])])
+    evaluator.process(
+        samples(1, 2), [detections(boxes1, [0.9, 0.6, 0.3], [0, 1, 1]), detections(boxes2, [0.5], [0])]
+    )
     ours = evaluator.evaluate()["bbox"]
     # written by hand: label 0 -> category 3, label 1 -> category 7; [x, y, x2 - x1 + 1, y2 - y1 + 1]
     expected = [
@@ -91,7 +106,9 @@ def test_predictions_are_left_as_results_entries(ann_file: Path) -> None:
     # pycocotools' loadRes adds segmentation / area / id / iscrowd to what it is given; the
     # predictions file must hold the entries as they were
     evaluator = COCOEvaluator(ann_file, [3, 7])
-    evaluator.process(samples(1, 2), [detections([[12, 9, 41, 31]], [0.9], [0]), detections([[5, 5, 50, 58]], [0.5], [0])])
+    evaluator.process(
+        samples(1, 2), [detections([[12, 9, 41, 31]], [0.9], [0]), detections([[5, 5, 50, 58]], [0.5], [0])]
+    )
     evaluator.evaluate()
     predictions = evaluator.predictions()
     assert len(predictions) == 2
@@ -118,18 +135,31 @@ def test_figures_without_ground_truth_are_none(ann_file: Path) -> None:
 
 def test_annotations_without_area_and_iscrowd_are_filled_in(tmp_path: Path) -> None:
     # COCOeval reads both (area ranges, crowd matching); w * h and 0 are what loadRes gives boxes
-    bare = {**GT, "annotations": [{k: v for k, v in a.items() if k not in ("area", "iscrowd")}
-                                  for a in GT["annotations"]]}
+    bare = {
+        **GT,
+        "annotations": [
+            {k: v for k, v in a.items() if k not in ("area", "iscrowd")} for a in GT["annotations"]
+        ],
+    }
     path = tmp_path / "bare.json"
     path.write_text(json.dumps(bare))
     evaluator = COCOEvaluator(path, [3, 7])
-    assert [(a["area"], a["iscrowd"]) for a in evaluator.coco.dataset["annotations"]] == [(600, 0), (1200, 0),
-                                                                                          (3600, 0)]
-    evaluator.process(samples(1, 2), [
-        detections([legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
-                   [0.9, 0.8], [0, 1]),
-        detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
-    ])
+    assert [(a["area"], a["iscrowd"]) for a in evaluator.coco.dataset["annotations"]] == [
+        (600, 0),
+        (1200, 0),
+        (3600, 0),
+    ]
+    evaluator.process(
+        samples(1, 2),
+        [
+            detections(
+                [legacy_xyxy(GT["annotations"][0]["bbox"]), legacy_xyxy(GT["annotations"][1]["bbox"])],
+                [0.9, 0.8],
+                [0, 1],
+            ),
+            detections([legacy_xyxy(GT["annotations"][2]["bbox"])], [0.7], [0]),
+        ],
+    )
     metrics = evaluator.evaluate()["bbox"]
     assert metrics["AP"] == pytest.approx(1.0) and metrics["APs"] == pytest.approx(1.0)
 
@@ -140,22 +170,29 @@ def _with(key: str, index: int, **changes: object) -> dict[str, object]:
     return {**GT, key: entries}
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (_with("images", 0, id="1"), "images entry 0: id must be an integer"),
-    (_with("categories", 1, id=True), "categories entry 1: id must be an integer"),
-    (_with("annotations", 2, id=[3]), "annotations entry 2: id must be an integer"),
-    (_with("annotations", 0, image_id=1.0), "annotations entry 0: image_id must be an integer"),
-    (_with("annotations", 1, category_id=None), "annotations entry 1: category_id must be an integer"),
-    (_with("annotations", 0, bbox=[1, 2, 3]), r"annotations entry 0: bbox must be \[x, y, width, height\]"),
-    (_with("annotations", 0, bbox=[1, 2, 3, float("nan")]), "annotations entry 0: bbox must be"),
-    (_with("annotations", 0, bbox=[1, 2, 3, "4"]), "annotations entry 0: bbox must be"),
-    (_with("annotations", 1, image_id=5), "annotations entry 1: image_id 5 is not an image"),
-    (_with("annotations", 2, category_id=4), "annotations entry 2: category_id 4 is not a category"),
-    (_with("images", 1, file_name=None), "image entries need a file_name"),
-    ({**GT, "images": [GT["images"][0], {"id": 2}]}, "image entries need a file_name"),
-])
-def test_malformed_annotation_files_are_one_line_errors(tmp_path: Path, data: dict[str, object],
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_with("images", 0, id="1"), "images entry 0: id must be an integer"),
+        (_with("categories", 1, id=True), "categories entry 1: id must be an integer"),
+        (_with("annotations", 2, id=[3]), "annotations entry 2: id must be an integer"),
+        (_with("annotations", 0, image_id=1.0), "annotations entry 0: image_id must be an integer"),
+        (_with("annotations", 1, category_id=None), "annotations entry 1: category_id must be an integer"),
+        (
+            _with("annotations", 0, bbox=[1, 2, 3]),
+            r"annotations entry 0: bbox must be \[x, y, width, height\]",
+        ),
+        (_with("annotations", 0, bbox=[1, 2, 3, float("nan")]), "annotations entry 0: bbox must be"),
+        (_with("annotations", 0, bbox=[1, 2, 3, "4"]), "annotations entry 0: bbox must be"),
+        (_with("annotations", 1, image_id=5), "annotations entry 1: image_id 5 is not an image"),
+        (_with("annotations", 2, category_id=4), "annotations entry 2: category_id 4 is not a category"),
+        (_with("images", 1, file_name=None), "image entries need a file_name"),
+        ({**GT, "images": [GT["images"][0], {"id": 2}]}, "image entries need a file_name"),
+    ],
+)
+def test_malformed_annotation_files_are_one_line_errors(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message) as error:
@@ -185,6 +222,7 @@ def test_detections_with_masks_get_mask_ap_too(tmp_path: Path) -> None:
     assert metrics["segm"]["AP50"] == pytest.approx(0.5)
     # without masks in the detections there is no mask AP
     evaluator = COCOEvaluator(path, [3, 7])
-    evaluator.process(samples(1), [detections([legacy_xyxy(a["bbox"]) for a in gt["annotations"]], [0.9, 0.8],
-                                              [0, 1])])
+    evaluator.process(
+        samples(1), [detections([legacy_xyxy(a["bbox"]) for a in gt["annotations"]], [0.9, 0.8], [0, 1])]
+    )
     assert set(evaluator.evaluate()) == {"bbox"}

@@ -31,11 +31,30 @@ CAP_A = "A man with a dog and two cats."
 CAP_B = "A woman on a bench under the sky."
 FLICKR = {
     "images": [
-        {"id": 11, "file_name": "a.jpg", "caption": CAP_A, "original_img_id": 1, "sentence_id": 0,
-         "tokens_positive_eval": [[span(CAP_A, "A man")], [span(CAP_A, "a dog")], [span(CAP_A, "two cats")]]},
-        {"id": 12, "file_name": "b.jpg", "caption": CAP_B, "original_img_id": 2, "sentence_id": 0,
-         "tokens_positive_eval": [[span(CAP_B, "A woman")], [span(CAP_B, "a bench")],
-                                  [span(CAP_B, "the sky")]]},
+        {
+            "id": 11,
+            "file_name": "a.jpg",
+            "caption": CAP_A,
+            "original_img_id": 1,
+            "sentence_id": 0,
+            "tokens_positive_eval": [
+                [span(CAP_A, "A man")],
+                [span(CAP_A, "a dog")],
+                [span(CAP_A, "two cats")],
+            ],
+        },
+        {
+            "id": 12,
+            "file_name": "b.jpg",
+            "caption": CAP_B,
+            "original_img_id": 2,
+            "sentence_id": 0,
+            "tokens_positive_eval": [
+                [span(CAP_B, "A woman")],
+                [span(CAP_B, "a bench")],
+                [span(CAP_B, "the sky")],
+            ],
+        },
     ],
     "annotations": [
         {"id": 1, "image_id": 11, "bbox": [0, 0, 10, 10], "tokens_positive": [span(CAP_A, "A man")]},
@@ -73,20 +92,30 @@ def flickr_predictions() -> dict[int, list[tuple[list[float], float, int]]]:
     return {11: a, 12: b}
 
 
-EXPECTED_FLICKR = {"any_box": {"R@1": 2 / 5, "R@5": 3 / 5, "R@10": 3 / 5},
-                   "merged_box": {"R@1": 1 / 5, "R@5": 2 / 5, "R@10": 3 / 5}, "phrases": 5}
+EXPECTED_FLICKR = {
+    "any_box": {"R@1": 2 / 5, "R@5": 3 / 5, "R@10": 3 / 5},
+    "merged_box": {"R@1": 1 / 5, "R@5": 2 / 5, "R@10": 3 / 5},
+    "phrases": 5,
+}
 
 
 def as_results(predictions: dict[int, list[tuple[list[float], float, int]]]) -> list[dict[str, Any]]:
-    return [{"image_id": image_id, "category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-             "score": score}
-            for image_id, preds in predictions.items() for (x1, y1, x2, y2), score, label in preds]
+    return [
+        {"image_id": image_id, "category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+        for image_id, preds in predictions.items()
+        for (x1, y1, x2, y2), score, label in preds
+    ]
 
 
 def as_detections(preds: list[tuple[list[float], float, int]], names: list[str]) -> Detections:
     preds = sorted(preds, key=lambda p: -p[1])
-    return Detections(torch.tensor([p[0] for p in preds]).reshape(-1, 4), torch.tensor([p[1] for p in preds]),
-                      torch.tensor([p[2] for p in preds], dtype=torch.int64), names, (100, 100))
+    return Detections(
+        torch.tensor([p[0] for p in preds]).reshape(-1, 4),
+        torch.tensor([p[1] for p in preds]),
+        torch.tensor([p[2] for p in preds], dtype=torch.int64),
+        names,
+        (100, 100),
+    )
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -114,16 +143,23 @@ def test_flickr_process_path_gives_the_same_numbers(flickr_file: Path, tmp_path:
     assert benchmark.name == "flickr"
     first = benchmark.samples[0]
     assert first.image == tmp_path / "a.jpg" and first.image_id == 11 and first.caption == CAP_A
-    assert first.spans == ((tuple(span(CAP_A, "A man")),), (tuple(span(CAP_A, "a dog")),),
-                           (tuple(span(CAP_A, "two cats")),))
+    assert first.spans == (
+        (tuple(span(CAP_A, "A man")),),
+        (tuple(span(CAP_A, "a dog")),),
+        (tuple(span(CAP_A, "two cats")),),
+    )
     predictions = flickr_predictions()
     outputs = [as_detections(predictions[s.image_id], ["p0", "p1", "p2"]) for s in benchmark.samples]
     evaluator = benchmark.evaluator
     evaluator.process(benchmark.samples, outputs)
     assert evaluator.evaluate() == {"flickr": approx(EXPECTED_FLICKR)}
     # plain COCO boxes (no legacy +1): the dog's exact-0.5 match survives the round trip
-    assert {"image_id": 11, "category_id": 2, "bbox": [20.0, 0.0, 10.0, 20.0], "score": pytest.approx(0.8)} \
-        in evaluator.predictions()
+    assert {
+        "image_id": 11,
+        "category_id": 2,
+        "bbox": [20.0, 0.0, 10.0, 20.0],
+        "score": pytest.approx(0.8),
+    } in evaluator.predictions()
 
     # only the entries actually run are scored: entry 11 alone has 3 phrases
     evaluator.reset()
@@ -203,8 +239,10 @@ def refexp_predictions(first: int, second: int) -> dict[int, list[tuple[list[flo
     """Hand-computed over 3 expressions: `first` hit at rank 1; `second` ranks junk first and its
     target third (P@5, not P@1); the third expression has no prediction at all.
     -> P@1 = 1/3, P@5 = P@10 = 2/3."""
-    return {first: [([0, 0, 10, 10], 0.9, 0), (JUNK, 0.2, 0)],
-            second: [(JUNK, 0.9, 0), (JUNK, 0.8, 0), ([21, 0, 30, 10], 0.7, 0)]}
+    return {
+        first: [([0, 0, 10, 10], 0.9, 0), (JUNK, 0.2, 0)],
+        second: [(JUNK, 0.9, 0), (JUNK, 0.8, 0), ([21, 0, 30, 10], 0.7, 0)],
+    }
 
 
 EXPECTED_REFEXP = {"P@1": 1 / 3, "P@5": 2 / 3, "P@10": 2 / 3, "expressions": 3}
@@ -216,8 +254,9 @@ def test_refexp_mdetr_json(tmp_path: Path) -> None:
     assert benchmark.name == "refcoco"
     assert [s.spans for s in benchmark.samples] == [(((9, 12),),), (((0, 16),),), (((0, 10),),)]
     predictions = refexp_predictions(1, 2)
-    benchmark.evaluator.process(benchmark.samples, [as_detections(predictions.get(s.image_id, []), ["x"])
-                                                    for s in benchmark.samples])
+    benchmark.evaluator.process(
+        benchmark.samples, [as_detections(predictions.get(s.image_id, []), ["x"]) for s in benchmark.samples]
+    )
     assert benchmark.evaluator.evaluate() == {"refexp": approx(EXPECTED_REFEXP)}
 
     evaluator = RefExpEvaluator(ann_file)
@@ -232,24 +271,50 @@ def refer_file(tmp_path: Path) -> Path:
     folder = tmp_path / "refcoco"
     folder.mkdir()
     refs = [
-        {"ref_id": 1, "ann_id": 101, "image_id": 5, "split": "val", "category_id": 17,
-         "file_name": "COCO_train2014_000000000005_101.jpg",
-         "sentences": [{"sent": "left cat", "raw": "Left cat", "sent_id": 1, "tokens": ["left", "cat"]},
-                       {"sent": "the cat on the left", "raw": "The cat on the left", "sent_id": 2}]},
-        {"ref_id": 2, "ann_id": 102, "image_id": 5, "split": "val",
-         "sentences": [{"sent": "dog", "sent_id": 3}]},
-        {"ref_id": 3, "ann_id": 103, "image_id": 6, "split": "testA",
-         "sentences": [{"sent": "man", "sent_id": 4}]},
+        {
+            "ref_id": 1,
+            "ann_id": 101,
+            "image_id": 5,
+            "split": "val",
+            "category_id": 17,
+            "file_name": "COCO_train2014_000000000005_101.jpg",
+            "sentences": [
+                {"sent": "left cat", "raw": "Left cat", "sent_id": 1, "tokens": ["left", "cat"]},
+                {"sent": "the cat on the left", "raw": "The cat on the left", "sent_id": 2},
+            ],
+        },
+        {
+            "ref_id": 2,
+            "ann_id": 102,
+            "image_id": 5,
+            "split": "val",
+            "sentences": [{"sent": "dog", "sent_id": 3}],
+        },
+        {
+            "ref_id": 3,
+            "ann_id": 103,
+            "image_id": 6,
+            "split": "testA",
+            "sentences": [{"sent": "man", "sent_id": 4}],
+        },
     ]
     with (folder / "refs(unc).p").open("wb") as f:
         pickle.dump(refs, f)
-    write_json(folder / "instances.json", {
-        "images": [{"id": 5, "file_name": "COCO_train2014_000000000005.jpg"},
-                   {"id": 6, "file_name": "COCO_train2014_000000000006.jpg"}],
-        "annotations": [{"id": 101, "image_id": 5, "bbox": [0, 0, 10, 10]},
-                        {"id": 102, "image_id": 5, "bbox": [20, 0, 10, 10]},
-                        {"id": 103, "image_id": 6, "bbox": [0, 0, 5, 5]}],
-        "categories": []})
+    write_json(
+        folder / "instances.json",
+        {
+            "images": [
+                {"id": 5, "file_name": "COCO_train2014_000000000005.jpg"},
+                {"id": 6, "file_name": "COCO_train2014_000000000006.jpg"},
+            ],
+            "annotations": [
+                {"id": 101, "image_id": 5, "bbox": [0, 0, 10, 10]},
+                {"id": 102, "image_id": 5, "bbox": [20, 0, 10, 10]},
+                {"id": 103, "image_id": 6, "bbox": [0, 0, 5, 5]},
+            ],
+            "categories": [],
+        },
+    )
     return folder / "refs(unc).p"
 
 
@@ -260,7 +325,10 @@ ONE_BOX = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}
 def test_refexp_refer_format_and_split_selection(refer_file: Path, tmp_path: Path) -> None:
     benchmark = refexp_benchmark(refer_file, tmp_path, split="val")
     assert [(s.image_id, s.caption, s.image.name) for s in benchmark.samples] == [
-        (1, "left cat", IMAGE_5), (2, "the cat on the left", IMAGE_5), (3, "dog", IMAGE_5)]
+        (1, "left cat", IMAGE_5),
+        (2, "the cat on the left", IMAGE_5),
+        (3, "dog", IMAGE_5),
+    ]
     # sentence 2 targets ann 101 (0, 0, 10, 10): hit at rank 1; sentence 3 targets the dog
     # (20, 0, 30, 10): hit at rank 3; sentence 1 has no prediction -> P@1 1/3, P@5 2/3
     benchmark.evaluator.add_results(as_results(refexp_predictions(2, 3)))

@@ -22,12 +22,30 @@ from glipv2.processing.postprocess import RawDetections
 # for aerosol cans.
 GT: dict[str, Any] = {
     "images": [
-        {"id": 1, "width": 100, "height": 80, "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg",
-         "neg_category_ids": [9], "not_exhaustive_category_ids": []},
-        {"id": 2, "width": 100, "height": 80, "coco_url": "http://images.cocodataset.org/train2017/000000000002.jpg",
-         "neg_category_ids": [5], "not_exhaustive_category_ids": [1]},
-        {"id": 3, "width": 120, "height": 110, "file_name": "three.jpg",
-         "neg_category_ids": [1], "not_exhaustive_category_ids": []},
+        {
+            "id": 1,
+            "width": 100,
+            "height": 80,
+            "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg",
+            "neg_category_ids": [9],
+            "not_exhaustive_category_ids": [],
+        },
+        {
+            "id": 2,
+            "width": 100,
+            "height": 80,
+            "coco_url": "http://images.cocodataset.org/train2017/000000000002.jpg",
+            "neg_category_ids": [5],
+            "not_exhaustive_category_ids": [1],
+        },
+        {
+            "id": 3,
+            "width": 120,
+            "height": 110,
+            "file_name": "three.jpg",
+            "neg_category_ids": [1],
+            "not_exhaustive_category_ids": [],
+        },
     ],
     "annotations": [
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600},
@@ -36,8 +54,12 @@ GT: dict[str, Any] = {
         {"id": 4, "image_id": 2, "category_id": 1, "bbox": [70, 5, 10, 10], "area": 100},
         {"id": 5, "image_id": 3, "category_id": 12, "bbox": [0, 0, 110, 100], "area": 11000},
     ],
-    "categories": [{"id": 12, "name": "apple", "frequency": "f"}, {"id": 1, "name": "aerosol_can", "frequency": "f"},
-                   {"id": 5, "name": "bear_(animal)", "frequency": "c"}, {"id": 9, "name": "zebra", "frequency": "r"}],
+    "categories": [
+        {"id": 12, "name": "apple", "frequency": "f"},
+        {"id": 1, "name": "aerosol_can", "frequency": "f"},
+        {"id": 5, "name": "bear_(animal)", "frequency": "c"},
+        {"id": 9, "name": "zebra", "frequency": "r"},
+    ],
 }
 CATEGORY_IDS = [1, 5, 9, 12]  # the benchmark's label order: sorted by id
 
@@ -50,8 +72,13 @@ def xyxy(bbox: list[float]) -> list[float]:
 def detections(boxes: list[list[float]], scores: list[float], category_ids: list[int]) -> Detections:
     order = torch.tensor(scores).argsort(descending=True)
     labels = torch.tensor([CATEGORY_IDS.index(c) for c in category_ids], dtype=torch.long)
-    return Detections(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)[order], torch.tensor(scores)[order],
-                      labels[order], ["aerosol can", "bear", "zebra", "apple"], (80, 100))
+    return Detections(
+        torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)[order],
+        torch.tensor(scores)[order],
+        labels[order],
+        ["aerosol can", "bear", "zebra", "apple"],
+        (80, 100),
+    )
 
 
 def sample(image_id: int) -> EvalSample:
@@ -69,17 +96,29 @@ def ground_truth_detections() -> dict[int, Detections]:
     by_image: dict[int, list[dict[str, Any]]] = {1: [], 2: [], 3: []}
     for ann in GT["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    return {i: detections([xyxy(a["bbox"]) for a in anns], [0.9 - 0.1 * k for k in range(len(anns))],
-                          [a["category_id"] for a in anns]) for i, anns in by_image.items()}
+    return {
+        i: detections(
+            [xyxy(a["bbox"]) for a in anns],
+            [0.9 - 0.1 * k for k in range(len(anns))],
+            [a["category_id"] for a in anns],
+        )
+        for i, anns in by_image.items()
+    }
 
 
 def imperfect_detections() -> dict[int, Detections]:
     """Hits, shifted hits, false positives on verified and unverified categories, distinct scores."""
     return {
-        1: detections([[11, 9, 41, 31], [48, 42, 88, 70], [0, 0, 20, 20], [60, 50, 90, 70], [5, 5, 25, 25]],
-                      [0.95, 0.6, 0.55, 0.5, 0.3], [1, 5, 5, 9, 12]),
-        2: detections([[2, 1, 58, 62], [70, 5, 80, 15], [30, 30, 50, 50], [0, 0, 10, 10]],
-                      [0.8, 0.45, 0.7, 0.2], [9, 1, 1, 5]),
+        1: detections(
+            [[11, 9, 41, 31], [48, 42, 88, 70], [0, 0, 20, 20], [60, 50, 90, 70], [5, 5, 25, 25]],
+            [0.95, 0.6, 0.55, 0.5, 0.3],
+            [1, 5, 5, 9, 12],
+        ),
+        2: detections(
+            [[2, 1, 58, 62], [70, 5, 80, 15], [30, 30, 50, 50], [0, 0, 10, 10]],
+            [0.8, 0.45, 0.7, 0.2],
+            [9, 1, 1, 5],
+        ),
         3: detections([[0, 0, 100, 100], [10, 10, 60, 60], [0, 0, 110, 100]], [0.65, 0.4, 0.35], [12, 12, 1]),
     }
 
@@ -94,8 +133,13 @@ def direct(ann_file: Path, results: list[dict[str, Any]], max_dets: int) -> dict
     from faster_coco_eval import COCO, COCOeval_faster
 
     gt = COCO(str(ann_file))
-    evaluation = COCOeval_faster(gt, gt.loadRes([dict(r) for r in results]), "bbox", lvis_style=True,
-                                 print_function=lambda *a, **k: None)
+    evaluation = COCOeval_faster(
+        gt,
+        gt.loadRes([dict(r) for r in results]),
+        "bbox",
+        lvis_style=True,
+        print_function=lambda *a, **k: None,
+    )
     evaluation.params.maxDets = [max_dets]
     evaluation.run()
     return evaluation.stats_as_dict
@@ -120,16 +164,23 @@ def test_ground_truth_as_predictions_gives_ap_1(ann_file: Path) -> None:
 
 
 @pytest.mark.parametrize(("dets_per_image", "per_category"), [(300, 10_000), (2, 2)])
-def test_both_figures_match_faster_coco_eval_on_capped_results(ann_file: Path, dets_per_image: int,
-                                                               per_category: int) -> None:
+def test_both_figures_match_faster_coco_eval_on_capped_results(
+    ann_file: Path, dets_per_image: int, per_category: int
+) -> None:
     evaluator = LVISEvaluator(ann_file, dets_per_image=dets_per_image, fixed_dets_per_category=per_category)
     ours = run(evaluator, imperfect_detections())
     results = evaluator.results
     assert results[0]["bbox"] == [11, 9, 30, 22]  # official LVIS path: w = x2 - x1, no +1
     standard = direct(ann_file, naive_top(results, "image_id", dets_per_image), dets_per_image)
     fixed = direct(ann_file, naive_top(results, "category_id", per_category), 10**6)
-    for name, key in (("AP", "AP_all"), ("AP50", "AP_50"), ("AP75", "AP_75"), ("APr", "APr"), ("APc", "APc"),
-                      ("APf", "APf")):
+    for name, key in (
+        ("AP", "AP_all"),
+        ("AP50", "AP_50"),
+        ("AP75", "AP_75"),
+        ("APr", "APr"),
+        ("APc", "APc"),
+        ("APf", "APf"),
+    ):
         assert ours["bbox"][name] == pytest.approx(standard[key]), name
         assert ours["bbox_fixed"][name] == pytest.approx(fixed[key]), name
     assert ours["bbox"]["APs"] == pytest.approx(standard["AP_small"])
@@ -141,8 +192,11 @@ def test_image_cap_changes_standard_ap_but_not_fixed_ap(ann_file: Path) -> None:
     # image 1: two confident false positives on verified categories rank above the two hits,
     # so a cap of 2 detections per image loses the hits
     per_image = ground_truth_detections()
-    per_image[1] = detections([[0, 60, 10, 70], [90, 0, 99, 10], *[xyxy(a["bbox"]) for a in GT["annotations"][:2]]],
-                              [0.99, 0.98, 0.5, 0.4], [1, 5, 1, 5])
+    per_image[1] = detections(
+        [[0, 60, 10, 70], [90, 0, 99, 10], *[xyxy(a["bbox"]) for a in GT["annotations"][:2]]],
+        [0.99, 0.98, 0.5, 0.4],
+        [1, 5, 1, 5],
+    )
     capped = run(LVISEvaluator(ann_file, dets_per_image=2), per_image)
     uncapped = run(LVISEvaluator(ann_file, dets_per_image=300), per_image)
     assert capped["bbox"]["AP"] < uncapped["bbox"]["AP"] - 0.1
@@ -225,8 +279,11 @@ def test_benchmark_prompt_images_and_missing_image_folder(ann_file: Path, tmp_pa
     benchmark = lvis_benchmark(ann_file, images)
     assert benchmark.name == "lvis" and benchmark.chunk_size == 40 and benchmark.detections_per_image == 300
     assert benchmark.samples[0].classes == ("aerosol can", "bear", "zebra", "apple")
-    assert [s.image for s in benchmark.samples] == [images / "000000000001.jpg",
-                                                    images / "train2017" / "000000000002.jpg", images / "three.jpg"]
+    assert [s.image for s in benchmark.samples] == [
+        images / "000000000001.jpg",
+        images / "train2017" / "000000000002.jpg",
+        images / "three.jpg",
+    ]
     assert benchmark.evaluator.category_ids == CATEGORY_IDS
     with pytest.raises(FileNotFoundError, match="1 of 3 images"):
         benchmark.check_images()
@@ -236,9 +293,14 @@ def test_benchmark_prompt_images_and_missing_image_folder(ann_file: Path, tmp_pa
 def test_chunked_labels_map_back_to_category_ids(tmp_path: Path, make_predictor: Callable[..., Any]) -> None:
     # 95 categories with non-contiguous ids, listed out of order in the json
     ids = [7 + 3 * i + (i // 10) for i in range(95)]
-    categories = [{"id": c, "name": f"thing_{c}_(x)", "frequency": "rcf"[i % 3]} for i, c in enumerate(ids)][::-1]
-    data = {"images": [{"id": 1, "width": 64, "height": 64, "file_name": "a.jpg", "neg_category_ids": []}],
-            "annotations": [], "categories": categories}
+    categories = [{"id": c, "name": f"thing_{c}_(x)", "frequency": "rcf"[i % 3]} for i, c in enumerate(ids)][
+        ::-1
+    ]
+    data = {
+        "images": [{"id": 1, "width": 64, "height": 64, "file_name": "a.jpg", "neg_category_ids": []}],
+        "annotations": [],
+        "categories": categories,
+    }
     benchmark = lvis_benchmark(_write(tmp_path, data), tmp_path)
     names = benchmark.samples[0].classes
     assert names[:2] == ("thing 7", "thing 10")
@@ -248,8 +310,9 @@ def test_chunked_labels_map_back_to_category_ids(tmp_path: Path, make_predictor:
     assert [c.label_offset for c in vocabulary.chunks] == [0, 40, 80]
     assert [c.prompt.num_labels for c in vocabulary.chunks] == [40, 40, 15]
 
-    def fake_run(tensors: list[torch.Tensor], prompts: list[Any],
-                 postprocessor: Any = None) -> list[RawDetections]:
+    def fake_run(
+        tensors: list[torch.Tensor], prompts: list[Any], postprocessor: Any = None
+    ) -> list[RawDetections]:
         # per prompt one detection per local label i, its box encoding (chunk, i)
         chunk = next(k for k, c in enumerate(vocabulary.chunks) if c.prompt is prompts[0])
         n = prompts[0].num_labels

@@ -14,8 +14,10 @@ from glipv2 import Detections
 from glipv2.evaluation.odinw import odinw_benchmarks, odinw_summary
 
 AQUARIUM: dict[str, Any] = {
-    "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"},
-               {"id": 2, "width": 100, "height": 80, "file_name": "b.jpg"}],
+    "images": [
+        {"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"},
+        {"id": 2, "width": 100, "height": 80, "file_name": "b.jpg"},
+    ],
     "annotations": [
         {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0},
         {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 40, 40, 30], "area": 1200, "iscrowd": 0},
@@ -30,8 +32,11 @@ DRONE: dict[str, Any] = {
     ],
     "categories": [{"id": 3, "name": "car"}, {"id": 0, "name": "boat"}, {"id": 5, "name": "dock"}],
 }
-DRONE_PROMPT = {"prefix": "a ", "names": {"boat": "small boat"},
-                "categories": {"car": {"prefix": "", "suffix": " on the road"}}}
+DRONE_PROMPT = {
+    "prefix": "a ",
+    "names": {"boat": "small boat"},
+    "categories": {"car": {"prefix": "", "suffix": " on the road"}},
+}
 
 
 def write(path: Path, data: Any) -> Path:
@@ -57,8 +62,13 @@ def root(tmp_path: Path) -> Path:
 
 
 def dets(boxes: list[list[float]], scores: list[float], labels: list[int], names: int) -> Detections:
-    return Detections(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), torch.tensor(scores, dtype=torch.float64),
-                      torch.tensor(labels, dtype=torch.long), [f"n{i}" for i in range(names)], (80, 100))
+    return Detections(
+        torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+        torch.tensor(scores, dtype=torch.float64),
+        torch.tensor(labels, dtype=torch.long),
+        [f"n{i}" for i in range(names)],
+        (80, 100),
+    )
 
 
 def legacy_xyxy(bbox: list[float]) -> list[float]:
@@ -72,7 +82,10 @@ def test_benchmarks_names_prompts_and_images(root: Path) -> None:
 
     assert aquarium.samples[0].classes == ("fish", "shark")  # sorted by id, cleaned
     assert aquarium.samples[0].caption is None
-    assert [s.image for s in aquarium.samples] == [root / "aquarium/valid/a.jpg", root / "aquarium/valid/b.jpg"]
+    assert [s.image for s in aquarium.samples] == [
+        root / "aquarium/valid/a.jpg",
+        root / "aquarium/valid/b.jpg",
+    ]
     assert aquarium.evaluator.category_ids == [1, 2]
 
     sample = drone.samples[0]
@@ -88,14 +101,20 @@ def test_benchmarks_names_prompts_and_images(root: Path) -> None:
 def test_per_dataset_ap_and_average(root: Path) -> None:
     aquarium, drone = odinw_benchmarks(root, distributed=False)
     # aquarium: both objects found -> AP 1
-    aquarium.evaluator.process(aquarium.samples, [
-        dets([legacy_xyxy(AQUARIUM["annotations"][0]["bbox"])], [0.9], [1], 2),
-        dets([legacy_xyxy(AQUARIUM["annotations"][1]["bbox"])], [0.8], [0], 2),
-    ])
+    aquarium.evaluator.process(
+        aquarium.samples,
+        [
+            dets([legacy_xyxy(AQUARIUM["annotations"][0]["bbox"])], [0.9], [1], 2),
+            dets([legacy_xyxy(AQUARIUM["annotations"][1]["bbox"])], [0.8], [0], 2),
+        ],
+    )
     # drone: the boat (label 0) found, the car (label 1) boxed in the wrong place -> AP 1/2
-    drone.evaluator.process(drone.samples, [
-        dets([legacy_xyxy(DRONE["annotations"][0]["bbox"]), [0, 50, 20, 79]], [0.9, 0.7], [0, 1], 3),
-    ])
+    drone.evaluator.process(
+        drone.samples,
+        [
+            dets([legacy_xyxy(DRONE["annotations"][0]["bbox"]), [0, 50, 20, 79]], [0.9, 0.7], [0, 1], 3),
+        ],
+    )
     per_dataset = {b.name: b.evaluator.evaluate() for b in (aquarium, drone)}
     assert per_dataset[aquarium.name]["bbox"]["AP"] == pytest.approx(1.0)
     assert per_dataset[drone.name]["bbox"]["AP"] == pytest.approx(0.5)
@@ -107,8 +126,9 @@ def test_per_dataset_ap_and_average(root: Path) -> None:
 
 
 def test_summary_is_none_safe() -> None:
-    summary = odinw_summary({"a": {"bbox": {"AP": 0.4, "AP50": None}}, "b": {"bbox": {"AP": None, "AP50": 0.6}},
-                             "c": {}})
+    summary = odinw_summary(
+        {"a": {"bbox": {"AP": 0.4, "AP50": None}}, "b": {"bbox": {"AP": None, "AP50": 0.6}}, "c": {}}
+    )
     assert summary["average"] == {"AP": pytest.approx(0.4), "AP50": pytest.approx(0.6)}
     assert odinw_summary({})["average"] == {"AP": None, "AP50": None}
 
@@ -133,14 +153,17 @@ def test_unknown_category_names_in_a_prompt_file(root: Path) -> None:
         odinw_benchmarks(root)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "prompt file is not a JSON file"),
-    (json.dumps(["prefix"]), "a prompt file is a JSON object"),
-    (json.dumps({"prefixes": "a "}), r"unknown keys \['prefixes'\]"),
-    (json.dumps({"prefix": 3}), "prefix must be a string"),
-    (json.dumps({"names": {"car": ""}}), r"names\['car'\] is empty"),
-    (json.dumps({"categories": {"car": {"before": "x"}}}), r"categories\['car'\] must be"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "prompt file is not a JSON file"),
+        (json.dumps(["prefix"]), "a prompt file is a JSON object"),
+        (json.dumps({"prefixes": "a "}), r"unknown keys \['prefixes'\]"),
+        (json.dumps({"prefix": 3}), "prefix must be a string"),
+        (json.dumps({"names": {"car": ""}}), r"names\['car'\] is empty"),
+        (json.dumps({"categories": {"car": {"before": "x"}}}), r"categories\['car'\] must be"),
+    ],
+)
 def test_unreadable_prompt_files(root: Path, content: str, message: str) -> None:
     (root / "drone/large/test/_annotations.coco.prompt.json").write_text(content)
     with pytest.raises(ValueError, match=message):
@@ -173,8 +196,10 @@ def test_malformed_entries_are_named(root: Path) -> None:
 
 
 def test_annotations_naming_no_image_of_the_file_are_named(root: Path) -> None:
-    stray = {**AQUARIUM, "annotations": [*AQUARIUM["annotations"], {**AQUARIUM["annotations"][0], "id": 3,
-                                                                     "image_id": 9}]}
+    stray = {
+        **AQUARIUM,
+        "annotations": [*AQUARIUM["annotations"], {**AQUARIUM["annotations"][0], "id": 3, "image_id": 9}],
+    }
     write(root / "aquarium/valid/annotations.json", stray)
     with pytest.raises(ValueError, match="annotations entry 2: image_id 9 is not an image of the file"):
         odinw_benchmarks(root)

@@ -22,12 +22,24 @@ def predict(*args: str) -> int:
     return main(["predict", *args])
 
 
-def test_fixture_detections_through_the_cli(fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path,
-                                            fixture_outputs: dict[str, Any]) -> None:
+def test_fixture_detections_through_the_cli(
+    fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path, fixture_outputs: dict[str, Any]
+) -> None:
     out = tmp_path / "results.json"
-    code = predict(str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--no-resize",
-                   "--threshold", "0", "--caption", FIXTURE_CAPTION, "--phrases", *FIXTURE_PHRASES,
-                   "--out", str(out))
+    code = predict(
+        str(fixture_dir / "input.png"),
+        "--model",
+        str(fixture_model_dir),
+        "--no-resize",
+        "--threshold",
+        "0",
+        "--caption",
+        FIXTURE_CAPTION,
+        "--phrases",
+        *FIXTURE_PHRASES,
+        "--out",
+        str(out),
+    )
     assert code == 0
     document = json.loads(out.read_text())
     [entry] = document["images"]
@@ -37,19 +49,37 @@ def test_fixture_detections_through_the_cli(fixture_model_dir: Path, fixture_dir
     assert len(detections) == 100
     assert [d["label_index"] + 1 for d in detections] == fixture_outputs["labels"].tolist()
     assert [d["label"] for d in detections[:3]] == ["blue square", "red circle", "green triangle"]
-    torch.testing.assert_close(torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"],
-                               atol=1e-3, rtol=0)
-    torch.testing.assert_close(torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"], atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"], atol=1e-5, rtol=0
+    )
 
 
-def test_one_label_per_box_leaves_no_overlapping_boxes(fixture_model_dir: Path, fixture_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_one_label_per_box_leaves_no_overlapping_boxes(
+    fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path
+) -> None:
     def overlaps_across_labels(*flags: str) -> int:
         out = tmp_path / "results.json"
-        assert predict(str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--no-resize",
-                       "--threshold", "0", "--caption", FIXTURE_CAPTION, "--phrases", *FIXTURE_PHRASES, *flags,
-                       "--out", str(out)) == 0
+        assert (
+            predict(
+                str(fixture_dir / "input.png"),
+                "--model",
+                str(fixture_model_dir),
+                "--no-resize",
+                "--threshold",
+                "0",
+                "--caption",
+                FIXTURE_CAPTION,
+                "--phrases",
+                *FIXTURE_PHRASES,
+                *flags,
+                "--out",
+                str(out),
+            )
+            == 0
+        )
         [entry] = json.loads(out.read_text())["images"]
         boxes = torch.tensor([d["box_xyxy"] for d in entry["detections"]])
         scores = torch.tensor([d["score"] for d in entry["detections"]])
@@ -60,9 +90,9 @@ def test_one_label_per_box_leaves_no_overlapping_boxes(fixture_model_dir: Path, 
     assert overlaps_across_labels("--one-label-per-box") == 0
 
 
-def test_bad_images_are_reported_and_the_others_still_written(fixture_model_dir: Path, fixture_dir: Path,
-                                                              tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_images_are_reported_and_the_others_still_written(
+    fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.png"
     shutil.copy(fixture_dir / "input.png", good)
     corrupt = tmp_path / "corrupt.jpg"
@@ -71,9 +101,22 @@ def test_bad_images_are_reported_and_the_others_still_written(fixture_model_dir:
     truncated.write_bytes(good.read_bytes()[:200])
     missing = tmp_path / "missing.png"
     out = tmp_path / "results.json"
-    code = predict(str(missing), str(good), str(corrupt), str(truncated), "--model", str(fixture_model_dir),
-                   "--classes", "red circle,blue square", "--threshold", "0.55", "--out", str(out),
-                   "--viz", str(tmp_path / "viz"))
+    code = predict(
+        str(missing),
+        str(good),
+        str(corrupt),
+        str(truncated),
+        "--model",
+        str(fixture_model_dir),
+        "--classes",
+        "red circle,blue square",
+        "--threshold",
+        "0.55",
+        "--out",
+        str(out),
+        "--viz",
+        str(tmp_path / "viz"),
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -83,8 +126,12 @@ def test_bad_images_are_reported_and_the_others_still_written(fixture_model_dir:
         assert str(path) in line
     document = json.loads(out.read_text())
     entries = {Path(e["file"]).name: e for e in document["images"]}
-    assert [Path(e["file"]).name for e in document["images"]] == ["missing.png", "good.png", "corrupt.jpg",
-                                                                   "truncated.png"]
+    assert [Path(e["file"]).name for e in document["images"]] == [
+        "missing.png",
+        "good.png",
+        "corrupt.jpg",
+        "truncated.png",
+    ]
     for name in ("missing.png", "corrupt.jpg", "truncated.png"):
         assert "error" in entries[name] and "detections" not in entries[name]
     assert entries["good.png"]["prompt"] == "red circle. blue square"
@@ -95,23 +142,33 @@ def test_bad_images_are_reported_and_the_others_still_written(fixture_model_dir:
     assert sorted(p.name for p in (tmp_path / "viz").iterdir()) == ["good.png"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--classes", ""], "class name 0"),
-    (["--classes", "cat,,dog"], "class name 1"),
-    (["--classes", "cat,..."], "punctuation only"),
-    (["--caption", "a red circle", "--phrases", "blue square"], "does not occur"),
-    (["--caption", "  "], "caption is empty"),
-    (["--classes", "cat", "--threshold", "1.5"], "--threshold 1.5"),
-    (["--classes", "cat", "--threshold", "-0.1"], "--threshold -0.1"),
-    (["--classes", "cat", "--size", "800"], "--size"),
-    (["--classes", "cat", "--phrases", "cat"], "--phrases goes with --caption"),
-    (["--classes", "cat", "--chunk-size", "0"], "--chunk-size"),
-])
-def test_bad_calls_give_one_line_and_exit_2(fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str], args: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--classes", ""], "class name 0"),
+        (["--classes", "cat,,dog"], "class name 1"),
+        (["--classes", "cat,..."], "punctuation only"),
+        (["--caption", "a red circle", "--phrases", "blue square"], "does not occur"),
+        (["--caption", "  "], "caption is empty"),
+        (["--classes", "cat", "--threshold", "1.5"], "--threshold 1.5"),
+        (["--classes", "cat", "--threshold", "-0.1"], "--threshold -0.1"),
+        (["--classes", "cat", "--size", "800"], "--size"),
+        (["--classes", "cat", "--phrases", "cat"], "--phrases goes with --caption"),
+        (["--classes", "cat", "--chunk-size", "0"], "--chunk-size"),
+    ],
+)
+def test_bad_calls_give_one_line_and_exit_2(
+    fixture_model_dir: Path,
+    fixture_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
     out = tmp_path / "results.json"
-    code = predict(str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--out", str(out), *args)
+    code = predict(
+        str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--out", str(out), *args
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("glipv2 predict:")
@@ -119,24 +176,37 @@ def test_bad_calls_give_one_line_and_exit_2(fixture_model_dir: Path, fixture_dir
 
 
 def test_unknown_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = predict("x.png", "--model", str(tmp_path / "nowhere"), "--classes", "cat", "--out", str(tmp_path / "o.json"))
+    code = predict(
+        "x.png", "--model", str(tmp_path / "nowhere"), "--classes", "cat", "--out", str(tmp_path / "o.json")
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere" in err
 
 
-def test_a_preset_name_warns_loudly_about_random_weights(tmp_path: Path, fixture_dir: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_preset_name_warns_loudly_about_random_weights(
+    tmp_path: Path, fixture_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "results.json"
-    code = predict(str(fixture_dir / "input.png"), "--model", "glipv2_tiny", "--size", "128,128",
-                   "--classes", "red circle", "--out", str(out))
+    code = predict(
+        str(fixture_dir / "input.png"),
+        "--model",
+        "glipv2_tiny",
+        "--size",
+        "128,128",
+        "--classes",
+        "red circle",
+        "--out",
+        str(out),
+    )
     assert code == 0
     assert "RANDOM weights" in capsys.readouterr().err
     assert json.loads(out.read_text())["images"][0]["width"] == 256
 
 
-def test_corrupt_weights_and_an_unwritable_out_are_one_line(fixture_model_dir: Path, fixture_dir: Path,
-                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_weights_and_an_unwritable_out_are_one_line(
+    fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(fixture_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"garbage" * 10)

@@ -22,8 +22,14 @@ FIXTURE_PHRASES = ["red circle", "blue square", "green triangle"]
 LVIS_NAMES = Path(__file__).resolve().parents[1] / "data" / "lvis_v1_category_names.txt"
 
 
-def assert_same_detections(ours: Detections, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                           box_atol: float = 1e-3, score_atol: float = 1e-5) -> None:
+def assert_same_detections(
+    ours: Detections,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    box_atol: float = 1e-3,
+    score_atol: float = 1e-5,
+) -> None:
     assert len(ours) == len(scores)
     assert ours.labels.tolist() == labels.tolist()
     torch.testing.assert_close(ours.scores, scores, atol=score_atol, rtol=0)
@@ -32,21 +38,26 @@ def assert_same_detections(ours: Detections, boxes: torch.Tensor, scores: torch.
 
 # --- parity ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["phrases", "spans"])
-def test_fixture_detections_through_the_python_api(fixture_predictor: Predictor, fixture_dir: Path,
-                                                   fixture_outputs: dict[str, Any], how: str) -> None:
-    kwargs: dict[str, Any] = ({"phrases": FIXTURE_PHRASES} if how == "phrases"
-                              else {"spans": [(0, 10), (12, 23), (25, 39)]})
+def test_fixture_detections_through_the_python_api(
+    fixture_predictor: Predictor, fixture_dir: Path, fixture_outputs: dict[str, Any], how: str
+) -> None:
+    kwargs: dict[str, Any] = (
+        {"phrases": FIXTURE_PHRASES} if how == "phrases" else {"spans": [(0, 10), (12, 23), (25, 39)]}
+    )
     dets = fixture_predictor.ground(fixture_dir / "input.png", FIXTURE_CAPTION, threshold=0.0, **kwargs)
     assert isinstance(dets, Detections)
-    assert_same_detections(dets, fixture_outputs["boxes"], fixture_outputs["scores"], fixture_outputs["labels"] - 1)
+    assert_same_detections(
+        dets, fixture_outputs["boxes"], fixture_outputs["scores"], fixture_outputs["labels"] - 1
+    )
     assert dets.names == FIXTURE_PHRASES and dets.image_size == (256, 256)
     assert dets.label_names[:3] == ["blue square", "red circle", "green triangle"]  # FIXTURE.md
     assert dets.above(0.6).scores.min() >= 0.6
 
 
 # --- batches and prompts -------------------------------------------------------------------------
-def test_each_image_of_a_batch_may_carry_its_own_prompt(make_predictor: Callable[..., Predictor],
-                                                        random_image: Callable[..., Image.Image]) -> None:
+def test_each_image_of_a_batch_may_carry_its_own_prompt(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     # same size: padding a smaller image to a batch changes its features (official code too)
     images = [random_image(1, (80, 60)), random_image(2, (80, 60))]
     classes = [["cat", "dog"], ["a very long vehicle name", "tree", "house", "lamp"]]
@@ -58,25 +69,32 @@ def test_each_image_of_a_batch_may_carry_its_own_prompt(make_predictor: Callable
         assert_same_detections(dets, alone.boxes, alone.scores, alone.labels, box_atol=1e-3, score_atol=1e-5)
 
 
-def test_single_image_gives_one_result_a_list_gives_a_list(make_predictor: Callable[..., Predictor],
-                                                           random_image: Callable[..., Image.Image]) -> None:
+def test_single_image_gives_one_result_a_list_gives_a_list(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     predictor = make_predictor()
     assert isinstance(predictor.detect(random_image(0), ["cat"]), Detections)
     results = predictor.detect([random_image(0), random_image(1)], ["cat"])
     assert isinstance(results, list) and len(results) == 2
 
 
-def test_grounding_with_one_caption_per_image(make_predictor: Callable[..., Predictor],
-                                              random_image: Callable[..., Image.Image]) -> None:
+def test_grounding_with_one_caption_per_image(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     predictor = make_predictor()
-    results = predictor.ground([random_image(0), random_image(1)], ["a cat on a mat", "two dogs, one ball"],
-                               phrases=[["cat", "mat"], None], threshold=0.0)
+    results = predictor.ground(
+        [random_image(0), random_image(1)],
+        ["a cat on a mat", "two dogs, one ball"],
+        phrases=[["cat", "mat"], None],
+        threshold=0.0,
+    )
     assert results[0].names == ["cat", "mat"] and results[1].names == ["two dogs", "one ball"]
     assert set(results[1].labels.tolist()) <= {0, 1}
 
 
-def test_boxes_come_back_in_original_pixels(make_predictor: Callable[..., Predictor],
-                                            random_image: Callable[..., Image.Image]) -> None:
+def test_boxes_come_back_in_original_pixels(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     """An image resized 2x for the model: the reported boxes are the model-frame boxes / 2."""
     predictor = make_predictor()
     image = random_image(3, (48, 32))  # shorter side 32 -> 64: a 2x upscale
@@ -91,9 +109,11 @@ def test_boxes_come_back_in_original_pixels(make_predictor: Callable[..., Predic
 
 
 # --- long vocabularies ---------------------------------------------------------------------------
-def test_each_chunk_equals_a_separate_run_on_its_prompt(tiny_config: Callable[..., Any],
-                                                        make_predictor: Callable[..., Predictor],
-                                                        random_image: Callable[..., Image.Image]) -> None:
+def test_each_chunk_equals_a_separate_run_on_its_prompt(
+    tiny_config: Callable[..., Any],
+    make_predictor: Callable[..., Predictor],
+    random_image: Callable[..., Image.Image],
+) -> None:
     torch.manual_seed(1)
     model = GLIPv2(tiny_config(max_query_len=24, pad_to_max_query_len=False)).eval()
     predictor = make_predictor(model)
@@ -106,14 +126,17 @@ def test_each_chunk_equals_a_separate_run_on_its_prompt(tiny_config: Callable[..
     assert torch.all(merged.scores[:-1] >= merged.scores[1:])
     for chunk in vocabulary.chunks:
         alone = predictor.detect(image, list(chunk.prompt.names), threshold=0.0)
-        in_chunk = (merged.labels >= chunk.label_offset) & (merged.labels < chunk.label_offset + chunk.prompt.num_labels)
+        in_chunk = (merged.labels >= chunk.label_offset) & (
+            merged.labels < chunk.label_offset + chunk.prompt.num_labels
+        )
         part = merged[in_chunk]
         assert len(part) == min(100, len(alone)) and len(alone) > 0
         assert_same_detections(part, alone.boxes, alone.scores, alone.labels + chunk.label_offset)
 
 
-def test_lvis_vocabulary_runs_and_its_text_is_encoded_once(make_predictor: Callable[..., Predictor],
-                                                           random_image: Callable[..., Image.Image]) -> None:
+def test_lvis_vocabulary_runs_and_its_text_is_encoded_once(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     names = LVIS_NAMES.read_text().splitlines()
     predictor = make_predictor()
     first = predictor.detect(random_image(5, (64, 64)), names, threshold=0.0)
@@ -128,17 +151,24 @@ def test_lvis_vocabulary_runs_and_its_text_is_encoded_once(make_predictor: Calla
     assert len(predictor.text_cache) == 0
 
 
-def test_official_chunk_size(make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]) -> None:
+def test_official_chunk_size(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     names = LVIS_NAMES.read_text().splitlines()[:100]
     predictor = make_predictor()
-    assert [c.prompt.num_labels for c in predictor.detection_vocabulary(names, chunk_size=40).chunks] == [40, 40, 20]
+    assert [c.prompt.num_labels for c in predictor.detection_vocabulary(names, chunk_size=40).chunks] == [
+        40,
+        40,
+        20,
+    ]
     dets = predictor.detect(random_image(7), names, threshold=0.0, chunk_size=40)
     assert set(dets.labels.tolist()) <= set(range(100))
 
 
 # --- bad input -----------------------------------------------------------------------------------
-def test_bad_calls_are_clear_errors(make_predictor: Callable[..., Predictor],
-                                    random_image: Callable[..., Image.Image], tmp_path: Path) -> None:
+def test_bad_calls_are_clear_errors(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image], tmp_path: Path
+) -> None:
     predictor = make_predictor()
     image = random_image(0)
     with pytest.raises(ValueError, match="threshold"):
@@ -157,20 +187,34 @@ def test_bad_calls_are_clear_errors(make_predictor: Callable[..., Predictor],
 
 # --- exports --------------------------------------------------------------------------------------
 def example_detections() -> Detections:
-    return Detections(boxes=torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
-                      scores=torch.tensor([0.9, 0.4]), labels=torch.tensor([1, 0]), names=["cat", "dog"],
-                      image_size=(100, 200), prompt="cat. dog")
+    return Detections(
+        boxes=torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
+        scores=torch.tensor([0.9, 0.4]),
+        labels=torch.tensor([1, 0]),
+        names=["cat", "dog"],
+        image_size=(100, 200),
+        prompt="cat. dog",
+    )
 
 
 def test_to_coco_uses_the_official_box_size() -> None:
     dets = example_detections()
     entries = dets.to_coco(image_id=7, category_ids={0: 18, 1: 17})
-    assert entries[0] == {"image_id": 7, "category_id": 17, "bbox": [10.0, 20.0, 21.0, 41.0], "score": pytest.approx(0.9)}
+    assert entries[0] == {
+        "image_id": 7,
+        "category_id": 17,
+        "bbox": [10.0, 20.0, 21.0, 41.0],
+        "score": pytest.approx(0.9),
+    }
     assert dets.to_coco(7, legacy_box_size=False)[1]["bbox"] == [0.0, 0.0, 5.0, 5.0]
     assert dets.to_coco(7)[1]["category_id"] == 1  # default: label + 1
     assert dets.label_names == ["dog", "cat"]
-    assert dets.to_dict()[0] == {"box_xyxy": [10.0, 20.0, 30.0, 60.0], "score": pytest.approx(0.9), "label": "dog",
-                                 "label_index": 1}
+    assert dets.to_dict()[0] == {
+        "box_xyxy": [10.0, 20.0, 30.0, 60.0],
+        "score": pytest.approx(0.9),
+        "label": "dog",
+        "label_index": 1,
+    }
 
 
 def test_to_supervision(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,17 +251,23 @@ def test_postprocessor_follows_the_config(tiny_model: GLIPv2) -> None:
 def test_drawing_survives_boxes_narrower_than_a_pixel() -> None:
     from glipv2.inference.visualize import draw_detections
 
-    dets = Detections(torch.tensor([[10.0, 5.0, 9.5, 4.6]]), torch.tensor([0.5]), torch.tensor([0]), ["cat"], (20, 30))
+    dets = Detections(
+        torch.tensor([[10.0, 5.0, 9.5, 4.6]]), torch.tensor([0.5]), torch.tensor([0]), ["cat"], (20, 30)
+    )
     assert draw_detections(Image.new("RGB", (30, 20)), dets).size == (30, 20)
 
 
 # --- masks -------------------------------------------------------------------------------------------
-def test_a_mask_head_gives_each_detection_a_mask_of_its_own_label(tiny_config: Callable[..., Any],
-                                                                  random_image: Callable[..., Image.Image],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_mask_head_gives_each_detection_a_mask_of_its_own_label(
+    tiny_config: Callable[..., Any], random_image: Callable[..., Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
-    model = GLIPv2(tiny_config(pad_to_max_query_len=False, mask_head=True, mask_head_channels=8, mask_head_convs=1))
-    predictor = Predictor(model, postprocessor=PostProcessor(inference_threshold=0.0, detections_per_image=20))
+    model = GLIPv2(
+        tiny_config(pad_to_max_query_len=False, mask_head=True, mask_head_channels=8, mask_head_convs=1)
+    )
+    predictor = Predictor(
+        model, postprocessor=PostProcessor(inference_threshold=0.0, detections_per_image=20)
+    )
     asked: list[list[torch.Tensor]] = []
     real = model.predict_mask_logits
 
@@ -239,7 +289,9 @@ def test_a_mask_head_gives_each_detection_a_mask_of_its_own_label(tiny_config: C
     # each detection's mask was asked for with the tokens of its label
     (weights,) = asked[0]
     encoded = predictor.encode(DETECTION_SEPARATOR.join(names))
-    positive = predictor.processor.chunk_classes(names)[0].prompt.positive_map(encoded.offsets, encoded.attention_mask)
+    positive = predictor.processor.chunk_classes(names)[0].prompt.positive_map(
+        encoded.offsets, encoded.attention_mask
+    )
     rows = [tuple(torch.nonzero(row).flatten().tolist()) for row in positive]
     asked_labels = [rows.index(tuple(torch.nonzero(w).flatten().tolist())) for w in weights]
     assert sorted(asked_labels) == sorted(dets.labels.tolist())  # threshold 0: every detection is kept
@@ -247,17 +299,23 @@ def test_a_mask_head_gives_each_detection_a_mask_of_its_own_label(tiny_config: C
     from pycocotools import mask as mask_utils
 
     entry = dets.to_coco(7)[0]
-    decoded = mask_utils.decode({"size": entry["segmentation"]["size"],
-                                 "counts": entry["segmentation"]["counts"].encode()})
+    decoded = mask_utils.decode(
+        {"size": entry["segmentation"]["size"], "counts": entry["segmentation"]["counts"].encode()}
+    )
     assert torch.equal(torch.from_numpy(decoded).bool(), dets.masks[0])
     assert dets.to_dict()[0]["mask_rle"] == entry["segmentation"]
     assert dets[0].masks is not None and dets[0].masks.shape == (1, 70, 90)
 
 
-def test_without_a_mask_head_there_are_no_masks(make_predictor: Callable[..., Predictor],
-                                                random_image: Callable[..., Image.Image]) -> None:
+def test_without_a_mask_head_there_are_no_masks(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
     dets = make_predictor().detect(random_image(4), ["cat", "dog"], threshold=0.0)
-    assert dets.masks is None and "segmentation" not in dets.to_coco(1)[0] and "mask_rle" not in dets.to_dict()[0]
+    assert (
+        dets.masks is None
+        and "segmentation" not in dets.to_coco(1)[0]
+        and "mask_rle" not in dets.to_dict()[0]
+    )
 
 
 def test_drawing_tints_the_masks() -> None:
@@ -266,8 +324,14 @@ def test_drawing_tints_the_masks() -> None:
     masks = torch.zeros(1, 40, 60, dtype=torch.bool)
     masks[0, 26:32, 30:40] = True
     # the name tag sits above the box, clear of the mask
-    dets = Detections(torch.tensor([[2.0, 20.0, 57.0, 37.0]]), torch.tensor([0.9]), torch.tensor([0]), ["cat"],
-                      (40, 60), masks=masks)
+    dets = Detections(
+        torch.tensor([[2.0, 20.0, 57.0, 37.0]]),
+        torch.tensor([0.9]),
+        torch.tensor([0]),
+        ["cat"],
+        (40, 60),
+        masks=masks,
+    )
     drawn = draw_detections(Image.new("RGB", (60, 40)), dets, mask_opacity=1.0)
     assert drawn.getpixel((35, 29)) == label_colour(0)  # inside the mask
     assert drawn.getpixel((10, 34)) == (0, 0, 0)  # inside the box, outside the mask

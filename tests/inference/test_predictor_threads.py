@@ -31,8 +31,12 @@ def test_a_calls_postprocessor_changes_only_that_call(make_predictor: Any, rando
     default = predictor.postprocessor
     image = random_image(0)
     vocabulary = [predictor.detection_vocabulary(["cat", "dog"])]
-    capped = predictor.predict([image], vocabulary, threshold=0.0,
-                               postprocessor=PostProcessor(inference_threshold=0.0, detections_per_image=3))[0]
+    capped = predictor.predict(
+        [image],
+        vocabulary,
+        threshold=0.0,
+        postprocessor=PostProcessor(inference_threshold=0.0, detections_per_image=3),
+    )[0]
     full = predictor.predict([image], vocabulary, threshold=0.0)[0]
     assert len(capped) == 3 < len(full)
     assert predictor.postprocessor is default and default.detections_per_image == 100

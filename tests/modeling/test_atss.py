@@ -73,7 +73,10 @@ def test_hand_example() -> None:
             if float(iou) >= threshold and centre_inside(anchors[a], boxes[g]):
                 positives.setdefault(a, {})[g] = float(iou)
     # what the hand computation gives: A1 for G0 (0.77) and G2 (0.91), A2 for G1B only (G1: centre outside)
-    assert positives == {1: {0: pytest.approx(100 / 130), 3: pytest.approx(100 / 110)}, 2: {2: pytest.approx(0.6)}}
+    assert positives == {
+        1: {0: pytest.approx(100 / 130), 3: pytest.approx(100 / 110)},
+        2: {2: pytest.approx(0.6)},
+    }
     expected = [-1, 3, 2, -1, -1]  # A1 keeps its highest-IoU box G2
 
     out = atss_assign(ANCHORS, PER_LEVEL, GTS, topk=TOPK)
@@ -88,7 +91,9 @@ def test_hand_example() -> None:
     # centerness of the anchor centre in its box, by hand:
     #   A1 (14.5, 4.5) in G2 [10, 0, 20, 9]: l=4.5 r=5.5 t=4.5 b=4.5 -> sqrt(4.5/5.5)
     #   A2 (24.5, 4.5) in G1B [20, 0, 25, 9]: l=4.5 r=0.5 t=b=4.5 -> sqrt(0.5/4.5) = 1/3
-    torch.testing.assert_close(out.centerness_targets, torch.tensor([0.0, math.sqrt(4.5 / 5.5), 1 / 3, 0.0, 0.0]))
+    torch.testing.assert_close(
+        out.centerness_targets, torch.tensor([0.0, math.sqrt(4.5 / 5.5), 1 / 3, 0.0, 0.0])
+    )
 
 
 def test_a_box_whose_anchor_centre_is_outside_gets_no_positive() -> None:
@@ -120,8 +125,9 @@ def test_input_checks() -> None:
         atss_assign(ANCHORS[:, :3], [3, 2], GTS)
 
 
-def reference_positives(anchors: torch.Tensor, per_level: list[int], boxes: torch.Tensor,
-                        topk: int) -> list[int]:
+def reference_positives(
+    anchors: torch.Tensor, per_level: list[int], boxes: torch.Tensor, topk: int
+) -> list[int]:
     """A direct re-derivation, one box and one level at a time, in float64 Python."""
     centres = [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2) for a in anchors.tolist()]
     ious = box_iou_legacy(anchors.double(), boxes.double()).tolist()

@@ -37,7 +37,7 @@ def focal(logit: float, target: float) -> float:
     p = sigmoid(logit)
     if target == 1:
         return -ALPHA * (1 - p) ** GAMMA * math.log(p)
-    return -(1 - ALPHA) * p ** GAMMA * math.log(1 - p)
+    return -(1 - ALPHA) * p**GAMMA * math.log(1 - p)
 
 
 def bce(logit: float, target: float) -> float:
@@ -50,11 +50,15 @@ def log_softmax(row: list[float]) -> list[float]:
     return [v - norm for v in row]
 
 
-def assignment(matched: list[int], regression: torch.Tensor | None = None,
-               centerness: list[float] | None = None) -> ATSSTargets:
+def assignment(
+    matched: list[int], regression: torch.Tensor | None = None, centerness: list[float] | None = None
+) -> ATSSTargets:
     n = len(matched)
-    return ATSSTargets(torch.tensor(matched), regression if regression is not None else torch.zeros(n, 4),
-                       torch.tensor(centerness if centerness is not None else [0.0] * n))
+    return ATSSTargets(
+        torch.tensor(matched),
+        regression if regression is not None else torch.zeros(n, 4),
+        torch.tensor(centerness if centerness is not None else [0.0] * n),
+    )
 
 
 def grounding_head() -> GroundingHead:
@@ -64,8 +68,12 @@ def grounding_head() -> GroundingHead:
 
 def inter_head(region_dim: int, token_dim: int, dim: int) -> RegionWordContrastiveHead:
     """The L_inter head alone, from the only config fields it reads (temperature 1)."""
-    config = SimpleNamespace(fpn_channels=region_dim, text_hidden_size=token_dim,
-                             region_word_contrastive_dim=dim, region_word_contrastive_log_scale_init=0.0)
+    config = SimpleNamespace(
+        fpn_channels=region_dim,
+        text_hidden_size=token_dim,
+        region_word_contrastive_dim=dim,
+        region_word_contrastive_log_scale_init=0.0,
+    )
     return RegionWordContrastiveHead(config)  # type: ignore[arg-type]
 
 
@@ -98,12 +106,15 @@ def test_loss_loc_weights_giou_by_centerness() -> None:
     targets = torch.zeros(3, 4)
     targets[:2] = encode_boxes(gts, anchors[:2])
     ctr = [0.8, 0.5, 0.0]
-    deltas = torch.tensor([[[0.5, -0.3, 0.2, 0.1], [-1.0, 0.4, -0.2, 0.3], [9.0, 9.0, 9.0, 9.0]]], requires_grad=True)
+    deltas = torch.tensor(
+        [[[0.5, -0.3, 0.2, 0.1], [-1.0, 0.4, -0.2, 0.3], [9.0, 9.0, 9.0, 9.0]]], requires_grad=True
+    )
     ctr_logits = torch.tensor([[0.3, -1.2, 5.0]], requires_grad=True)
     head = grounding_head()
     num_pos = torch.tensor(2.0)
-    giou, centerness = head.loss_loc(deltas, ctr_logits, anchors, [assignment([0, 1, -1], targets, ctr)],
-                                     num_pos)
+    giou, centerness = head.loss_loc(
+        deltas, ctr_logits, anchors, [assignment([0, 1, -1], targets, ctr)], num_pos
+    )
 
     per_box = generalized_iou_loss(decode_boxes(deltas[0, :2].detach(), anchors[:2]), gts)
     expected = (0.8 * per_box[0] + 0.5 * per_box[1]) / (0.8 + 0.5)
@@ -117,7 +128,8 @@ def test_loss_loc_without_positives_is_a_connected_zero() -> None:
     deltas = torch.randn(1, 3, 4, requires_grad=True)
     ctr_logits = torch.randn(1, 3, requires_grad=True)
     giou, centerness = grounding_head().loss_loc(
-        deltas, ctr_logits, torch.zeros(3, 4), [assignment([-1, -1, -1])], torch.tensor(1.0))
+        deltas, ctr_logits, torch.zeros(3, 4), [assignment([-1, -1, -1])], torch.tensor(1.0)
+    )
     assert giou.item() == 0.0 and centerness.item() == 0.0
     (giou + centerness).backward()
     assert deltas.grad is not None and not deltas.grad.any()
@@ -131,13 +143,15 @@ def test_loss_intra_focal_by_hand() -> None:
     mask = torch.tensor([[1, 1, 0]])
     positive_map = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     head = grounding_head()
-    loss = head.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}],
-                           torch.tensor(1.0))
+    loss = head.loss_intra(
+        logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}], torch.tensor(1.0)
+    )
     expected = focal(0.4, 0) + focal(-1.1, 1) + focal(-0.3, 0) + focal(1.5, 0)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # divided by the number of positives
-    half = head.loss_intra(logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}],
-                           torch.tensor(2.0))
+    half = head.loss_intra(
+        logits, mask, [assignment([1, -1])], [{"positive_map": positive_map}], torch.tensor(2.0)
+    )
     assert half.item() == pytest.approx(expected / 2, rel=1e-6)
     loss.backward()
     assert logits.grad is not None and not logits.grad[..., 2].any()  # the padding slot gets nothing
@@ -148,21 +162,29 @@ def test_token_accuracy_by_hand() -> None:
     Anchor 0's best real slot is 1 (hit); anchor 1's best is slot 3, but slot 3 is padding, so its
     best real slot is 2 (miss). Image 1: anchor 0 belongs to box 1 (slot 2) and scores slot 2
     highest (hit). 2 hits of 3 positives."""
-    logits = torch.tensor([[[0.0, 1.0, -1.0, 9.0], [0.5, 0.2, 0.9, 9.0], [5.0, 5.0, 5.0, 5.0]],
-                           [[0.1, 0.2, 0.3, -9.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    logits = torch.tensor(
+        [
+            [[0.0, 1.0, -1.0, 9.0], [0.5, 0.2, 0.9, 9.0], [5.0, 5.0, 5.0, 5.0]],
+            [[0.1, 0.2, 0.3, -9.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
     maps = [torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])]
     head = grounding_head()
-    accuracy = head.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])],
-                                   [{"positive_map": m} for m in maps])
+    accuracy = head.token_accuracy(
+        logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])], [{"positive_map": m} for m in maps]
+    )
     assert accuracy.item() == pytest.approx(2 / 3)
-    none = head.token_accuracy(logits, mask, [assignment([-1, -1, -1])] * 2,
-                               [{"positive_map": m} for m in maps])
+    none = head.token_accuracy(
+        logits, mask, [assignment([-1, -1, -1])] * 2, [{"positive_map": m} for m in maps]
+    )
     assert none.item() == 0.0
     # with token labels, only phrase tokens compete: image 0's slot 2 is no phrase's ("."), so
     # anchor 1's best candidate becomes slot 0, in its own phrase
-    labelled = [{"positive_map": maps[0], "token_labels": torch.tensor([7, 7, -1, -1])},
-                {"positive_map": maps[1], "token_labels": torch.tensor([3, -1, 5, -1])}]
+    labelled = [
+        {"positive_map": maps[0], "token_labels": torch.tensor([7, 7, -1, -1])},
+        {"positive_map": maps[1], "token_labels": torch.tensor([3, -1, 5, -1])},
+    ]
     accuracy = head.token_accuracy(logits, mask, [assignment([0, 0, -1]), assignment([1, -1, -1])], labelled)
     assert accuracy.item() == pytest.approx(1.0)
 
@@ -181,27 +203,38 @@ def test_loss_inter_two_images_by_hand() -> None:
       r1: k5 (own phrase), k1 (cat in image 0)
       r2: k4 (own phrase), k2 (dog in image 0 — no region of image 0 is a dog)
     """
+
     def unit(a: float) -> list[float]:
         return [math.cos(a), math.sin(a)]
 
     # O̊ (B=2, C=2, H=1, W=2): directions 0.3 (r0), 2.0 (background) | 1.2 (r1), 2.5 (r2); the
     # lengths differ on purpose (O̊ is not normalised, the projection output is)
     r0, r1, r2 = 0.3, 1.2, 2.5
-    vectors = [[[2.0 * x for x in unit(r0)], unit(2.0)], [[0.5 * x for x in unit(r1)], [3.0 * x for x in unit(r2)]]]
+    vectors = [
+        [[2.0 * x for x in unit(r0)], unit(2.0)],
+        [[0.5 * x for x in unit(r1)], [3.0 * x for x in unit(r2)]],
+    ]
     region_features = [torch.tensor(vectors).permute(0, 2, 1)[:, :, None, :]]
     angles_t = [[0.0, 0.5, 2.2, 9.9], [1.0, 2.9, 1.4, -2.0]]  # image, slot -> token direction
     token_features = torch.tensor([[unit(a) for a in img] for img in angles_t]) * 4.0
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     targets = [
-        {"positive_map": torch.tensor([[0.0, 1, 0, 0]]), "labels": torch.tensor([7]),
-         "token_labels": torch.tensor([-1, 7, 9, -1])},
-        {"positive_map": torch.tensor([[0.0, 0, 1, 0], [0.0, 1, 0, 0]]), "labels": torch.tensor([7, 9]),
-         "token_labels": torch.tensor([-1, 9, 7, -1])},
+        {
+            "positive_map": torch.tensor([[0.0, 1, 0, 0]]),
+            "labels": torch.tensor([7]),
+            "token_labels": torch.tensor([-1, 7, 9, -1]),
+        },
+        {
+            "positive_map": torch.tensor([[0.0, 0, 1, 0], [0.0, 1, 0, 0]]),
+            "labels": torch.tensor([7, 9]),
+            "token_labels": torch.tensor([-1, 9, 7, -1]),
+        },
     ]
     head = identity_projection(2)
     num_pos = torch.tensor(3.0)
-    loss = head.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
-                           targets, num_pos)
+    loss = head.loss_inter(
+        region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])], targets, num_pos
+    )
 
     regions = [r0, r1, r2]
     tokens = angles_t[0][:3] + angles_t[1]
@@ -223,10 +256,13 @@ def test_loss_inter_two_images_by_hand() -> None:
     # the temperature: logits / exp(log_scale) (official `shallow_log_scale`)
     with torch.no_grad():
         head.log_scale.fill_(math.log(0.5))
-    hot = head.loss_inter(region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])],
-                          targets, num_pos)
+    hot = head.loss_inter(
+        region_features, token_features, mask, [assignment([0, -1]), assignment([0, 1])], targets, num_pos
+    )
     logits2 = [[2 * v for v in row] for row in logits]
-    r2t = -sum(sum(p / sum(pos) * v for p, v in zip(pos, log_softmax(row))) for row, pos in zip(logits2, positive))
+    r2t = -sum(
+        sum(p / sum(pos) * v for p, v in zip(pos, log_softmax(row))) for row, pos in zip(logits2, positive)
+    )
     t2r = 0.0
     for k in range(len(tokens)):
         col, pos = [row[k] for row in logits2], [row[k] for row in positive]
@@ -237,10 +273,21 @@ def test_loss_inter_two_images_by_hand() -> None:
 
 def test_loss_inter_without_regions_is_a_connected_zero() -> None:
     proj = inter_head(4, 6, 3)
-    targets = [{"positive_map": torch.zeros(0, 5), "labels": torch.zeros(0, dtype=torch.long),
-                "token_labels": torch.full((5,), -1)}]
-    loss = proj.loss_inter([torch.randn(1, 4, 2, 2)], torch.randn(1, 5, 6), torch.ones(1, 5),
-                           [assignment([-1] * 4)], targets, torch.tensor(1.0))
+    targets = [
+        {
+            "positive_map": torch.zeros(0, 5),
+            "labels": torch.zeros(0, dtype=torch.long),
+            "token_labels": torch.full((5,), -1),
+        }
+    ]
+    loss = proj.loss_inter(
+        [torch.randn(1, 4, 2, 2)],
+        torch.randn(1, 5, 6),
+        torch.ones(1, 5),
+        [assignment([-1] * 4)],
+        targets,
+        torch.tensor(1.0),
+    )
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is not None and not p.grad.any() for p in proj.parameters())
@@ -275,8 +322,9 @@ def test_loss_mask_by_hand() -> None:
     with pytest.raises(ValueError, match="mask_logits"):
         LanguageAwareMaskHead.loss_mask(None, targets)
     with pytest.raises(ValueError, match="mask logits of 1 boxes for 2 boxes"):
-        LanguageAwareMaskHead.loss_mask([logits],
-                                        [{"boxes": boxes.repeat(2, 1), "masks": mask.repeat(2, 1, 1)}])
+        LanguageAwareMaskHead.loss_mask(
+            [logits], [{"boxes": boxes.repeat(2, 1), "masks": mask.repeat(2, 1, 1)}]
+        )
 
 
 # --- configuration and targets ----------------------------------------------------------------------
@@ -294,13 +342,15 @@ def test_loss_config() -> None:
         GLIPv2Criterion(LossConfig(use_inter=True), {"grounding": grounding_head()})
 
 
-def synthetic_output(batch: int = 1, tokens: int = 6, channels: int = 8, text_dim: int = 12,
-                     seed: int = 0) -> GLIPv2Output:
+def synthetic_output(
+    batch: int = 1, tokens: int = 6, channels: int = 8, text_dim: int = 12, seed: int = 0
+) -> GLIPv2Output:
     """A GLIPv2Output of random tensors for a 64x64 input (levels 8x8, 4x4, 2x2, 1x1, 1x1)."""
     from glipv2.modeling.anchors import AnchorGenerator
 
     g = torch.Generator().manual_seed(seed)
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).requires_grad_()
 
@@ -311,7 +361,9 @@ def synthetic_output(batch: int = 1, tokens: int = 6, channels: int = 8, text_di
         anchors=AnchorGenerator((64, 128, 256, 512, 1024), (8, 16, 32, 64, 128))(sizes),
         region_features=[rand(batch, channels, h, w) for h, w in sizes],
         token_features=rand(batch, tokens, text_dim),
-        fused_region_features=[], fused_token_features=torch.zeros(0), token_embeddings=torch.zeros(0),
+        fused_region_features=[],
+        fused_token_features=torch.zeros(0),
+        token_embeddings=torch.zeros(0),
         text_attention_mask=torch.ones(batch, tokens, dtype=torch.long),
         image_sizes=torch.tensor([[64, 64]] * batch),
     )
@@ -330,8 +382,9 @@ def test_target_maps_are_fitted_to_the_token_slots() -> None:
         crit(out, [{"boxes": box}])
     with pytest.raises(ValueError, match="2 targets for a batch of 1"):
         crit(out, [{"boxes": box, "positive_map": torch.ones(1, 6)}] * 2)
-    inter = GLIPv2Criterion(LossConfig(use_inter=True),
-                            {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)})
+    inter = GLIPv2Criterion(
+        LossConfig(use_inter=True), {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)}
+    )
     with pytest.raises(ValueError, match="token_labels"):
         inter(out, [{"boxes": box, "positive_map": torch.ones(1, 6), "labels": torch.tensor([1])}])
 
@@ -339,10 +392,15 @@ def test_target_maps_are_fitted_to_the_token_slots() -> None:
 def test_all_background_batch() -> None:
     """No boxes at all: L_intra on every anchor (divided by the clamped 1), no L_loc, no L_inter."""
     out = synthetic_output(batch=2)
-    crit = GLIPv2Criterion(LossConfig(use_inter=True),
-                           {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)})
-    empty = {"boxes": torch.zeros(0, 4), "positive_map": torch.zeros(0, 6),
-             "labels": torch.zeros(0, dtype=torch.long), "token_labels": torch.full((6,), -1)}
+    crit = GLIPv2Criterion(
+        LossConfig(use_inter=True), {"grounding": grounding_head(), "inter": inter_head(8, 12, 4)}
+    )
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "positive_map": torch.zeros(0, 6),
+        "labels": torch.zeros(0, dtype=torch.long),
+        "token_labels": torch.full((6,), -1),
+    }
     losses = crit(out, [empty, empty])
     assert losses["loss_giou"].item() == 0 and losses["loss_centerness"].item() == 0
     assert losses["loss_inter"].item() == 0
@@ -380,8 +438,9 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
     tok = processor.tokenize(prompts)
     num_tokens = tok.input_ids.shape[1]
     g = torch.Generator().manual_seed(1)
-    ids, mlm_labels = mask_tokens(tok.input_ids, tok.attention_mask, processor.tokenizer, probability=0.3,
-                                  generator=g)
+    ids, mlm_labels = mask_tokens(
+        tok.input_ids, tok.attention_mask, processor.tokenizer, probability=0.3, generator=g
+    )
 
     def target(i: int, names: list[str]) -> dict[str, torch.Tensor]:
         xy = torch.rand(len(names), 2, generator=g) * 30
@@ -391,9 +450,13 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
         for name, label in labels_of.items():
             if name in prompts[i]:
                 token_labels[phrase_map(tok.offsets[i], prompts[i], name) > 0] = label
-        return {"boxes": boxes, "positive_map": torch.stack(rows) if rows else torch.zeros(0, num_tokens),
-                "labels": torch.tensor([labels_of[n] for n in names], dtype=torch.long),
-                "token_labels": token_labels, "mlm_labels": mlm_labels[i]}
+        return {
+            "boxes": boxes,
+            "positive_map": torch.stack(rows) if rows else torch.zeros(0, num_tokens),
+            "labels": torch.tensor([labels_of[n] for n in names], dtype=torch.long),
+            "token_labels": token_labels,
+            "mlm_labels": mlm_labels[i],
+        }
 
     targets = [target(0, ["cat", "dog"]), target(1, ["car", "cat"] if second_image_has_boxes else [])]
     out = model(torch.randn(2, 3, 64, 72, generator=g), ids, tok.attention_mask)
@@ -411,8 +474,19 @@ def test_end_to_end_on_a_tiny_model(tiny_model: GLIPv2, second_image_has_boxes: 
 
     losses["loss"].backward()
     grads = {k: p.grad for k, p in model.named_parameters()}
-    for prefix in ("core.backbone.", "core.fpn.", "core.fusion.", "heads.grounding.", "core.text_encoder.",
-                   "heads.inter.region.", "heads.inter.token.", "heads.inter.log_scale", "heads.mlm."):
-        reached = [k for k, v in grads.items() if k.startswith(prefix) and v is not None and v.abs().sum() > 0]
+    for prefix in (
+        "core.backbone.",
+        "core.fpn.",
+        "core.fusion.",
+        "heads.grounding.",
+        "core.text_encoder.",
+        "heads.inter.region.",
+        "heads.inter.token.",
+        "heads.inter.log_scale",
+        "heads.mlm.",
+    ):
+        reached = [
+            k for k, v in grads.items() if k.startswith(prefix) and v is not None and v.abs().sum() > 0
+        ]
         assert reached, f"no gradient reaches {prefix}"
     assert all(bool(torch.isfinite(v).all()) for v in grads.values() if v is not None)

@@ -27,27 +27,42 @@ def test_matches_torchvision_forward_and_backward(height: int, width: int, strid
     ours = deform_conv2d_grid_sample(x, offset, weight, bias, stride, 1, mask)
     torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
     grad = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(ours, (x, offset, mask, weight, bias), grad),
-                    torch.autograd.grad(ref, (x, offset, mask, weight, bias), grad)):
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, offset, mask, weight, bias), grad),
+        torch.autograd.grad(ref, (x, offset, mask, weight, bias), grad),
+    ):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
 def test_unknown_implementation_is_an_error() -> None:
     x = torch.zeros(1, 1, 2, 2)
     with pytest.raises(ValueError, match="unknown deformable conv implementation"):
-        modulated_deform_conv(x, torch.zeros(1, 18, 2, 2), torch.zeros(1, 1, 3, 3), None, 1, 1,
-                              torch.zeros(1, 9, 2, 2), "cuda_kernel")
+        modulated_deform_conv(
+            x,
+            torch.zeros(1, 18, 2, 2),
+            torch.zeros(1, 1, 3, 3),
+            None,
+            1,
+            1,
+            torch.zeros(1, 9, 2, 2),
+            "cuda_kernel",
+        )
 
 
-def test_fixture_logits_with_either_implementation(fixture_model: GLIPv2, fixture_outputs: dict[str, Any]) -> None:
-    tokens = load_tokenizer(fixture_model.config.tokenizer)(fixture_outputs["caption"], padding="max_length",
-                                                            max_length=256, return_tensors="pt")
+def test_fixture_logits_with_either_implementation(
+    fixture_model: GLIPv2, fixture_outputs: dict[str, Any]
+) -> None:
+    tokens = load_tokenizer(fixture_model.config.tokenizer)(
+        fixture_outputs["caption"], padding="max_length", max_length=256, return_tensors="pt"
+    )
     for conv in fixture_model.modules():
         if hasattr(conv, "deformable_impl"):
             conv.deformable_impl = "grid_sample"
     try:
         with torch.no_grad():
-            output = fixture_model(fixture_outputs["image_tensor"], tokens["input_ids"], tokens["attention_mask"])
+            output = fixture_model(
+                fixture_outputs["image_tensor"], tokens["input_ids"], tokens["attention_mask"]
+            )
     finally:
         for conv in fixture_model.modules():
             if hasattr(conv, "deformable_impl"):

@@ -32,8 +32,14 @@ class ImageTextMatchHead(TaskHead):
         tokens = (core.fused_token_features * mask).sum(1) / mask.sum(1)  # (B, D)
         return {"match_logits": (self.region(regions) * self.token(tokens)).sum(-1)}
 
-    def prepare_target(self, target: dict[str, Any], prepared: dict[str, torch.Tensor], num_tokens: int,
-                       config: Any, index: int) -> None:
+    def prepare_target(
+        self,
+        target: dict[str, Any],
+        prepared: dict[str, torch.Tensor],
+        num_tokens: int,
+        config: Any,
+        index: int,
+    ) -> None:
         prepared["match"] = torch.as_tensor(target["match"], device=prepared["boxes"].device)
 
     def loss(self, output: GLIPv2Output, targets: Any, context: LossContext) -> dict[str, torch.Tensor]:
@@ -61,8 +67,14 @@ def test_a_registered_head_is_built_run_and_trained(toy_head: None, tiny_config:
     assert output.extra["match_logits"].shape == (2,)
 
     model.train()
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "positive_map": torch.tensor([[0, 1, 1, 0]]),
-                "match": torch.tensor(m)} for m in (1, 0)]
+    targets = [
+        {
+            "boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]),
+            "positive_map": torch.tensor([[0, 1, 1, 0]]),
+            "match": torch.tensor(m),
+        }
+        for m in (1, 0)
+    ]
     losses = model(pixels, ids, mask, targets=targets)
     assert {"loss_giou", "loss_centerness", "loss_intra", "loss_match"} <= set(losses)
     others = sum(v for k, v in losses.items() if k.startswith("loss_") and k != "loss_match")
@@ -84,5 +96,7 @@ def test_the_core_runs_without_any_head(tiny_config: Any) -> None:
     core = model.run_core(torch.randn(1, 3, 64, 64), ids, torch.ones_like(ids))
     assert calls == []
     assert core.fused_token_features.shape == (1, 3, model.config.text_hidden_size)
-    again = model.run_core(torch.zeros(1, 3, 64, 64), ids, torch.ones_like(ids), region_features=core.region_features)
+    again = model.run_core(
+        torch.zeros(1, 3, 64, 64), ids, torch.ones_like(ids), region_features=core.region_features
+    )
     torch.testing.assert_close(again.fused_token_features, core.fused_token_features)

@@ -93,8 +93,9 @@ def test_coarser_level_conv_rereads_finer_offsets() -> None:
         got = layer(coarse, offset, mask)
         eff_offset = torch.stack([offset[s].flatten()[: 18 * 12].view(18, 3, 4) for s in range(2)])
         eff_mask = torch.stack([mask[s].flatten()[: 9 * 12].view(9, 3, 4) for s in range(2)])
-        expected = layer.bn(deform_conv2d(coarse, eff_offset, layer.conv.weight, layer.conv.bias, padding=1,
-                                          mask=eff_mask))
+        expected = layer.bn(
+            deform_conv2d(coarse, eff_offset, layer.conv.weight, layer.conv.bias, padding=1, mask=eff_mask)
+        )
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
@@ -116,12 +117,13 @@ def test_dynamic_relu_matches_formula() -> None:
         pooled = x.mean(dim=(2, 3))
         hidden = torch.clamp(pooled @ relu.fc[0].weight.T + relu.fc[0].bias, min=0.0)
         coeffs = _hard_sigmoid(hidden @ relu.fc[2].weight.T + relu.fc[2].bias)
-        a1 = (coeffs[:, 0 * c:1 * c] - 0.5) * 2.0 + 1.0
-        b1 = coeffs[:, 1 * c:2 * c] - 0.5
-        a2 = (coeffs[:, 2 * c:3 * c] - 0.5) * 2.0
-        b2 = coeffs[:, 3 * c:4 * c] - 0.5
-        expected = torch.maximum(x * a1[..., None, None] + b1[..., None, None],
-                                 x * a2[..., None, None] + b2[..., None, None])
+        a1 = (coeffs[:, 0 * c : 1 * c] - 0.5) * 2.0 + 1.0
+        b1 = coeffs[:, 1 * c : 2 * c] - 0.5
+        a2 = (coeffs[:, 2 * c : 3 * c] - 0.5) * 2.0
+        b2 = coeffs[:, 3 * c : 4 * c] - 0.5
+        expected = torch.maximum(
+            x * a1[..., None, None] + b1[..., None, None], x * a2[..., None, None] + b2[..., None, None]
+        )
         got = relu(x)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
@@ -187,8 +189,9 @@ def test_patch_merging_with_its_own_layers() -> None:
     assert merge.reduction.bias is None and merge.reduction.out_features == 6
     x = torch.randn(1, 4 * 4, 3)
     grid = x.view(1, 4, 4, 3)
-    gathered = torch.cat([grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]],
-                         dim=-1).reshape(1, 4, 12)
+    gathered = torch.cat(
+        [grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]], dim=-1
+    ).reshape(1, 4, 12)
     expected = merge.reduction(F.layer_norm(gathered, (12,), merge.norm.weight, merge.norm.bias))
     torch.testing.assert_close(merge(x, 4, 4), expected)
 
@@ -271,7 +274,9 @@ def test_fusion_ignores_padded_tokens_on_the_image_side() -> None:
 
 
 # --- prediction layers ------------------------------------------------------------------------------
-def test_prediction_layers_use_log_scale_biases_and_level_scales(tiny_config: Callable[..., GLIPv2Config]) -> None:
+def test_prediction_layers_use_log_scale_biases_and_level_scales(
+    tiny_config: Callable[..., GLIPv2Config],
+) -> None:
     """The parity fixture leaves log_scale = 0, bias_lang = 0 and every level scale = 1, so it cannot
     tell whether they are applied. Here they are set to non-trivial values and S, the box regression
     and the centerness are recomputed from the tower outputs O, P by the official formulas:

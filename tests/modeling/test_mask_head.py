@@ -18,8 +18,11 @@ PROMPT = "a red circle. a blue square."
 
 def build(tiny_config: Callable[..., GLIPv2Config], seed: int = 0, **overrides: Any) -> GLIPv2:
     torch.manual_seed(seed)
-    model = GLIPv2(tiny_config(pad_to_max_query_len=False, mask_head=True, mask_head_channels=16,
-                               mask_head_convs=2, **overrides)).eval()
+    model = GLIPv2(
+        tiny_config(
+            pad_to_max_query_len=False, mask_head=True, mask_head_channels=16, mask_head_convs=2, **overrides
+        )
+    ).eval()
     with torch.no_grad():  # non-zero language bias and temperature, so both show in the logits
         model.mask_head.bias_lang.normal_()
         model.mask_head.log_scale.fill_(0.3)
@@ -29,8 +32,11 @@ def build(tiny_config: Callable[..., GLIPv2Config], seed: int = 0, **overrides: 
 def inputs(model: GLIPv2, batch: int = 2) -> dict[str, Any]:
     torch.manual_seed(1)
     tokens = GLIPv2Processor.from_config(model.config).tokenize([PROMPT] * batch)
-    return {"pixel_values": torch.randn(batch, 3, 64, 96), "input_ids": tokens.input_ids,
-            "attention_mask": tokens.attention_mask}
+    return {
+        "pixel_values": torch.randn(batch, 3, 64, 96),
+        "input_ids": tokens.input_ids,
+        "attention_mask": tokens.attention_mask,
+    }
 
 
 def one_hot(rows: list[list[int]], num_tokens: int) -> torch.Tensor:
@@ -67,12 +73,15 @@ def test_logits_follow_the_official_formula(tiny_config: Callable[..., GLIPv2Con
     with torch.no_grad():
         out = model(**x, mask_boxes=[box], mask_token_weights=[weights])
         head = model.mask_head
-        pooled = head.pooler({str(i): f for i, f in enumerate(out.fused_region_features[:head.levels])}, [box],
-                             [(64, 96)])
+        pooled = head.pooler(
+            {str(i): f for i, f in enumerate(out.fused_region_features[: head.levels])}, [box], [(64, 96)]
+        )
         features = F.relu(head.upsample(head.convs(pooled)))[0]  # (C, M, M)
         p_hat = F.normalize(out.fused_token_features[0, token], dim=0)
-        expected = (torch.einsum("chw,c->hw", features, head.token_projection(p_hat / 2)) / head.log_scale.exp()
-                    + p_hat @ head.bias_lang)
+        expected = (
+            torch.einsum("chw,c->hw", features, head.token_projection(p_hat / 2)) / head.log_scale.exp()
+            + p_hat @ head.bias_lang
+        )
     torch.testing.assert_close(out.mask_logits[0][0], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -83,7 +92,9 @@ def test_a_phrase_mask_is_the_mean_of_its_token_channels(tiny_config: Callable[.
     box = torch.tensor([[10.0, 6.0, 70.0, 50.0]])
     with torch.no_grad():
         out = model(**x)
-        per_token = [model.predict_mask_logits(out, [box], [one_hot([[t]], num_tokens)])[0] for t in (2, 3, 4)]
+        per_token = [
+            model.predict_mask_logits(out, [box], [one_hot([[t]], num_tokens)])[0] for t in (2, 3, 4)
+        ]
         phrase = model.predict_mask_logits(out, [box], [one_hot([[2, 3, 4]], num_tokens)])[0]
         # weights are normalised: a map of 2s is the same phrase
         doubled = model.predict_mask_logits(out, [box], [2 * one_hot([[2, 3, 4]], num_tokens)])[0]

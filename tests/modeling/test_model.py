@@ -26,14 +26,16 @@ def build(config: GLIPv2Config, seed: int = 0) -> GLIPv2:
     return GLIPv2(config).eval()
 
 
-def tokenize(tokenizer: Tokenizer, prompts: str | list[str],
-             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(
+    tokenizer: Tokenizer, prompts: str | list[str], **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     enc = tokenizer(prompts, return_tensors="pt", **kwargs)
     return enc["input_ids"], enc["attention_mask"]
 
 
-def run(model: GLIPv2, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-        **kwargs: Any) -> GLIPv2Output:
+def run(
+    model: GLIPv2, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any
+) -> GLIPv2Output:
     """An inference forward (no autograd)."""
     with torch.no_grad():
         return model(images, ids, mask, **kwargs)
@@ -53,8 +55,7 @@ def assert_outputs_close(a: GLIPv2Output, b: GLIPv2Output, atol: float = 1e-4, r
     for name in ("logits", "box_regression", "centerness"):
         for level, (x, y) in enumerate(zip(getattr(a, name), getattr(b, name))):
             label = f"{name}[{level}]"
-            torch.testing.assert_close(x, y, atol=atol, rtol=rtol,
-                                       msg=lambda m, label=label: f"{label}: {m}")
+            torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=lambda m, label=label: f"{label}: {m}")
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,9 @@ def test_padded_batch_of_different_sizes(model: GLIPv2, bert_tokenizer: Tokenize
         single = run(model, batch[i : i + 1], ids, mask, image_sizes=sizes[i : i + 1])
         for level in range(5):
             torch.testing.assert_close(out.logits[level][i], single.logits[level][0], atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(out.box_regression[level][i], single.box_regression[level][0],
-                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                out.box_regression[level][i], single.box_regression[level][0], atol=1e-4, rtol=1e-4
+            )
 
 
 # --- (c) text -------------------------------------------------------------------------------------
@@ -162,8 +164,9 @@ def test_padding_length_does_not_change_real_tokens(model: GLIPv2, bert_tokenize
         torch.testing.assert_close(long.logits[level][..., :n_real], short.logits[level], **close)
         torch.testing.assert_close(long.box_regression[level], short.box_regression[level], **close)
         torch.testing.assert_close(long.centerness[level], short.centerness[level], **close)
-    torch.testing.assert_close(long.fused_token_features[:, :n_real], short.fused_token_features,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        long.fused_token_features[:, :n_real], short.fused_token_features, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_precomputed_text_features(model: GLIPv2, bert_tokenizer: Tokenizer) -> None:
@@ -185,42 +188,80 @@ def _ids(n: int = 6, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 BAD_CALLS: list[tuple[str, Callable[[], dict[str, Any]], str]] = [
-    ("3d_pixels", lambda: {"pixel_values": torch.randn(3, 32, 32)},
-     r"shape \(B, 3, H, W\), got \(3, 32, 32\)"),
-    ("uint8_pixels", lambda: {"pixel_values": torch.zeros(1, 3, 32, 32, dtype=torch.uint8)},
-     r"float tensor.*torch.uint8"),
-    ("4_channels", lambda: {"pixel_values": torch.randn(1, 4, 32, 32)},
-     r"shape \(B, 3, H, W\), got \(1, 4, 32, 32\)"),
-    ("numpy_pixels", lambda: {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)},
-     r"must be a torch.Tensor, got ndarray"),
+    (
+        "3d_pixels",
+        lambda: {"pixel_values": torch.randn(3, 32, 32)},
+        r"shape \(B, 3, H, W\), got \(3, 32, 32\)",
+    ),
+    (
+        "uint8_pixels",
+        lambda: {"pixel_values": torch.zeros(1, 3, 32, 32, dtype=torch.uint8)},
+        r"float tensor.*torch.uint8",
+    ),
+    (
+        "4_channels",
+        lambda: {"pixel_values": torch.randn(1, 4, 32, 32)},
+        r"shape \(B, 3, H, W\), got \(1, 4, 32, 32\)",
+    ),
+    (
+        "numpy_pixels",
+        lambda: {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)},
+        r"must be a torch.Tensor, got ndarray",
+    ),
     ("list_pixels", lambda: {"pixel_values": [[0.0]]}, r"must be a torch.Tensor, got list"),
-    ("too_long_text", lambda: dict(zip(("input_ids", "attention_mask"), _ids(257))),
-     r"257 tokens, more than max_query_len=256"),
-    ("empty_text", lambda: {"input_ids": _ids()[0], "attention_mask": torch.zeros(1, 6, dtype=torch.long)},
-     r"empty text"),
-    ("empty_second_text", lambda: {"pixel_values": torch.randn(2, 3, 32, 32), "input_ids": _ids(batch=2)[0],
-                                   "attention_mask": torch.tensor([[1] * 6, [0] * 6])}, r"empty text"),
-    ("3_prompts_2_images", lambda: {"pixel_values": torch.randn(2, 3, 32, 32),
-                                    **dict(zip(("input_ids", "attention_mask"), _ids(batch=3)))},
-     r"3 prompts for 2 images"),
+    (
+        "too_long_text",
+        lambda: dict(zip(("input_ids", "attention_mask"), _ids(257))),
+        r"257 tokens, more than max_query_len=256",
+    ),
+    (
+        "empty_text",
+        lambda: {"input_ids": _ids()[0], "attention_mask": torch.zeros(1, 6, dtype=torch.long)},
+        r"empty text",
+    ),
+    (
+        "empty_second_text",
+        lambda: {
+            "pixel_values": torch.randn(2, 3, 32, 32),
+            "input_ids": _ids(batch=2)[0],
+            "attention_mask": torch.tensor([[1] * 6, [0] * 6]),
+        },
+        r"empty text",
+    ),
+    (
+        "3_prompts_2_images",
+        lambda: {
+            "pixel_values": torch.randn(2, 3, 32, 32),
+            **dict(zip(("input_ids", "attention_mask"), _ids(batch=3))),
+        },
+        r"3 prompts for 2 images",
+    ),
     ("image_sizes_too_large", lambda: {"image_sizes": torch.tensor([[33, 32]])}, r"do not fit.*32x32"),
-    ("image_sizes_wrong_batch", lambda: {"image_sizes": torch.tensor([[32, 32], [32, 32]])},
-     r"image_sizes must be \(B, 2\)"),
+    (
+        "image_sizes_wrong_batch",
+        lambda: {"image_sizes": torch.tensor([[32, 32], [32, 32]])},
+        r"image_sizes must be \(B, 2\)",
+    ),
     ("no_text", lambda: {"input_ids": None}, r"give input_ids and attention_mask, or text_features"),
     ("float_ids", lambda: {"input_ids": _ids()[0].float()}, r"integer token ids"),
     ("mask_shape", lambda: {"attention_mask": torch.ones(1, 5, dtype=torch.long)}, r"must both be \(B, T\)"),
 ]
 
 
-@pytest.mark.parametrize(("bad", "message"), [(b, m) for _, b, m in BAD_CALLS],
-                         ids=[n for n, _, _ in BAD_CALLS])
-def test_invalid_inputs_raise_value_error(model: GLIPv2, bad: Callable[[], dict[str, Any]],
-                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "message"), [(b, m) for _, b, m in BAD_CALLS], ids=[n for n, _, _ in BAD_CALLS]
+)
+def test_invalid_inputs_raise_value_error(
+    model: GLIPv2, bad: Callable[[], dict[str, Any]], message: str
+) -> None:
     """Each bad call (a valid 32x32 image + 6-token prompt with one thing broken) raises a
     ValueError that says what is wrong, instead of failing somewhere deep in the network."""
     ids, mask = _ids()
-    kwargs: dict[str, Any] = {"pixel_values": torch.randn(1, 3, 32, 32), "input_ids": ids,
-                              "attention_mask": mask}
+    kwargs: dict[str, Any] = {
+        "pixel_values": torch.randn(1, 3, 32, 32),
+        "input_ids": ids,
+        "attention_mask": mask,
+    }
     kwargs.update(bad())
     with pytest.raises(ValueError, match=message), torch.no_grad():
         model(**kwargs)
@@ -231,8 +272,9 @@ def test_invalid_inputs_raise_value_error(model: GLIPv2, bad: Callable[[], dict[
 def perturbed_model(tiny_config: Callable[..., GLIPv2Config]) -> GLIPv2:
     """A tiny model with the optional heads, every parameter moved off its init (so that a norm
     affine or a zero bias that failed to load would be noticed)."""
-    model = build(tiny_config(mlm_head=True, region_word_contrastive_dim=8, prompt_embedding_rows=16,
-                              max_query_len=16))
+    model = build(
+        tiny_config(mlm_head=True, region_word_contrastive_dim=8, prompt_embedding_rows=16, max_query_len=16)
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -291,8 +333,11 @@ def test_from_pretrained_lists_every_bad_key(perturbed_model: GLIPv2, tmp_path: 
     all of them (missing, unexpected, shape mismatch with both shapes)."""
     folder = perturbed_model.save_pretrained(tmp_path / "m")
     state = load_file(str(folder / "model.safetensors"))
-    removed, renamed, reshaped = ("heads.grounding.bias0", "core.fpn.p6.weight",
-                                  "heads.grounding.token_projection.weight")
+    removed, renamed, reshaped = (
+        "heads.grounding.bias0",
+        "core.fpn.p6.weight",
+        "heads.grounding.token_projection.weight",
+    )
     del state[removed]
     state["core.fpn.p6.weight_renamed"] = state.pop(renamed)
     state[reshaped] = state[reshaped][:, :-1].contiguous()
@@ -341,8 +386,9 @@ def test_from_pretrained_rejects_non_ids(tmp_path: Path) -> None:
 
 
 # --- (h) training ---------------------------------------------------------------------------------
-def test_train_forward_backward_gives_finite_gradients(tiny_config: Callable[..., GLIPv2Config],
-                                                       bert_tokenizer: Tokenizer) -> None:
+def test_train_forward_backward_gives_finite_gradients(
+    tiny_config: Callable[..., GLIPv2Config], bert_tokenizer: Tokenizer
+) -> None:
     model = build(tiny_config(mlm_head=True)).train()
     ids, mask = tokenize(bert_tokenizer, ["a cat. a dog.", "a red car."], padding="longest")
     out = model(torch.randn(2, 3, 40, 48), ids, mask)
@@ -355,9 +401,11 @@ def test_train_forward_backward_gives_finite_gradients(tiny_config: Callable[...
     loss.backward()
 
     grads = {k: p.grad for k, p in model.named_parameters()}
-    checked = [k for k in grads
-               if ".fusion." in k or ".dyconv.offset." in k
-               or k.startswith("heads.grounding.token_projection.")]
+    checked = [
+        k
+        for k in grads
+        if ".fusion." in k or ".dyconv.offset." in k or k.startswith("heads.grounding.token_projection.")
+    ]
     assert any(".fusion.attn." in k for k in checked) and any(".dyconv.offset.weight" in k for k in checked)
     for key in checked:
         assert grads[key] is not None, f"no gradient for {key}"
@@ -366,8 +414,9 @@ def test_train_forward_backward_gives_finite_gradients(tiny_config: Callable[...
     assert all(bool(torch.isfinite(g).all()) for g in grads.values() if g is not None)
 
 
-def test_mlm_logits_only_in_train_mode_by_default(tiny_config: Callable[..., GLIPv2Config],
-                                                  bert_tokenizer: Tokenizer) -> None:
+def test_mlm_logits_only_in_train_mode_by_default(
+    tiny_config: Callable[..., GLIPv2Config], bert_tokenizer: Tokenizer
+) -> None:
     model = build(tiny_config(mlm_head=True))
     ids, mask = tokenize(bert_tokenizer, PROMPT)
     image = torch.randn(1, 3, 32, 32)
@@ -414,21 +463,30 @@ def test_prompt_embedding_shorter_than_prompt_is_rejected(tiny_config: Callable[
 
 def test_temperatures_start_at_their_configured_log_scales(tiny_config: Callable[..., GLIPv2Config]) -> None:
     """DYHEAD.LOG_SCALE sets the temperature of S = O·Pᵀ, DYHEAD.SHALLOW_LOG_SCALE the one of L_inter."""
-    model = build(tiny_config(region_word_contrastive_dim=8, log_scale_init=-2.3,
-                              region_word_contrastive_log_scale_init=-1.5))
+    model = build(
+        tiny_config(
+            region_word_contrastive_dim=8, log_scale_init=-2.3, region_word_contrastive_log_scale_init=-1.5
+        )
+    )
     assert model.heads["grounding"].log_scale.item() == pytest.approx(-2.3)
     assert "inter" in model.heads
     assert model.heads["inter"].log_scale.item() == pytest.approx(-1.5)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[..., GLIPv2Config],
-                                                         bert_tokenizer: Tokenizer) -> None:
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tiny_config: Callable[..., GLIPv2Config], bert_tokenizer: Tokenizer
+) -> None:
     """Recomputing the head blocks in backward (official DYHEAD.USE_CHECKPOINT) changes memory, not
     results: same loss and gradients as the plain forward (dropout and DropBlock off, so the two
     runs are deterministic)."""
-    no_dropout = {**tiny_config().text_encoder, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    config = tiny_config(fusion_dropout=0.0, fpn_drop_block_prob=0.0, swin_drop_path_rate=0.0,
-                         text_encoder=no_dropout)
+    no_dropout = {
+        **tiny_config().text_encoder,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    config = tiny_config(
+        fusion_dropout=0.0, fpn_drop_block_prob=0.0, swin_drop_path_rate=0.0, text_encoder=no_dropout
+    )
     plain = build(config).train()
     recomputing = build(config.replace(gradient_checkpointing=True)).train()
     recomputing.load_state_dict(plain.state_dict())
@@ -443,7 +501,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config: Callable[.
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
     for (name, a), b in zip(plain.named_parameters(), recomputing.parameters()):
         if a.grad is not None:
-            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 def test_saved_weights_may_refer_to_the_pretrained_text_encoder(tmp_path: Path) -> None:
@@ -457,17 +517,20 @@ def test_saved_weights_may_refer_to_the_pretrained_text_encoder(tmp_path: Path) 
     referenced = model.save_pretrained(tmp_path / "referenced", reference_text_weights=True)
     whole = model.save_pretrained(tmp_path / "whole")
     text_bytes = sum(p.numel() * 4 for p in model.text_encoder.parameters())
-    assert (whole / "model.safetensors").stat().st_size - (referenced / "model.safetensors").stat().st_size \
-        >= text_bytes
+    assert (whole / "model.safetensors").stat().st_size - (
+        referenced / "model.safetensors"
+    ).stat().st_size >= text_bytes
     loaded = GLIPv2.from_pretrained(referenced)
     ours, theirs = model.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
     # a different installed source is refused on load
     state = load_file(str(referenced / "model.safetensors"))
-    save_file(state, str(referenced / "model.safetensors"),
-              metadata={"format": "pt", "layout": "2", "text_weights": "minilm",
-                        "text_weights_sha256": "0" * 64})
+    save_file(
+        state,
+        str(referenced / "model.safetensors"),
+        metadata={"format": "pt", "layout": "2", "text_weights": "minilm", "text_weights_sha256": "0" * 64},
+    )
     with pytest.raises(ValueError, match="differ from the ones this model was trained with"):
         GLIPv2.from_pretrained(referenced)
     # a trained (changed) text encoder must be saved with the weights

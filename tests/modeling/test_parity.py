@@ -38,12 +38,17 @@ class ParityRun:
 @pytest.fixture(scope="module")
 def parity_run(fixture_model: GLIPv2, fixture_outputs: dict[str, Any]) -> ParityRun:
     tokenizer = load_tokenizer(fixture_model.config.tokenizer)
-    tokens = tokenizer(fixture_outputs["caption"], padding="max_length", max_length=MAX_QUERY_LEN,
-                       return_tensors="pt")
+    tokens = tokenizer(
+        fixture_outputs["caption"], padding="max_length", max_length=MAX_QUERY_LEN, return_tensors="pt"
+    )
     with torch.no_grad():
         text = fixture_model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        output = fixture_model(fixture_outputs["image_tensor"], tokens["input_ids"], tokens["attention_mask"],
-                               return_legacy_logits=True)
+        output = fixture_model(
+            fixture_outputs["image_tensor"],
+            tokens["input_ids"],
+            tokens["attention_mask"],
+            return_legacy_logits=True,
+        )
     return ParityRun(tokens["input_ids"], tokens["attention_mask"], text, output)
 
 
@@ -77,15 +82,16 @@ def test_conversion_fills_every_model_tensor(fixture_model: GLIPv2, fixture_conv
 
 
 # --- text side -----------------------------------------------------------------------------------
-def test_tokenization_matches_fixture(fixture_model: GLIPv2, fixture_outputs: dict[str, Any],
-                                      parity_run: ParityRun) -> None:
+def test_tokenization_matches_fixture(
+    fixture_model: GLIPv2, fixture_outputs: dict[str, Any], parity_run: ParityRun
+) -> None:
     """Our tokenizer reproduces the official ids, and padding to 256 gives the official mask."""
     tokenizer = load_tokenizer(fixture_model.config.tokenizer)
     unpadded = tokenizer(fixture_outputs["caption"], return_tensors="pt")["input_ids"][0]
     assert unpadded.tolist() == fixture_outputs["input_ids"].tolist()
     assert parity_run.input_ids.shape == (1, MAX_QUERY_LEN)
     assert torch.equal(parity_run.input_ids[0, : len(unpadded)], unpadded)
-    assert bool((parity_run.input_ids[0, len(unpadded):] == 0).all())
+    assert bool((parity_run.input_ids[0, len(unpadded) :] == 0).all())
     assert parity_run.attention_mask.tolist() == fixture_outputs["lang_masks"].tolist()
 
 
@@ -128,8 +134,9 @@ def test_level_counts(parity_run: ParityRun, fixture_outputs: dict[str, Any]) ->
 
 @pytest.mark.parametrize("level", range(NUM_LEVELS), ids=[f"P{i + 3}" for i in range(NUM_LEVELS)])
 @pytest.mark.parametrize(("official", "ours"), PER_LEVEL, ids=[o for o, _ in PER_LEVEL])
-def test_per_level_parity(parity_run: ParityRun, fixture_outputs: dict[str, Any], official: str, ours: str,
-                          level: int) -> None:
+def test_per_level_parity(
+    parity_run: ParityRun, fixture_outputs: dict[str, Any], official: str, ours: str, level: int
+) -> None:
     """FPN P3..P7, tower output, region-token logits (all 256 slots), box deltas after the
     per-level Scale, centerness, anchors and the unused classic classifier, level by level."""
     assert_close(getattr(parity_run.output, ours)[level], fixture_outputs[official][level])

@@ -55,7 +55,11 @@ def test_preset_differences() -> None:
     assert (t.early_fusion, t.fused_dot_product) == (True, True)
     assert (t_a.early_fusion, t_a.fused_dot_product) == (False, False)
     assert (large.swin_embed_dim, large.swin_depths, large.swin_window_size, large.num_head_blocks) == (
-        192, (2, 2, 18, 2), 12, 8)
+        192,
+        (2, 2, 18, 2),
+        12,
+        8,
+    )
     for name in ("glipv2_t", "glipv2_b", "glipv2_l", "glipv2_tiny"):
         cfg = glipv2.get_config(name)
         assert cfg.mlm_head and cfg.region_word_contrastive_dim > 0, name
@@ -63,14 +67,32 @@ def test_preset_differences() -> None:
 
 def test_build_model_overrides() -> None:
     """`build_model(name, **overrides)` changes exactly the given fields and builds accordingly."""
-    small_bert = {**glipv2.get_config("glip_t").text_encoder, "hidden_size": 32, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "intermediate_size": 64}
-    model = glipv2.build_model("glip_t", swin_embed_dim=16, swin_depths=(1, 1, 1, 1),
-                               swin_num_heads=(1, 1, 2, 2), fpn_channels=32, head_channels=32,
-                               num_head_blocks=1, fusion_embed_dim=64, text_encoder=small_bert)
+    small_bert = {
+        **glipv2.get_config("glip_t").text_encoder,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
+    model = glipv2.build_model(
+        "glip_t",
+        swin_embed_dim=16,
+        swin_depths=(1, 1, 1, 1),
+        swin_num_heads=(1, 1, 2, 2),
+        fpn_channels=32,
+        head_channels=32,
+        num_head_blocks=1,
+        fusion_embed_dim=64,
+        text_encoder=small_bert,
+    )
     cfg = model.config
     assert (cfg.name, cfg.swin_embed_dim, cfg.swin_depths, cfg.head_channels, cfg.num_head_blocks) == (
-        "glip_t", 16, (1, 1, 1, 1), 32, 1)
+        "glip_t",
+        16,
+        (1, 1, 1, 1),
+        32,
+        1,
+    )
     assert cfg.fusion_num_heads == glipv2.get_config("glip_t").fusion_num_heads  # untouched
     assert len(model.core.fusion.blocks) == 1
     assert model.core.fpn.p6.out_channels == 32
@@ -112,16 +134,21 @@ def test_config_unknown_field_raises() -> None:
         glipv2.get_config("glip_t").replace(bogus=True)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"fusion_embed_dim": 100, "fusion_num_heads": 8},
-     "fusion_embed_dim must be divisible by fusion_num_heads"),
-    ({"head_channels": 40}, "head_channels must be divisible by group_norm_groups"),
-    ({"swin_depths": (2, 2, 6)}, "swin_depths and swin_num_heads"),
-    ({"anchor_strides": (8, 16, 32, 64)}, "5 levels"),
-    ({"max_query_len": 1}, "max_query_len"),
-    ({"num_head_blocks": 0}, "num_head_blocks"),
-    ({"text_encoder": {"hidden_size": 32}}, "text_encoder is missing"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"fusion_embed_dim": 100, "fusion_num_heads": 8},
+            "fusion_embed_dim must be divisible by fusion_num_heads",
+        ),
+        ({"head_channels": 40}, "head_channels must be divisible by group_norm_groups"),
+        ({"swin_depths": (2, 2, 6)}, "swin_depths and swin_num_heads"),
+        ({"anchor_strides": (8, 16, 32, 64)}, "5 levels"),
+        ({"max_query_len": 1}, "max_query_len"),
+        ({"num_head_blocks": 0}, "num_head_blocks"),
+        ({"text_encoder": {"hidden_size": 32}}, "text_encoder is missing"),
+    ],
+)
 def test_config_invalid_values_raise(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         glipv2.get_config("glip_t", **overrides)

@@ -27,8 +27,10 @@ def test_numpy_and_pil_agree() -> None:
     assert image_to_tensor(array)[0, 0, 0].item() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8),
-                                 np.zeros((4, 4, 3), np.float32), "image.png"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32), "image.png"],
+)
 def test_bad_images_raise(bad: Any) -> None:
     with pytest.raises(ValueError):
         image_to_tensor(bad)

@@ -29,10 +29,18 @@ def recorded_output(outputs: dict[str, Any]) -> GLIPv2Output:
     """A GLIPv2Output holding the official run's head outputs (features left empty)."""
     empty = torch.zeros(0)
     return GLIPv2Output(
-        logits=outputs["dot_product_logits"], box_regression=outputs["box_regression"],
-        centerness=outputs["centerness"], anchors=outputs["anchors"], region_features=[], token_features=empty,
-        fused_region_features=[], fused_token_features=empty, token_embeddings=empty, text_attention_mask=empty,
-        image_sizes=torch.tensor(outputs["image_sizes"]))
+        logits=outputs["dot_product_logits"],
+        box_regression=outputs["box_regression"],
+        centerness=outputs["centerness"],
+        anchors=outputs["anchors"],
+        region_features=[],
+        token_features=empty,
+        fused_region_features=[],
+        fused_token_features=empty,
+        token_embeddings=empty,
+        text_attention_mask=empty,
+        image_sizes=torch.tensor(outputs["image_sizes"]),
+    )
 
 
 def sort_candidates(d: RawDetections) -> torch.Tensor:
@@ -105,8 +113,9 @@ def test_boxes_are_clipped_to_the_unpadded_image(fixture_outputs: dict[str, Any]
 
 
 # --- legacy_nms against its reference, and why it is not torchvision.ops.batched_nms ------------------
-def reference_legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                         iou_threshold: float) -> torch.Tensor:
+def reference_legacy_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """legacy_nms as it was before the shared box helpers (kept here as the reference)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -120,11 +129,13 @@ def reference_legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
     return keep[order]
 
 
-def greedy_legacy_nms(boxes: list[list[int]], scores: list[int], labels: list[int],
-                      iou_threshold: float) -> list[int]:
+def greedy_legacy_nms(
+    boxes: list[list[int]], scores: list[int], labels: list[int], iou_threshold: float
+) -> list[int]:
     """The official semantics in exact arithmetic (integer boxes): per label, best score first and
     earlier index first among equal scores, drop boxes whose +1 IoU with a kept one exceeds the
     threshold; the kept boxes by descending score, then label, then index."""
+
     def iou(a: list[int], b: list[int]) -> Fraction:
         w = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
         h = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
@@ -138,13 +149,19 @@ def greedy_legacy_nms(boxes: list[list[int]], scores: list[int], labels: list[in
     return sorted(kept, key=lambda i: (-scores[i], labels[i], i))
 
 
-def random_candidates(g: torch.Generator, n: int, num_labels: int, num_scores: int, span: float,
-                      integer: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_candidates(
+    g: torch.Generator, n: int, num_labels: int, num_scores: int, span: float, integer: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n boxes in legacy xyxy with few distinct scores (many ties), a quarter of them copies of
     others (duplicates), over `num_labels` labels."""
+
     def draw(size: int, high: float) -> torch.Tensor:
-        return (torch.randint(0, int(high), (n, size), generator=g).float() if integer
-                else torch.rand(n, size, generator=g) * high)
+        return (
+            torch.randint(0, int(high), (n, size), generator=g).float()
+            if integer
+            else torch.rand(n, size, generator=g) * high
+        )
+
     xy = draw(2, span)
     boxes = torch.cat([xy, xy + draw(2, 60)], dim=1)
     boxes[torch.randint(0, n, (n // 4,), generator=g)] = boxes[torch.randint(0, n, (n // 4,), generator=g)]
@@ -158,23 +175,44 @@ def test_legacy_nms_keeps_the_same_boxes_in_the_same_order_as_the_reference() ->
     1000-box switch inside batched_nms: kept set and order identical to the reference."""
     g = torch.Generator().manual_seed(0)
     for case in range(60):
-        n = int(torch.randint(1, 2500, (1,), generator=g)) if case % 2 else int(torch.randint(1, 80, (1,), generator=g))
+        n = (
+            int(torch.randint(1, 2500, (1,), generator=g))
+            if case % 2
+            else int(torch.randint(1, 80, (1,), generator=g))
+        )
         boxes, scores, labels = random_candidates(
-            g, n, num_labels=int(torch.randint(1, 200, (1,), generator=g)),
-            num_scores=int(torch.randint(1, 6, (1,), generator=g)), span=float(torch.randint(10, 1333, (1,),
-                                                                                               generator=g)),
-            integer=case % 3 == 0)
+            g,
+            n,
+            num_labels=int(torch.randint(1, 200, (1,), generator=g)),
+            num_scores=int(torch.randint(1, 6, (1,), generator=g)),
+            span=float(torch.randint(10, 1333, (1,), generator=g)),
+            integer=case % 3 == 0,
+        )
         threshold = (0.0, 0.3, 0.5, 0.6, 0.7, 1.0)[case % 6]
-        assert torch.equal(legacy_nms(boxes, scores, labels, threshold),
-                           reference_legacy_nms(boxes, scores, labels, threshold)), case
+        assert torch.equal(
+            legacy_nms(boxes, scores, labels, threshold),
+            reference_legacy_nms(boxes, scores, labels, threshold),
+        ), case
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(0, 8), st.integers(0, 8),
-                          st.integers(1, 3), st.integers(0, 2)), max_size=30),
-       st.sampled_from([0.0, 0.3001, 0.5001, 0.6001, 0.9001]))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 12),
+            st.integers(0, 12),
+            st.integers(0, 8),
+            st.integers(0, 8),
+            st.integers(1, 3),
+            st.integers(0, 2),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([0.0, 0.3001, 0.5001, 0.6001, 0.9001]),
+)
 def test_legacy_nms_is_the_official_greedy_nms_with_plus_one_ious(
-        rows: list[tuple[int, int, int, int, int, int]], threshold: float) -> None:
+    rows: list[tuple[int, int, int, int, int, int]], threshold: float
+) -> None:
     """Small integer boxes on a 20-pixel grid (duplicates and equal scores are the rule): legacy_nms
     equals the reference and the exact-arithmetic greedy NMS (thresholds off every IoU of the grid,
     so float32 rounding cannot decide)."""
@@ -195,19 +233,25 @@ def test_batched_nms_orders_equal_scores_otherwise() -> None:
     scores, labels = torch.tensor([0.5, 0.5]), torch.tensor([1, 0])
     assert legacy_nms(boxes, scores, labels, 0.6).tolist() == [1, 0]
     grown = boxes + boxes.new_tensor([0.0, 0, 1, 1])
-    assert batched_nms(grown, scores, labels, 0.6).tolist() == [0, 1], \
+    assert batched_nms(grown, scores, labels, 0.6).tolist() == [0, 1], (
         "batched_nms now orders ties like legacy_nms: see the comment in legacy_nms"
+    )
 
 
 def test_batched_nms_shifts_boxes_and_changes_the_kept_set() -> None:
     """Why legacy_nms is not torchvision.ops.batched_nms (2): it shifts each label's boxes by
     label x (max coordinate + 1); at label 999 of a 1333-pixel image float32 keeps 1/8 pixel, and
     an IoU of 0.5987 (kept at 0.6) becomes 0.6013 (dropped)."""
-    boxes = torch.tensor([[557.9778442382812, 458.57470703125, 605.47216796875, 506.06903076171875],
-                          [560.42626953125, 468.8179016113281, 607.9205932617188, 516.3121948242188],
-                          [0.0, 0.0, 1332.0, 1332.0]])
+    boxes = torch.tensor(
+        [
+            [557.9778442382812, 458.57470703125, 605.47216796875, 506.06903076171875],
+            [560.42626953125, 468.8179016113281, 607.9205932617188, 516.3121948242188],
+            [0.0, 0.0, 1332.0, 1332.0],
+        ]
+    )
     scores, labels = torch.tensor([0.9, 0.8, 0.1]), torch.tensor([999, 999, 0])
     assert legacy_nms(boxes, scores, labels, 0.6).tolist() == [0, 1, 2]
     grown = boxes + boxes.new_tensor([0.0, 0, 1, 1])
-    assert batched_nms(grown, scores, labels, 0.6).tolist() == [0, 2], \
+    assert batched_nms(grown, scores, labels, 0.6).tolist() == [0, 2], (
         "batched_nms now keeps the same boxes here: see the comment in legacy_nms"
+    )

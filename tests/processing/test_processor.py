@@ -14,14 +14,17 @@ from glipv2 import GLIPv2Config, GLIPv2Processor
 from glipv2.processing import load_image, official_resize_size
 
 
-@pytest.mark.parametrize("width, height, expected", [
-    (640, 480, (800, 1066)),   # shorter side to 800, longer truncated with int()
-    (480, 640, (1066, 800)),
-    (2000, 500, (333, 1332)),  # longer side capped at 1333: shorter = round(1333 * 500 / 2000)
-    (1333, 800, (800, 1333)),  # already the target size: unchanged
-    (800, 800, (800, 800)),
-    (100, 50, (666, 1332)),  # round(666.5) = 666 (half to even), then int(666 * 2)
-])
+@pytest.mark.parametrize(
+    "width, height, expected",
+    [
+        (640, 480, (800, 1066)),  # shorter side to 800, longer truncated with int()
+        (480, 640, (1066, 800)),
+        (2000, 500, (333, 1332)),  # longer side capped at 1333: shorter = round(1333 * 500 / 2000)
+        (1333, 800, (800, 1333)),  # already the target size: unchanged
+        (800, 800, (800, 800)),
+        (100, 50, (666, 1332)),  # round(666.5) = 666 (half to even), then int(666 * 2)
+    ],
+)
 def test_official_resize_size(width: int, height: int, expected: tuple[int, int]) -> None:
     assert official_resize_size(width, height, 800, 1333) == expected
 
@@ -35,8 +38,9 @@ def test_resize_can_be_set_and_switched_off(bert_tokenizer: Any) -> None:
     assert tensor.shape == (3, 48, 64) and original == (48, 64)
 
 
-def test_fixture_input_gives_the_official_tensor(bert_tokenizer: Any, fixture_dir: Path,
-                                                 fixture_outputs: dict[str, Any]) -> None:
+def test_fixture_input_gives_the_official_tensor(
+    bert_tokenizer: Any, fixture_dir: Path, fixture_outputs: dict[str, Any]
+) -> None:
     processor = GLIPv2Processor(bert_tokenizer, resize=False)
     batch = processor.preprocess(fixture_dir / "input.png")
     assert torch.equal(batch.pixel_values, fixture_outputs["image_tensor"])

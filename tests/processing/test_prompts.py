@@ -67,17 +67,20 @@ def test_grounding_spans_accept_several_spans_per_phrase(bert_tokenizer: Any) ->
     assert positive_tokens(bert_tokenizer, prompt) == [[1, 5], [3]]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: detection_prompt([]), "class list is empty"),
-    (lambda: detection_prompt("person"), "list of names"),
-    (lambda: detection_prompt(["cat", "  "]), "class name 1"),
-    (lambda: detection_prompt(["cat", "?!."]), "punctuation only"),
-    (lambda: grounding_prompt("", phrases=["x"]), "caption is empty"),
-    (lambda: grounding_prompt("a red car", phrases=["blue car"]), "does not occur"),
-    (lambda: grounding_prompt("a red car", phrases=["car"], spans=[(0, 1)]), "not both"),
-    (lambda: grounding_prompt("a red car", spans=[(3, 30)]), "outside the caption"),
-    (lambda: grounding_prompt("...!"), "no words"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: detection_prompt([]), "class list is empty"),
+        (lambda: detection_prompt("person"), "list of names"),
+        (lambda: detection_prompt(["cat", "  "]), "class name 1"),
+        (lambda: detection_prompt(["cat", "?!."]), "punctuation only"),
+        (lambda: grounding_prompt("", phrases=["x"]), "caption is empty"),
+        (lambda: grounding_prompt("a red car", phrases=["blue car"]), "does not occur"),
+        (lambda: grounding_prompt("a red car", phrases=["car"], spans=[(0, 1)]), "not both"),
+        (lambda: grounding_prompt("a red car", spans=[(3, 30)]), "outside the caption"),
+        (lambda: grounding_prompt("...!"), "no words"),
+    ],
+)
 def test_bad_prompts_are_clear_errors(call: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
@@ -98,16 +101,22 @@ def test_label_scores_are_the_mean_over_the_label_tokens() -> None:
 # --- property test ---------------------------------------------------------------------------
 _chars = list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-'&/()éüñçøßåœ日本語кот")
 # words of several WordPieces, and repeats of the same word inside and across names
-_words = st.one_of(st.text(st.sampled_from(_chars), min_size=1, max_size=8),
-                   st.sampled_from(["xylophone", "antidisestablishment", "zzyzx", "Ångström", "car", "car"]))
-_names = st.lists(st.lists(_words, min_size=1, max_size=3).map(" ".join)
-                  .filter(lambda s: any(c.isalnum() for c in s)), min_size=1, max_size=12)
+_words = st.one_of(
+    st.text(st.sampled_from(_chars), min_size=1, max_size=8),
+    st.sampled_from(["xylophone", "antidisestablishment", "zzyzx", "Ångström", "car", "car"]),
+)
+_names = st.lists(
+    st.lists(_words, min_size=1, max_size=3).map(" ".join).filter(lambda s: any(c.isalnum() for c in s)),
+    min_size=1,
+    max_size=12,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(names=_names, repeat=st.booleans())
-def test_every_name_maps_to_exactly_its_tokens_and_back(bert_tokenizer: Any, names: list[str],
-                                                        repeat: bool) -> None:
+def test_every_name_maps_to_exactly_its_tokens_and_back(
+    bert_tokenizer: Any, names: list[str], repeat: bool
+) -> None:
     """Random class lists (unicode, punctuation, repeated words, names of several WordPieces):
     a name's positive tokens are exactly the tokens inside its span, no token belongs to two
     names, and every token inside a span leads back to that name."""
@@ -127,7 +136,7 @@ def test_every_name_maps_to_exactly_its_tokens_and_back(bert_tokenizer: Any, nam
             assert t not in owner
             owner[t] = k
     separators = {t for t, (a, b) in enumerate(offsets) if b > a and t not in owner}
-    assert all(prompt.text[offsets[t][0]:offsets[t][1]] == "." for t in separators)
+    assert all(prompt.text[offsets[t][0] : offsets[t][1]] == "." for t in separators)
 
 
 # --- chunking ----------------------------------------------------------------------------------

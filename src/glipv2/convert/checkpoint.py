@@ -31,8 +31,15 @@ from .official import ConversionError, ConversionReport, convert_state_dict, loa
 PROVENANCE_NAME = "conversion.json"
 
 _SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 
@@ -64,8 +71,9 @@ def build_shape_model(config: GLIPv2Config) -> GLIPv2:
         return GLIPv2(config, load_text_weights=False)
 
 
-def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Write `tensors` in the safetensors format, one tensor at a time.
 
     `safetensors.torch.save_file` writes from the tensors' own memory in current releases, but
@@ -79,8 +87,11 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.
         if tensor.dtype not in _SAFETENSORS_DTYPES:
             raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
@@ -94,9 +105,14 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.
             f.write(memoryview(flat.numpy()))
 
 
-def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: GLIPv2Config,
-                       allow_partial: bool = False, allow_pickle: bool = False,
-                       overwrite: bool = False) -> ConversionReport:
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: GLIPv2Config,
+    allow_partial: bool = False,
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+) -> ConversionReport:
     """Convert an official GLIP checkpoint into a folder that `GLIPv2.from_pretrained` loads.
 
     src: `{"model": state_dict, ...}` with `module.`-prefixed keys (other top-level entries such
@@ -130,9 +146,16 @@ def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[s
     try:
         tmp.mkdir()
         config.save(tmp / CONFIG_NAME)
-        write_safetensors(tmp / WEIGHTS_NAME, {k: state[k] for k in expected},
-                          metadata={"format": "pt", "library": "glipv2", "layout": STATE_LAYOUT,
-                                    "converted_from": src.name})
+        write_safetensors(
+            tmp / WEIGHTS_NAME,
+            {k: state[k] for k in expected},
+            metadata={
+                "format": "pt",
+                "library": "glipv2",
+                "layout": STATE_LAYOUT,
+                "converted_from": src.name,
+            },
+        )
         GLIPv2Processor.from_config(config).save_pretrained(tmp)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(_provenance(src, report), indent=2) + "\n")
         _move_into_place(tmp, out, overwrite)
@@ -162,9 +185,16 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _provenance(src: Path, report: ConversionReport) -> dict[str, object]:
-    return {"source": src.name, "source_bytes": src.stat().st_size, "converted": len(report.converted),
-            "derived": report.derived, "ignored": report.ignored, "unmapped": report.unmapped,
-            "mismatched": report.mismatched, "left_at_initialisation": report.missing}
+    return {
+        "source": src.name,
+        "source_bytes": src.stat().st_size,
+        "converted": len(report.converted),
+        "derived": report.derived,
+        "ignored": report.ignored,
+        "unmapped": report.unmapped,
+        "mismatched": report.mismatched,
+        "left_at_initialisation": report.missing,
+    }
 
 
 _TEXT_ENCODER_KEYS = re.compile(r"(module\.)?language_backbone\.|text_encoder\.")
@@ -177,8 +207,12 @@ def _hints(official: Mapping[str, torch.Tensor], report: ConversionReport, confi
     if not any(_TEXT_ENCODER_KEYS.match(k) for k in report.unmapped + report.mismatched + report.missing):
         return []
     text = config.text_encoder
-    ours = (int(text["vocab_size"]), int(text["hidden_size"]), int(text.get("num_hidden_layers", 0)),
-            int(text["intermediate_size"]))
+    ours = (
+        int(text["vocab_size"]),
+        int(text["hidden_size"]),
+        int(text.get("num_hidden_layers", 0)),
+        int(text["intermediate_size"]),
+    )
     words = official.get(_BERT + "embeddings.word_embeddings.weight")
     ffn = official.get(_BERT + "encoder.layer.0.intermediate.dense.weight")
     theirs_text = ""
@@ -189,6 +223,8 @@ def _hints(official: Mapping[str, torch.Tensor], report: ConversionReport, confi
         if theirs == ours:  # same BERT: the text-side problems have another cause
             return []
         theirs_text = " (checkpoint: vocab {}, hidden {}, {} layers, FFN {})".format(*theirs)
-    return ["hint: the checkpoint's BERT does not match the config's text encoder (vocab {}, hidden {}, "
-            "{} layers, FFN {}){}; pass the checkpoint's BERT config (a Hugging Face BertConfig JSON) as "
-            "text_config / --text-config".format(*ours, theirs_text)]
+    return [
+        "hint: the checkpoint's BERT does not match the config's text encoder (vocab {}, hidden {}, "
+        "{} layers, FFN {}){}; pass the checkpoint's BERT config (a Hugging Face BertConfig JSON) as "
+        "text_config / --text-config".format(*ours, theirs_text)
+    ]

@@ -27,25 +27,41 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `convert` sub-command to an `argparse` sub-parsers object; the handler is stored
     as the `func` default (`args.func(args) -> exit status`)."""
     parser = subparsers.add_parser(
-        "convert", help="convert an official GLIP checkpoint (.pth) into a glipv2 model folder",
+        "convert",
+        help="convert an official GLIP checkpoint (.pth) into a glipv2 model folder",
         description="Convert an official GLIP checkpoint ({'model': state_dict}, keys with 'module.') into a "
-                    "folder that GLIPv2.from_pretrained loads (config.json, model.safetensors, tokenizer/).")
+        "folder that GLIPv2.from_pretrained loads (config.json, model.safetensors, tokenizer/).",
+    )
     parser.add_argument("src", metavar="SRC.pth", help="the official checkpoint")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the model folder to write (must not exist)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--arch", choices=list_models(), metavar="PRESET",
-                       help="the checkpoint's architecture as a preset: glip_t, glip_t_a, glip_l "
-                            "(default: from the released file name)")
-    which.add_argument("--official-config", metavar="CFG.yaml",
-                       help="the checkpoint's GLIP config (the full cfg.dump() YAML)")
-    parser.add_argument("--text-config", metavar="BERT.json",
-                        help="the checkpoint's BERT config (Hugging Face BertConfig JSON), "
-                             "if not bert-base-uncased")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="convert despite problems; tensors the checkpoint lacks keep their random init")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="fully unpickle the file if weights-only loading fails "
-                             "(runs code: trusted files only)")
+    which.add_argument(
+        "--arch",
+        choices=list_models(),
+        metavar="PRESET",
+        help="the checkpoint's architecture as a preset: glip_t, glip_t_a, glip_l "
+        "(default: from the released file name)",
+    )
+    which.add_argument(
+        "--official-config",
+        metavar="CFG.yaml",
+        help="the checkpoint's GLIP config (the full cfg.dump() YAML)",
+    )
+    parser.add_argument(
+        "--text-config",
+        metavar="BERT.json",
+        help="the checkpoint's BERT config (Hugging Face BertConfig JSON), if not bert-base-uncased",
+    )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="convert despite problems; tensors the checkpoint lacks keep their random init",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="fully unpickle the file if weights-only loading fails (runs code: trusted files only)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.set_defaults(func=run_convert)
     return parser
@@ -54,10 +70,17 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of `glipv2 convert`: 0 on success, 2 with one line per problem on stderr."""
     try:
-        config = official_checkpoint_config(Path(args.src).name, args.arch, args.official_config,
-                                            args.text_config)
-        report = convert_checkpoint(args.src, args.out_dir, config, allow_partial=args.allow_partial,
-                                    allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+        config = official_checkpoint_config(
+            Path(args.src).name, args.arch, args.official_config, args.text_config
+        )
+        report = convert_checkpoint(
+            args.src,
+            args.out_dir,
+            config,
+            allow_partial=args.allow_partial,
+            allow_pickle=args.allow_pickle,
+            overwrite=args.overwrite,
+        )
     except ConversionError as err:
         _print_problems([f"{err.source}: {p}" for p in err.problems])
         return EXIT_PROBLEM
@@ -66,9 +89,11 @@ def run_convert(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     for problem in report.problems():
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"converted {len(report.converted)} tensors, ignored {len(report.ignored)}, "
-          f"derived {len(report.derived)} (recomputed buffers, checked equal)"
-          + (f", left at random init {len(report.missing)}" if report.missing else ""))
+    print(
+        f"converted {len(report.converted)} tensors, ignored {len(report.ignored)}, "
+        f"derived {len(report.derived)} (recomputed buffers, checked equal)"
+        + (f", left at random init {len(report.missing)}" if report.missing else "")
+    )
     print(f"wrote {args.out_dir} ({config.name}); load it with GLIPv2.from_pretrained({str(args.out_dir)!r})")
     return 0
 

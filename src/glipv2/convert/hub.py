@@ -52,27 +52,38 @@ def official_arch(filename: str) -> str | None:
     return OFFICIAL_CHECKPOINTS.get(PurePosixPath(filename.replace("\\", "/")).name)
 
 
-def official_checkpoint_config(filename: str, arch: str | None = None,
-                               official_config: str | os.PathLike[str] | None = None,
-                               text_config: str | os.PathLike[str] | dict[str, Any] | None = None,
-                               ) -> GLIPv2Config:
+def official_checkpoint_config(
+    filename: str,
+    arch: str | None = None,
+    official_config: str | os.PathLike[str] | None = None,
+    text_config: str | os.PathLike[str] | dict[str, Any] | None = None,
+) -> GLIPv2Config:
     """The config to convert `filename` with: `arch` (a preset) or `official_config` (a GLIP
     YAML) when given, else the table of released file names."""
     if arch is None and official_config is None:
         arch = official_arch(filename)
         if arch is None:
             known = ", ".join(sorted(OFFICIAL_CHECKPOINTS))
-            raise ValueError(f"{filename}: not a released GLIP checkpoint name ({known}); say what it "
-                             "holds with arch= (glip_t, glip_t_a, glip_l) or official_config= "
-                             "(its GLIP YAML)")
+            raise ValueError(
+                f"{filename}: not a released GLIP checkpoint name ({known}); say what it "
+                "holds with arch= (glip_t, glip_t_a, glip_l) or official_config= "
+                "(its GLIP YAML)"
+            )
     return resolve_config(arch, official_config, text_config)
 
 
-def converted_model_dir(name_or_path: str, filename: str | None = None, revision: str | None = None, *,
-                        arch: str | None = None, official_config: str | os.PathLike[str] | None = None,
-                        text_config: str | os.PathLike[str] | dict[str, Any] | None = None,
-                        allow_partial: bool = False, allow_pickle: bool = False,
-                        cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def converted_model_dir(
+    name_or_path: str,
+    filename: str | None = None,
+    revision: str | None = None,
+    *,
+    arch: str | None = None,
+    official_config: str | os.PathLike[str] | None = None,
+    text_config: str | os.PathLike[str] | dict[str, Any] | None = None,
+    allow_partial: bool = False,
+    allow_pickle: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
     """The glipv2 model folder of an official checkpoint, converting it on first use.
 
     name_or_path: a hub repo id ("GLIPModel/GLIP") with `filename` the `.pth` inside it (and an
@@ -98,8 +109,9 @@ def converted_model_dir(name_or_path: str, filename: str | None = None, revision
     if (target / CONFIG_NAME).is_file() and (target / WEIGHTS_NAME).is_file():
         return target
     # an incomplete folder at `target` can only be a leftover edited by hand: replace it
-    convert_checkpoint(src, target, config, allow_partial=allow_partial, allow_pickle=allow_pickle,
-                       overwrite=True)
+    convert_checkpoint(
+        src, target, config, allow_partial=allow_partial, allow_pickle=allow_pickle, overwrite=True
+    )
     return target
 
 
@@ -117,8 +129,9 @@ def _download(repo_id: str, filename: str, revision: str | None) -> tuple[Path, 
     try:
         local = Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as err:  # offline without a cached copy, unknown repo or file, no access
-        raise ValueError(f"could not fetch {filename!r} from {repo_id!r} on the Hugging Face hub: {err}"
-                         ) from err
+        raise ValueError(
+            f"could not fetch {filename!r} from {repo_id!r} on the Hugging Face hub: {err}"
+        ) from err
     snapshot = local
     for _ in PurePosixPath(filename).parts:
         snapshot = snapshot.parent
@@ -127,10 +140,18 @@ def _download(repo_id: str, filename: str, revision: str | None) -> tuple[Path, 
     return local, commit
 
 
-def from_official(name_or_path: str, filename: str | None = None, revision: str | None = None, *,
-                  arch: str | None = None, official_config: str | os.PathLike[str] | None = None,
-                  text_config: str | os.PathLike[str] | None = None, allow_pickle: bool = False,
-                  map_location: str = "cpu", **config_overrides: Any) -> GLIPv2:
+def from_official(
+    name_or_path: str,
+    filename: str | None = None,
+    revision: str | None = None,
+    *,
+    arch: str | None = None,
+    official_config: str | os.PathLike[str] | None = None,
+    text_config: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    map_location: str = "cpu",
+    **config_overrides: Any,
+) -> GLIPv2:
     """An official GLIP checkpoint as a `GLIPv2`: a local `.pth` path, or a hub repo id with
     `filename` the `.pth` inside it (e.g. `from_official("GLIPModel/GLIP",
     filename="glip_tiny_model_o365_goldg.pth")`). Converted once into `cache_root()` (see
@@ -138,6 +159,13 @@ def from_official(name_or_path: str, filename: str | None = None, revision: str 
     (a preset: glip_t, glip_t_a, glip_l) or `official_config` (the GLIP YAML), with `text_config`
     (a BertConfig JSON) when its BERT is not bert-base-uncased. `allow_pickle` lets the converter
     unpickle a file that `torch.load(weights_only=True)` refuses."""
-    directory = converted_model_dir(name_or_path, filename, revision, arch=arch, official_config=official_config,
-                                    text_config=text_config, allow_pickle=allow_pickle)
+    directory = converted_model_dir(
+        name_or_path,
+        filename,
+        revision,
+        arch=arch,
+        official_config=official_config,
+        text_config=text_config,
+        allow_pickle=allow_pickle,
+    )
     return GLIPv2.from_pretrained(directory, map_location=map_location, **config_overrides)

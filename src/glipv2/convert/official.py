@@ -26,14 +26,24 @@ _FIXED_RULES: list[tuple[str, str]] = [
     (r"rpn\.head\.dot_product_projection_text\.(?P<tail>.+)", "heads.grounding.token_projection.{tail}"),
     (r"rpn\.head\.(?P<tail>(bbox_pred|centerness|scales)\..+)", "heads.grounding.{tail}"),
     (r"rpn\.head\.(?P<tail>log_scale|bias_lang|bias0)", "heads.grounding.{tail}"),
-    (r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)", "heads.mlm.{tail}"),
-    (r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)", "heads.grounding.anchor_generator.cell_anchor_{tail}"),
+    (
+        r"rpn\.head\.mlm_head\.(?P<tail>transform\.(dense|LayerNorm)\..+|decoder\.weight|bias)",
+        "heads.mlm.{tail}",
+    ),
+    (
+        r"rpn\.anchor_generator\.cell_anchors\.(?P<tail>\d)",
+        "heads.grounding.anchor_generator.cell_anchor_{tail}",
+    ),
     # GLIPv2's inter-image region-word contrastive projections ("shallow contrastive" in GLIP's ATSS
     # loss evaluator: Linear(DYHEAD.CHANNELS, dim), Linear(LANG_DIM, dim), temperature (1,))
-    (r"rpn\.loss_evaluator\.shallow_contrastive_projection_image\.(?P<tail>weight|bias)",
-     "heads.inter.region.{tail}"),
-    (r"rpn\.loss_evaluator\.shallow_contrastive_projection_text\.(?P<tail>weight|bias)",
-     "heads.inter.token.{tail}"),
+    (
+        r"rpn\.loss_evaluator\.shallow_contrastive_projection_image\.(?P<tail>weight|bias)",
+        "heads.inter.region.{tail}",
+    ),
+    (
+        r"rpn\.loss_evaluator\.shallow_contrastive_projection_text\.(?P<tail>weight|bias)",
+        "heads.inter.token.{tail}",
+    ),
     (r"rpn\.loss_evaluator\.shallow_(?P<tail>log_scale)", "heads.inter.{tail}"),
 ]
 
@@ -45,13 +55,20 @@ _REVERSE_RULES: list[tuple[str, str]] = [
     (r"core\.text_encoder\.model\.(?P<tail>.+)", "language_backbone.body.model.{tail}"),
     (r"heads\.grounding\.legacy_cls_logits\.(?P<tail>.+)", "rpn.head.cls_logits.{tail}"),
     (r"heads\.grounding\.token_projection\.(?P<tail>.+)", "rpn.head.dot_product_projection_text.{tail}"),
-    (r"heads\.grounding\.anchor_generator\.cell_anchor_(?P<tail>\d)", "rpn.anchor_generator.cell_anchors.{tail}"),
+    (
+        r"heads\.grounding\.anchor_generator\.cell_anchor_(?P<tail>\d)",
+        "rpn.anchor_generator.cell_anchors.{tail}",
+    ),
     (r"heads\.grounding\.(?P<tail>.+)", "rpn.head.{tail}"),
     (r"heads\.mlm\.(?P<tail>.+)", "rpn.head.mlm_head.{tail}"),
-    (r"heads\.inter\.region\.(?P<tail>weight|bias)",
-     "rpn.loss_evaluator.shallow_contrastive_projection_image.{tail}"),
-    (r"heads\.inter\.token\.(?P<tail>weight|bias)",
-     "rpn.loss_evaluator.shallow_contrastive_projection_text.{tail}"),
+    (
+        r"heads\.inter\.region\.(?P<tail>weight|bias)",
+        "rpn.loss_evaluator.shallow_contrastive_projection_image.{tail}",
+    ),
+    (
+        r"heads\.inter\.token\.(?P<tail>weight|bias)",
+        "rpn.loss_evaluator.shallow_contrastive_projection_text.{tail}",
+    ),
     (r"heads\.inter\.(?P<tail>log_scale)", "rpn.loss_evaluator.shallow_{tail}"),
 ]
 
@@ -73,7 +90,11 @@ def official_to_ours(key: str, config: GLIPv2Config) -> str | None:
             return f"core.fusion.blocks.{k}.dyconv.{tail}"
         block, part = divmod(k, 3)
         if part == 0:
-            return f"core.fusion.blocks.{block}.fusion.{tail.removeprefix('b_attn.')}" if tail.startswith("b_attn.") else None
+            return (
+                f"core.fusion.blocks.{block}.fusion.{tail.removeprefix('b_attn.')}"
+                if tail.startswith("b_attn.")
+                else None
+            )
         if part == 1:
             return f"core.fusion.blocks.{block}.text_layer.layer.{tail}"
         return f"core.fusion.blocks.{block}.dyconv.{tail}"
@@ -117,8 +138,11 @@ class ConversionReport:
     missing: list[str] = field(default_factory=list)  # ours, given no value by the checkpoint
 
     def problems(self) -> list[str]:
-        return ([f"unmapped: {k}" for k in self.unmapped] + [f"mismatch: {k}" for k in self.mismatched]
-                + [f"missing: {k}" for k in self.missing])
+        return (
+            [f"unmapped: {k}" for k in self.unmapped]
+            + [f"mismatch: {k}" for k in self.mismatched]
+            + [f"missing: {k}" for k in self.missing]
+        )
 
 
 class ConversionError(ValueError):
@@ -131,8 +155,11 @@ class ConversionError(ValueError):
         super().__init__(f"{source} {what} ({len(self.problems)} problem(s)):{lines}")
 
 
-def convert_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module, config: GLIPv2Config,
-                       ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def convert_state_dict(
+    official: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    config: GLIPv2Config,
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Map an official state dict onto `model`'s names. Derived buffers (Swin relative position
     index, cell anchors) are compared with ours rather than copied: a difference means the
     config does not describe the checkpoint."""
@@ -178,8 +205,10 @@ def load_official_checkpoint(path: str | Path, allow_pickle: bool = False) -> di
         blob = _torch_load(path, weights_only=True)
     except Exception as err:
         if not allow_pickle:
-            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({err}); "
-                             "if you trust the file, load it with allow_pickle=True") from err
+            raise ValueError(
+                f"{path}: cannot be read with torch.load(weights_only=True) ({err}); "
+                "if you trust the file, load it with allow_pickle=True"
+            ) from err
         try:
             blob = _torch_load(path, weights_only=False)
         except Exception as err2:

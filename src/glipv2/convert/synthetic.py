@@ -46,8 +46,9 @@ def derived_official_buffers(config: GLIPv2Config) -> dict[str, torch.Tensor]:
     return out
 
 
-def synthetic_official_state_dict(shapes: dict[str, tuple[int, ...]], config: GLIPv2Config,
-                                  seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_official_state_dict(
+    shapes: dict[str, tuple[int, ...]], config: GLIPv2Config, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """An official-layout state dict (`module.` keys, in listing order): float32 values uniform in
     [-1, 1) — distinct per tensor, so a mix-up of two same-shaped tensors shows — and the derived
     buffers' true values. Keys of `shapes` that our model does not derive but that are buffers in

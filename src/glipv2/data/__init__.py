@@ -19,6 +19,21 @@ from .shapes_world import (
     split_pairs,
 )
 
-__all__ = ["BACKGROUNDS", "CATEGORIES", "COLOURS", "COLOUR_RGB", "HELDOUT_PAIRS", "SHAPES", "SIZES", "SPLITS",
-           "ShapeObject", "ShapesExample", "generate_shapes_world", "get_categories", "image_rng", "make_example",
-           "render_scene", "split_pairs"]
+__all__ = [
+    "BACKGROUNDS",
+    "CATEGORIES",
+    "COLOURS",
+    "COLOUR_RGB",
+    "HELDOUT_PAIRS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "ShapeObject",
+    "ShapesExample",
+    "generate_shapes_world",
+    "get_categories",
+    "image_rng",
+    "make_example",
+    "render_scene",
+    "split_pairs",
+]

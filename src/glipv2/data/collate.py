@@ -51,9 +51,15 @@ class TrainingBatch:
 
     def to(self, device: torch.device | str) -> TrainingBatch:
         return TrainingBatch(
-            self.pixel_values.to(device), self.image_sizes.to(device), self.input_ids.to(device),
-            self.attention_mask.to(device), [{k: v.to(device) for k, v in t.items()} for t in self.targets],
-            self.captions, self.image_ids, self.skipped)
+            self.pixel_values.to(device),
+            self.image_sizes.to(device),
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            [{k: v.to(device) for k, v in t.items()} for t in self.targets],
+            self.captions,
+            self.image_ids,
+            self.skipped,
+        )
 
 
 class GroundingCollator:
@@ -64,8 +70,9 @@ class GroundingCollator:
     choice is drawn from the batch's samples' keys (`sample.meta["key"]`, set by `SafeDataset`:
     seed, epoch, index), so it does not depend on the loader's workers or the process."""
 
-    def __init__(self, processor: GLIPv2Processor, mlm: MaskingVocab | None = None,
-                 mlm_probability: float = 0.15) -> None:
+    def __init__(
+        self, processor: GLIPv2Processor, mlm: MaskingVocab | None = None, mlm_probability: float = 0.15
+    ) -> None:
         self.processor = processor
         self.mlm = mlm
         self.mlm_probability = mlm_probability
@@ -77,7 +84,9 @@ class GroundingCollator:
             skipped.extend(sample.meta.get("dropped", []))
         if not good:
             return None
-        tensors = [image_to_tensor(s.image, self.processor.pixel_mean, self.processor.pixel_std) for s in good]
+        tensors = [
+            image_to_tensor(s.image, self.processor.pixel_mean, self.processor.pixel_std) for s in good
+        ]
         batch = self.processor.batch_images(tensors, [t.shape[1:] for t in tensors])
         tokens = self.processor.tokenize([s.caption for s in good])
         targets = []
@@ -86,26 +95,44 @@ class GroundingCollator:
             token_labels = torch.full((offsets.shape[0],), -1, dtype=torch.long)
             for label, spans in sample.phrases.items():
                 token_labels[span_tokens(offsets, spans, mask)] = label
-            box_tokens = [span_tokens(offsets, sample.spans_of_box(j), mask) for j in range(len(sample.boxes))]
+            box_tokens = [
+                span_tokens(offsets, sample.spans_of_box(j), mask) for j in range(len(sample.boxes))
+            ]
             keep = [j for j, hit in enumerate(box_tokens) if bool(hit.any())]
             if len(keep) < len(box_tokens):
                 skipped.extend(["box whose phrase is past the token limit"] * (len(box_tokens) - len(keep)))
-            positive_map = (torch.stack([box_tokens[j] for j in keep]).float() if keep
-                            else torch.zeros(0, offsets.shape[0]))
-            target = {"boxes": sample.boxes[keep].float(), "positive_map": positive_map,
-                      "labels": sample.box_labels[keep], "token_labels": token_labels}
+            positive_map = (
+                torch.stack([box_tokens[j] for j in keep]).float()
+                if keep
+                else torch.zeros(0, offsets.shape[0])
+            )
+            target = {
+                "boxes": sample.boxes[keep].float(),
+                "positive_map": positive_map,
+                "labels": sample.box_labels[keep],
+                "token_labels": token_labels,
+            }
             if sample.masks is not None:
                 target["masks"] = sample.masks[keep].to(torch.uint8)
             targets.append(target)
         input_ids = tokens.input_ids
         if self.mlm is not None:
             generator = torch.Generator().manual_seed(_batch_seed([s.meta.get("key") for s in good]))
-            input_ids, mlm_labels = mask_tokens(input_ids, tokens.attention_mask, self.mlm, self.mlm_probability,
-                                                generator=generator)
+            input_ids, mlm_labels = mask_tokens(
+                input_ids, tokens.attention_mask, self.mlm, self.mlm_probability, generator=generator
+            )
             for target, labels in zip(targets, mlm_labels):
                 target["mlm_labels"] = labels
-        return TrainingBatch(batch.pixel_values, batch.image_sizes, input_ids, tokens.attention_mask,
-                             targets, [s.caption for s in good], [s.image_id for s in good], skipped)
+        return TrainingBatch(
+            batch.pixel_values,
+            batch.image_sizes,
+            input_ids,
+            tokens.attention_mask,
+            targets,
+            [s.caption for s in good],
+            [s.image_id for s in good],
+            skipped,
+        )
 
 
 class SafeDataset(torch.utils.data.Dataset):

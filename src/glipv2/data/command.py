@@ -32,6 +32,7 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
         return value
+
     return parse
 
 
@@ -48,20 +49,31 @@ def _split(text: str) -> str:
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `data` (with its `shapes` sub-command) to a `glipv2` sub-command set."""
-    data = subparsers.add_parser("data", help="generate synthetic datasets",
-                                 description="Generate synthetic grounded vision-language datasets.")
-    kinds = data.add_subparsers(dest="data_command", required=True, metavar="DATASET",
-                                parser_class=_OneLineParser)
+    data = subparsers.add_parser(
+        "data",
+        help="generate synthetic datasets",
+        description="Generate synthetic grounded vision-language datasets.",
+    )
+    kinds = data.add_subparsers(
+        dest="data_command", required=True, metavar="DATASET", parser_class=_OneLineParser
+    )
     p = kinds.add_parser(
-        "shapes", help="ShapesWorld: coloured shapes with boxes, masks, captions, refexps and VQA",
+        "shapes",
+        help="ShapesWorld: coloured shapes with boxes, masks, captions, refexps and VQA",
         description="Write a deterministic ShapesWorld split: DIR/images/*.png, instances.json, grounding.json, "
-                    "vqa.json and captions.json. Same seed and split, same bytes.")
+        "vqa.json and captions.json. Same seed and split, same bytes.",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--num-images", required=True, type=_positive_int, metavar="N", help="images to generate")
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="dataset seed (default 0)")
-    p.add_argument("--split", type=_split, default="train", metavar="{train,val,heldout}",
-                   help="train and val never hold the held-out colour+shape pairs; heldout holds only them "
-                        "(default train)")
+    p.add_argument(
+        "--split",
+        type=_split,
+        default="train",
+        metavar="{train,val,heldout}",
+        help="train and val never hold the held-out colour+shape pairs; heldout holds only them "
+        "(default train)",
+    )
     p.set_defaults(func=run_shapes)
     return data
 
@@ -77,10 +89,12 @@ def run_shapes(args: argparse.Namespace) -> int:
         print(f"glipv2 data shapes: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     seconds = time.perf_counter() - start
-    print(f"ShapesWorld {summary['split']} (seed {summary['seed']}): {summary['num_images']} images, "
-          f"{summary['num_objects']} objects over {summary['categories_used']} categories, "
-          f"{summary['num_refexps']} referring expressions, {summary['num_questions']} questions, "
-          f"{summary['num_captions']} captions -> {summary['out_dir']} ({seconds:.1f}s)")
+    print(
+        f"ShapesWorld {summary['split']} (seed {summary['seed']}): {summary['num_images']} images, "
+        f"{summary['num_objects']} objects over {summary['categories_used']} categories, "
+        f"{summary['num_refexps']} referring expressions, {summary['num_questions']} questions, "
+        f"{summary['num_captions']} captions -> {summary['out_dir']} ({seconds:.1f}s)"
+    )
     return 0
 
 

@@ -93,7 +93,9 @@ def sanitize_boxes(boxes: torch.Tensor, width: int, height: int) -> tuple[torch.
     `clip_to_image(remove_empty=True)`: kept are finite boxes with x2 > x1 and y2 > y1 after
     clipping (so boxes outside the image and boxes without area are dropped)."""
     clipped = clip_to_image(boxes, (height, width))
-    keep = (torch.isfinite(boxes).all(dim=1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]))
+    keep = (
+        torch.isfinite(boxes).all(dim=1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    )
     return clipped, keep
 
 
@@ -116,8 +118,14 @@ def decode_segmentation(segmentation: Any, width: int, height: int) -> torch.Ten
             if [int(v) for v in segmentation["size"]] != [height, width]:
                 raise ValueError(f"RLE of size {segmentation['size']} for an image of {height}x{width}")
             counts = segmentation["counts"]
-            rle = (mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list)
-                   else {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts})
+            rle = (
+                mask_utils.frPyObjects(segmentation, height, width)
+                if isinstance(counts, list)
+                else {
+                    "size": [height, width],
+                    "counts": counts.encode() if isinstance(counts, str) else counts,
+                }
+            )
         else:
             raise ValueError(f"not polygons or RLE: {type(segmentation).__name__}")
         return torch.from_numpy(mask_utils.decode(rle).astype(bool))
@@ -138,13 +146,22 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
     category's span. Boxes are xywh in the json; crowd boxes are ignored. With `with_masks`, each
     box also carries its decoded `segmentation` (a box without a usable one is dropped and counted)."""
 
-    def __init__(self, ann_file: str | Path, image_dir: str | Path, max_categories: int = MAX_PROMPT_CATEGORIES,
-                 shuffle_categories: bool = True, seed: int = 0, skips: SkipCounter | None = None,
-                 with_masks: bool = False) -> None:
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_dir: str | Path,
+        max_categories: int = MAX_PROMPT_CATEGORIES,
+        shuffle_categories: bool = True,
+        seed: int = 0,
+        skips: SkipCounter | None = None,
+        with_masks: bool = False,
+    ) -> None:
         data = _read_json(ann_file)
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
-        self.categories = {int(c["id"]): clean_category_name(str(c["name"])) for c in data.get("categories", [])}
+        self.categories = {
+            int(c["id"]): clean_category_name(str(c["name"])) for c in data.get("categories", [])
+        }
         if not self.categories:
             raise ValueError(f"{ann_file}: no categories")
         self.images = list(data["images"])
@@ -200,8 +217,11 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         box_tensor = box_tensor[keep]
         mask_tensor = None
         if self.with_masks:
-            mask_tensor = (torch.stack(masks) if masks else torch.zeros(0, image.size[1], image.size[0],
-                                                                        dtype=torch.bool))[keep]
+            mask_tensor = (
+                torch.stack(masks)
+                if masks
+                else torch.zeros(0, image.size[1], image.size[0], dtype=torch.bool)
+            )[keep]
 
         rng = random.Random(hash((self.seed, self.epoch, index)))
         positives = sorted(set(cats))
@@ -216,9 +236,16 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         labels = torch.tensor([label_id(self.categories[cats[i]]) for i in keep_boxes], dtype=torch.long)
         for reason in dropped:
             self.skips.add(reason)
-        return GroundingSample(image, caption, box_tensor[keep_boxes], labels, phrases, image_id,
-                               {"dropped": dropped},
-                               masks=None if mask_tensor is None else mask_tensor[keep_boxes])
+        return GroundingSample(
+            image,
+            caption,
+            box_tensor[keep_boxes],
+            labels,
+            phrases,
+            image_id,
+            {"dropped": dropped},
+            masks=None if mask_tensor is None else mask_tensor[keep_boxes],
+        )
 
 
 def _join(names: Any) -> tuple[str, list[Span]]:
@@ -281,11 +308,21 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
             self.skips.add(reason)
         label_tensor = torch.tensor(labels, dtype=torch.long)[keep]
         kept_spans = [s for s, k in zip(box_spans, keep.tolist()) if k]
-        return GroundingSample(image, caption, box_tensor[keep], label_tensor, phrases, image_id,
-                               {"dropped": dropped}, kept_spans)
+        return GroundingSample(
+            image,
+            caption,
+            box_tensor[keep],
+            label_tensor,
+            phrases,
+            image_id,
+            {"dropped": dropped},
+            kept_spans,
+        )
 
 
-def build_grounding_dataset(ann_file: str | Path, image_dir: str | Path, **kwargs: Any) -> torch.utils.data.Dataset:
+def build_grounding_dataset(
+    ann_file: str | Path, image_dir: str | Path, **kwargs: Any
+) -> torch.utils.data.Dataset:
     """A COCO instances json (no `caption` on its images) or an MDETR-style grounding json."""
     data = _read_json(ann_file)
     first = data["images"][0] if data["images"] else {}

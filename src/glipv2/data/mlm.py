@@ -41,13 +41,19 @@ class MaskingVocab:
         """From a Hugging Face tokenizer (needs a mask token, e.g. BERT's)."""
         if tokenizer.mask_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no mask token; MLM needs one")
-        return cls(int(tokenizer.mask_token_id), len(tokenizer), tuple(int(i) for i in tokenizer.all_special_ids))
+        return cls(
+            int(tokenizer.mask_token_id), len(tokenizer), tuple(int(i) for i in tokenizer.all_special_ids)
+        )
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                tokenizer_or_ids: Any | MaskingVocab, probability: float = 0.15,
-                generator: torch.Generator | None = None,
-                protected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    tokenizer_or_ids: Any | MaskingVocab,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+    protected: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt tokens for L_mlm.
 
     input_ids:       (B, T) long token ids
@@ -63,12 +69,19 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must lie in [0, 1], got {probability}")
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
-        raise ValueError(f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} "
-                         f"and {tuple(attention_mask.shape)}")
-    vocab = tokenizer_or_ids if isinstance(tokenizer_or_ids, MaskingVocab) else (
-        MaskingVocab.from_tokenizer(tokenizer_or_ids))
+        raise ValueError(
+            f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    vocab = (
+        tokenizer_or_ids
+        if isinstance(tokenizer_or_ids, MaskingVocab)
+        else (MaskingVocab.from_tokenizer(tokenizer_or_ids))
+    )
     device = input_ids.device
-    special = torch.tensor(sorted(set(vocab.special_ids) | {vocab.mask_token_id}), dtype=torch.long, device=device)
+    special = torch.tensor(
+        sorted(set(vocab.special_ids) | {vocab.mask_token_id}), dtype=torch.long, device=device
+    )
 
     eligible = attention_mask.bool() & ~torch.isin(input_ids, special)
     if protected is not None:

@@ -69,7 +69,8 @@ CATEGORIES: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in COLOURS fo
 # A Latin-square diagonal (shape index = colour index + 3 mod 6): each colour and each shape is held
 # out exactly once, so every colour and every shape is still seen in training, only not together.
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    (colour, SHAPES[(i + 3) % len(SHAPES)]) for i, colour in enumerate(COLOURS))
+    (colour, SHAPES[(i + 3) % len(SHAPES)]) for i, colour in enumerate(COLOURS)
+)
 
 MIN_SIDE, MAX_SIDE = 192, 384
 MIN_OBJECTS, MAX_OBJECTS = 1, 8
@@ -79,16 +80,26 @@ POSITION_MARGIN = 0.05
 # Object radius as a fraction of the image's shorter side. Large is >= 1.47x small, so sizes never blur.
 SIZE_RADIUS: dict[str, tuple[float, float]] = {"small": (0.065, 0.09), "large": (0.135, 0.18)}
 # Per-shape radius factors so that the shapes look about equally big at the same nominal size.
-_SHAPE_SCALE: dict[str, float] = {"circle": 0.9, "square": 1.0, "triangle": 1.12, "star": 1.15,
-                                  "hexagon": 0.95, "cross": 1.0}
+_SHAPE_SCALE: dict[str, float] = {
+    "circle": 0.9,
+    "square": 1.0,
+    "triangle": 1.12,
+    "star": 1.15,
+    "hexagon": 0.95,
+    "cross": 1.0,
+}
 _MAX_ROTATION_DEG = 12.0  # enough to vary the look; a 45-degree square would read as a diamond
 _SAME_COLOUR_GAP = 3  # px between the boxes of two objects of the same colour
 # Standard normal quantiles at the midpoints of 256 equal-probability bins (see render_scene's noise).
 _NORMAL_TABLE = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 _DIRECTIONS = ("leftmost", "rightmost", "topmost", "bottommost")
-RELATIONS: dict[str, str] = {"left": "to the left of", "right": "to the right of", "above": "above",
-                             "below": "below"}
+RELATIONS: dict[str, str] = {
+    "left": "to the left of",
+    "right": "to the right of",
+    "above": "above",
+    "below": "below",
+}
 
 
 def category_id(colour: str, shape: str) -> int:
@@ -99,8 +110,18 @@ def category_id(colour: str, shape: str) -> int:
 def get_categories() -> list[dict[str, Any]]:
     """The COCO `categories` list shared by every split: 36 colour+shape pairs with ids 1..36."""
     heldout = set(HELDOUT_PAIRS)
-    return [{"id": category_id(c, s), "name": f"{c} {s}", "supercategory": s, "colour": c, "shape": s,
-             "heldout": (c, s) in heldout} for c in COLOURS for s in SHAPES]
+    return [
+        {
+            "id": category_id(c, s),
+            "name": f"{c} {s}",
+            "supercategory": s,
+            "colour": c,
+            "shape": s,
+            "heldout": (c, s) in heldout,
+        }
+        for c in COLOURS
+        for s in SHAPES
+    ]
 
 
 def split_pairs(split: str) -> list[tuple[str, str]]:
@@ -128,6 +149,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 # --------------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ShapeObject:
@@ -208,8 +230,13 @@ def _shape_patch(shape: str, radius: float, rotation: float) -> np.ndarray:
     rot = math.radians(rotation)
 
     def ring(count: int, rad: float, start_deg: float) -> list[tuple[float, float]]:
-        return [(c + rad * math.cos(math.radians(start_deg + 360 * k / count) + rot),
-                 c + rad * math.sin(math.radians(start_deg + 360 * k / count) + rot)) for k in range(count)]
+        return [
+            (
+                c + rad * math.cos(math.radians(start_deg + 360 * k / count) + rot),
+                c + rad * math.sin(math.radians(start_deg + 360 * k / count) + rot),
+            )
+            for k in range(count)
+        ]
 
     if shape == "circle":
         draw.ellipse([c - r, c - r, c + r, c + r], fill=255)
@@ -224,15 +251,27 @@ def _shape_patch(shape: str, radius: float, rotation: float) -> np.ndarray:
         draw.polygon([p for pair in zip(outer, inner) for p in pair], fill=255)
     elif shape == "cross":
         a = 0.32 * r  # half-width of an arm
-        local = [(-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a),
-                 (-r, -a), (-a, -a)]
+        local = [
+            (-a, -r),
+            (a, -r),
+            (a, -a),
+            (r, -a),
+            (r, a),
+            (a, a),
+            (a, r),
+            (-a, r),
+            (-a, a),
+            (-r, a),
+            (-r, -a),
+            (-a, -a),
+        ]
         cos, sin = math.cos(rot), math.sin(rot)
         draw.polygon([(c + x * cos - y * sin, c + x * sin + y * cos) for x, y in local], fill=255)
     else:
         raise ValueError(f"unknown shape {shape!r}")
     mask = np.asarray(img) > 0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 @dataclass
@@ -245,9 +284,16 @@ def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def render_scene(rng: np.random.Generator, *, width: int | None = None, height: int | None = None,
-                 num_objects: int | None = None, pairs: Sequence[tuple[str, str]] | None = None,
-                 background: str | None = None, noise: float = 5.0) -> tuple[Image.Image, list[ShapeObject]]:
+def render_scene(
+    rng: np.random.Generator,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    num_objects: int | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    background: str | None = None,
+    noise: float = 5.0,
+) -> tuple[Image.Image, list[ShapeObject]]:
     """Draw one scene from `rng`: an RGB PIL image and its objects (in drawing order, bottom first).
 
     Unset arguments are drawn from `rng`: width and height independently in [192, 384], 1-8 objects,
@@ -284,13 +330,22 @@ def render_scene(rng: np.random.Generator, *, width: int | None = None, height: 
         else:
             continue  # nowhere to put it without hiding the others: leave it out
         for other in placed:  # the new object is on top: cut it out of what lies below
-            other.obj.mask[y0:y0 + ph, x0:x0 + pw] &= ~patch
+            other.obj.mask[y0 : y0 + ph, x0 : x0 + pw] &= ~patch
         mask = np.zeros((height, width), dtype=bool)
-        mask[y0:y0 + ph, x0:x0 + pw] = patch
+        mask[y0 : y0 + ph, x0 : x0 + pw] = patch
         # a little jitter per object, far smaller than the gaps between the colours
-        r, g, b = (int(v) for v in np.clip(np.array(COLOUR_RGB[colour]) + rng.integers(-10, 11, size=3), 0, 255))
-        obj = ShapeObject(shape=shape, colour=colour, size=size, mask=mask, full_area=patch_area,
-                          rgb=(r, g, b), rotation=rotation)
+        r, g, b = (
+            int(v) for v in np.clip(np.array(COLOUR_RGB[colour]) + rng.integers(-10, 11, size=3), 0, 255)
+        )
+        obj = ShapeObject(
+            shape=shape,
+            colour=colour,
+            size=size,
+            mask=mask,
+            full_area=patch_area,
+            rgb=(r, g, b),
+            rotation=rotation,
+        )
         placed.append(_Placed(obj, window))
 
     for item in placed:  # paint bottom to top; each visible mask is exactly the pixels that show it
@@ -298,8 +353,12 @@ def render_scene(rng: np.random.Generator, *, width: int | None = None, height: 
         visible = item.obj.mask[y0:y1, x0:x1]
         canvas[y0:y1, x0:x1][visible] = np.array(item.obj.rgb, dtype=np.float32)
         rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-        item.obj.bbox = (x0 + int(cols[0]), y0 + int(rows[0]), int(cols[-1] - cols[0] + 1),
-                         int(rows[-1] - rows[0] + 1))
+        item.obj.bbox = (
+            x0 + int(cols[0]),
+            y0 + int(rows[0]),
+            int(cols[-1] - cols[0] + 1),
+            int(rows[-1] - rows[0] + 1),
+        )
         item.obj.area = int(np.count_nonzero(visible))
     # Gaussian noise from random bytes through an inverse-CDF table: several times cheaper than
     # standard_normal, and 256 levels are far finer than the 8-bit output can show. The +0.5 makes the
@@ -316,8 +375,9 @@ def _fits(placed: list[_Placed], colour: str, window: tuple[int, int, int, int],
     y0, x0, y1, x1 = window
     for other in placed:
         oy0, ox0, oy1, ox1 = other.window
-        if other.obj.colour == colour and not _boxes_apart((x0, y0, x1, y1), (ox0, oy0, ox1, oy1),
-                                                           _SAME_COLOUR_GAP):
+        if other.obj.colour == colour and not _boxes_apart(
+            (x0, y0, x1, y1), (ox0, oy0, ox1, oy1), _SAME_COLOUR_GAP
+        ):
             return False
         if x1 <= ox0 or ox1 <= x0 or y1 <= oy0 or oy1 <= y0:
             continue
@@ -336,7 +396,9 @@ def _fits(placed: list[_Placed], colour: str, window: tuple[int, int, int, int],
 Descriptor = tuple[str | None, str | None, str | None]  # (size, colour, shape); None = not named
 # Which of (size, colour, shape) a descriptor names, fewest first; within a length shape before colour
 # before size, as a shape is the most natural single word ("the circle").
-_DESCRIPTOR_USES: tuple[tuple[int, int, int], ...] = tuple(sorted(itertools.product((0, 1), repeat=3), key=sum))
+_DESCRIPTOR_USES: tuple[tuple[int, int, int], ...] = tuple(
+    sorted(itertools.product((0, 1), repeat=3), key=sum)
+)
 
 
 def plural(shape: str) -> str:
@@ -360,21 +422,28 @@ def describe(desc: Descriptor, *, count: int = 1) -> str:
 def matches(obj: ShapeObject, desc: Descriptor) -> bool:
     """Whether `obj` fits every attribute the descriptor names."""
     size, colour, shape = desc
-    return ((size is None or obj.size == size) and (colour is None or obj.colour == colour)
-            and (shape is None or obj.shape == shape))
+    return (
+        (size is None or obj.size == size)
+        and (colour is None or obj.colour == colour)
+        and (shape is None or obj.shape == shape)
+    )
 
 
 def _descriptors(obj: ShapeObject) -> list[Descriptor]:
     """All descriptors that fit `obj`, fewest named attributes first (the empty one included)."""
-    return [(obj.size if use[0] else None, obj.colour if use[1] else None, obj.shape if use[2] else None)
-            for use in _DESCRIPTOR_USES]
+    return [
+        (obj.size if use[0] else None, obj.colour if use[1] else None, obj.shape if use[2] else None)
+        for use in _DESCRIPTOR_USES
+    ]
 
 
 def strictly(relation: str, a: ShapeObject, b: ShapeObject) -> bool:
     """Whether box a lies entirely on the `relation` side of box b (left/right/above/below)."""
     ax, ay, aw, ah = a.bbox
     bx, by, bw, bh = b.bbox
-    return {"left": ax + aw <= bx, "right": ax >= bx + bw, "above": ay + ah <= by, "below": ay >= by + bh}[relation]
+    return {"left": ax + aw <= bx, "right": ax >= bx + bw, "above": ay + ah <= by, "below": ay >= by + bh}[
+        relation
+    ]
 
 
 def clearly_not(relation: str, a: ShapeObject, b: ShapeObject) -> bool:
@@ -383,16 +452,21 @@ def clearly_not(relation: str, a: ShapeObject, b: ShapeObject) -> bool:
     return {"left": acx >= bcx, "right": acx <= bcx, "above": acy >= bcy, "below": acy <= bcy}[relation]
 
 
-def is_extreme(direction: str, target: ShapeObject, others: Sequence[ShapeObject], width: int,
-               height: int) -> bool:
+def is_extreme(
+    direction: str, target: ShapeObject, others: Sequence[ShapeObject], width: int, height: int
+) -> bool:
     """Whether `target` is the `direction`-most (leftmost...) of `others` + itself, by a clear margin."""
-    axis, sign = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}[direction]
+    axis, sign = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}[
+        direction
+    ]
     margin = POSITION_MARGIN * (width if axis == 0 else height)
     t = target.center[axis]
     return all(sign * (o.center[axis] - t) >= margin for o in others)
 
 
-def _unique_descriptor(objects: Sequence[ShapeObject], index: int, rng: np.random.Generator | None = None) -> Descriptor | None:
+def _unique_descriptor(
+    objects: Sequence[ShapeObject], index: int, rng: np.random.Generator | None = None
+) -> Descriptor | None:
     """A shortest attribute descriptor naming objects[index] alone (random among the shortest)."""
     best: list[Descriptor] = []
     for desc in _descriptors(objects[index])[1:]:
@@ -414,8 +488,9 @@ class Phrase:
     objects: list[int]
 
 
-def grounding_caption(rng: np.random.Generator, objects: Sequence[ShapeObject],
-                      background: str) -> tuple[str, list[Phrase]]:
+def grounding_caption(
+    rng: np.random.Generator, objects: Sequence[ShapeObject], background: str
+) -> tuple[str, list[Phrase]]:
     """One caption naming every object once, e.g. "a small red circle, two blue squares and a green star."
 
     Objects of one colour+shape are grouped; the size is named unless the group mixes sizes (then one
@@ -459,8 +534,9 @@ class RefExp:
     landmark: int | None = None
 
 
-def referring_expressions(rng: np.random.Generator, objects: Sequence[ShapeObject], width: int,
-                          height: int) -> list[RefExp]:
+def referring_expressions(
+    rng: np.random.Generator, objects: Sequence[ShapeObject], width: int, height: int
+) -> list[RefExp]:
     """Up to three expressions per object: by attributes, as the leftmost/... of its kind, and relative to
     a uniquely named landmark. Each candidate is checked to pick out its target alone (see the module
     docstring for the geometry) before it is kept."""
@@ -475,8 +551,11 @@ def referring_expressions(rng: np.random.Generator, objects: Sequence[ShapeObjec
         for d in _descriptors(target):
             others = [o for i, o in enumerate(objects) if i != t and matches(o, d)]
             if others:  # with nothing else of its kind, "leftmost" would add nothing
-                extremes += [(direction, d) for direction in _DIRECTIONS
-                             if is_extreme(direction, target, others, width, height)]
+                extremes += [
+                    (direction, d)
+                    for direction in _DIRECTIONS
+                    if is_extreme(direction, target, others, width, height)
+                ]
         if extremes:
             direction, d = extremes[int(rng.integers(len(extremes)))]
             words = describe(d)
@@ -492,18 +571,22 @@ def referring_expressions(rng: np.random.Generator, objects: Sequence[ShapeObjec
                     continue
                 for rel in RELATIONS:
                     if strictly(rel, target, objects[lm]) and all(
-                            clearly_not(rel, objects[i], objects[lm]) for i in candidates):
+                        clearly_not(rel, objects[i], objects[lm]) for i in candidates
+                    ):
                         relational.append((d, rel, lm))
         if relational:
             d, rel, lm = relational[int(rng.integers(len(relational)))]
             lm_desc = landmarks[lm]
             assert lm_desc is not None
-            out.append(RefExp(f"the {describe(d)} {RELATIONS[rel]} the {describe(lm_desc)}", t, "relation", lm))
+            out.append(
+                RefExp(f"the {describe(d)} {RELATIONS[rel]} the {describe(lm_desc)}", t, "relation", lm)
+            )
     return out
 
 
-def vqa_pairs(rng: np.random.Generator, objects: Sequence[ShapeObject],
-              pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+def vqa_pairs(
+    rng: np.random.Generator, objects: Sequence[ShapeObject], pairs: Sequence[tuple[str, str]]
+) -> list[dict[str, str]]:
     """Question/answer/type triples: counting, colour, shape, size, existence and relative position.
 
     Attribute questions are only asked about uniquely named objects; existence negatives and counted
@@ -535,12 +618,17 @@ def vqa_pairs(rng: np.random.Generator, objects: Sequence[ShapeObject],
                 continue
             size, colour, shape = desc
             if colour is None:
-                attribute["colour"].append({"question": f"what colour is the {describe(desc)}?",
-                                            "answer": obj.colour})
+                attribute["colour"].append(
+                    {"question": f"what colour is the {describe(desc)}?", "answer": obj.colour}
+                )
             if shape is None:
-                attribute["shape"].append({"question": f"what shape is the {describe(desc)}?", "answer": obj.shape})
+                attribute["shape"].append(
+                    {"question": f"what shape is the {describe(desc)}?", "answer": obj.shape}
+                )
             if size is None:
-                attribute["size"].append({"question": f"what size is the {describe(desc)}?", "answer": obj.size})
+                attribute["size"].append(
+                    {"question": f"what size is the {describe(desc)}?", "answer": obj.size}
+                )
     for kind, candidates in attribute.items():
         qa += [dict(c, type=kind) for c in pick(candidates, 1)]
 
@@ -551,7 +639,9 @@ def vqa_pairs(rng: np.random.Generator, objects: Sequence[ShapeObject],
         if options:
             colour, shape = options[int(rng.integers(len(options)))]
             words = f"{colour} {shape}"
-            qa.append({"question": f"is there {_article(words)} {words}?", "answer": answer, "type": "existence"})
+            qa.append(
+                {"question": f"is there {_article(words)} {words}?", "answer": answer, "type": "existence"}
+            )
 
     named = {i: d for i in range(len(objects)) if (d := _unique_descriptor(objects, i)) is not None}
     relation: dict[str, list[dict[str, str]]] = {"yes": [], "no": []}
@@ -590,13 +680,16 @@ def image_captions(objects: Sequence[ShapeObject], background: str) -> list[str]
     # most common first, then by name: a fixed order independent of drawing order
     first = _listing(sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0])))
     second = _listing(sorted(by_shape.items(), key=lambda kv: (-kv[1], kv[0])))
-    return [f"{first} on a {background} background.",
-            f"{_NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'} on a {background} background: {second}."]
+    return [
+        f"{first} on a {background} background.",
+        f"{_NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'} on a {background} background: {second}.",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # Whole examples and the dataset on disk
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ShapesExample:
@@ -621,8 +714,9 @@ def make_example(seed: int, split: str, index: int) -> ShapesExample:
     caption, phrases = grounding_caption(rng, objects, background)
     refexps = referring_expressions(rng, objects, image.width, image.height)
     vqa = vqa_pairs(rng, objects, pairs)
-    return ShapesExample(image, objects, background, caption, phrases, refexps, vqa,
-                         image_captions(objects, background))
+    return ShapesExample(
+        image, objects, background, caption, phrases, refexps, vqa, image_captions(objects, background)
+    )
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -638,8 +732,14 @@ def _write_json(path: Path, document: Any) -> None:
     atomic_write_json(path, document, sort_keys=True, separators=(",", ":"), end="\n")
 
 
-def generate_shapes_world(out_dir: str | os.PathLike[str], num_images: int, seed: int, split: str = "train", *,
-                          progress: bool = False) -> dict[str, Any]:
+def generate_shapes_world(
+    out_dir: str | os.PathLike[str],
+    num_images: int,
+    seed: int,
+    split: str = "train",
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Write `num_images` images of `split` and their annotations under `out_dir`; return a summary.
 
     Layout: images/<split>_<index>.png, instances.json (COCO, RLE masks), grounding.json (MDETR style,
@@ -673,52 +773,107 @@ def generate_shapes_world(out_dir: str | os.PathLike[str], num_images: int, seed
         file_name = f"{split}_{index:06d}.png"
         # Huffman-only deflate: LZ matching finds little in per-pixel noise, so this is both faster and
         # smaller than the default strategy
-        ex.image.save(out / "images" / file_name, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
+        ex.image.save(
+            out / "images" / file_name, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY
+        )
         w, h = ex.image.size
-        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h, "background": ex.background})
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": w, "height": h, "background": ex.background}
+        )
         ann_ids = list(range(next_ann, next_ann + len(ex.objects)))
         next_ann += len(ex.objects)
         for ann_id, obj in zip(ann_ids, ex.objects):
-            instances.append({
-                "id": ann_id, "image_id": image_id, "category_id": obj.category_id, "bbox": list(obj.bbox),
-                "area": obj.area, "iscrowd": 0, "segmentation": encode_mask(obj.mask), "shape": obj.shape,
-                "colour": obj.colour, "size": obj.size, "full_area": obj.full_area,
-            })
+            instances.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": obj.category_id,
+                    "bbox": list(obj.bbox),
+                    "area": obj.area,
+                    "iscrowd": 0,
+                    "segmentation": encode_mask(obj.mask),
+                    "shape": obj.shape,
+                    "colour": obj.colour,
+                    "size": obj.size,
+                    "full_area": obj.full_area,
+                }
+            )
         phrase_of = {i: p for p, phrase in enumerate(ex.phrases) for i in phrase.objects}
         for i, (ann_id, obj) in enumerate(zip(ann_ids, ex.objects)):
             phrase = ex.phrases[phrase_of[i]]
-            grounding_anns.append({
-                "id": ann_id, "image_id": image_id, "bbox": list(obj.bbox), "area": obj.area, "iscrowd": 0,
-                "category_id": obj.category_id, "tokens_positive": [list(phrase.span)],
-                "phrase_ids": phrase_of[i],
-            })
-        grounding_images.append({
-            "id": image_id, "original_img_id": image_id, "file_name": file_name, "width": w, "height": h,
-            "caption": ex.caption, "dataset_name": "shapes_world",
-            "tokens_positive_eval": [[list(p.span)] for p in ex.phrases],
-            "phrases": [{"phrase_id": k, "text": p.text, "tokens_positive": [list(p.span)],
-                         "ann_ids": [ann_ids[i] for i in p.objects]} for k, p in enumerate(ex.phrases)],
-            "refexps": [{"expression": r.expression, "ann_id": ann_ids[r.target], "kind": r.kind,
-                         "bbox": list(ex.objects[r.target].bbox),
-                         "landmark_ann_id": None if r.landmark is None else ann_ids[r.landmark]} for r in ex.refexps],
-        })
+            grounding_anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "bbox": list(obj.bbox),
+                    "area": obj.area,
+                    "iscrowd": 0,
+                    "category_id": obj.category_id,
+                    "tokens_positive": [list(phrase.span)],
+                    "phrase_ids": phrase_of[i],
+                }
+            )
+        grounding_images.append(
+            {
+                "id": image_id,
+                "original_img_id": image_id,
+                "file_name": file_name,
+                "width": w,
+                "height": h,
+                "caption": ex.caption,
+                "dataset_name": "shapes_world",
+                "tokens_positive_eval": [[list(p.span)] for p in ex.phrases],
+                "phrases": [
+                    {
+                        "phrase_id": k,
+                        "text": p.text,
+                        "tokens_positive": [list(p.span)],
+                        "ann_ids": [ann_ids[i] for i in p.objects],
+                    }
+                    for k, p in enumerate(ex.phrases)
+                ],
+                "refexps": [
+                    {
+                        "expression": r.expression,
+                        "ann_id": ann_ids[r.target],
+                        "kind": r.kind,
+                        "bbox": list(ex.objects[r.target].bbox),
+                        "landmark_ann_id": None if r.landmark is None else ann_ids[r.landmark],
+                    }
+                    for r in ex.refexps
+                ],
+            }
+        )
         for qa in ex.vqa:
             vqa.append({"question_id": len(vqa) + 1, "image_id": image_id, **qa})
         for text in ex.captions:
             caption_anns.append({"id": len(caption_anns) + 1, "image_id": image_id, "caption": text})
 
-    info = {"description": "ShapesWorld synthetic grounded vision-language data", "split": split, "seed": seed,
-            "version": "1.0"}
+    info = {
+        "description": "ShapesWorld synthetic grounded vision-language data",
+        "split": split,
+        "seed": seed,
+        "version": "1.0",
+    }
     categories = get_categories()
-    _write_json(out / "instances.json", {"info": info, "images": images, "annotations": instances,
-                                         "categories": categories})
-    _write_json(out / "grounding.json", {"info": info, "images": grounding_images, "annotations": grounding_anns,
-                                         "categories": categories})
+    _write_json(
+        out / "instances.json",
+        {"info": info, "images": images, "annotations": instances, "categories": categories},
+    )
+    _write_json(
+        out / "grounding.json",
+        {"info": info, "images": grounding_images, "annotations": grounding_anns, "categories": categories},
+    )
     _write_json(out / "vqa.json", vqa)
     _write_json(out / "captions.json", {"info": info, "images": images, "annotations": caption_anns})
     return {
-        "out_dir": str(out), "split": split, "seed": seed, "num_images": num_images,
-        "num_objects": len(instances), "num_refexps": sum(len(g["refexps"]) for g in grounding_images),
-        "num_questions": len(vqa), "num_captions": len(caption_anns),
+        "out_dir": str(out),
+        "split": split,
+        "seed": seed,
+        "num_images": num_images,
+        "num_objects": len(instances),
+        "num_refexps": sum(len(g["refexps"]) for g in grounding_images),
+        "num_questions": len(vqa),
+        "num_captions": len(caption_anns),
         "categories_used": len({a["category_id"] for a in instances}),
     }

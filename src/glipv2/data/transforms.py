@@ -33,7 +33,7 @@ def swap_left_right(text: str, spans: dict[int, tuple[Span, ...]]) -> tuple[str,
         word = m.group(0)
         new = _SWAP[word.lower()]
         new = new.capitalize() if word[0].isupper() else new
-        pieces.append(text[cursor:m.start()])
+        pieces.append(text[cursor : m.start()])
         pieces.append(new)
         cursor = m.end()
         delta += len(new) - len(word)
@@ -89,7 +89,9 @@ class RandomHorizontalFlip:
         masks = None if sample.masks is None else sample.masks.flip(-1)
         caption, phrases = swap_left_right(sample.caption, sample.phrases)
         if caption == sample.caption:
-            return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, masks=masks)
+            return replace(
+                sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, masks=masks
+            )
         box_spans = None
         if sample.box_spans is not None:
             _, moved = swap_left_right(sample.caption, dict(enumerate(sample.box_spans)))
@@ -104,11 +106,18 @@ class RandomHorizontalFlip:
                 continue
             mention = box_spans[labels.index(label)] if box_spans is not None and label in labels else spans
             relabel[label] = label_id(" ".join(caption[s:e] for s, e in mention))
-        return replace(sample, image=sample.image.transpose(Image.FLIP_LEFT_RIGHT), boxes=boxes, caption=caption,
-                       phrases={relabel.get(k, k): v for k, v in phrases.items()},
-                       box_labels=torch.tensor([relabel.get(int(v), int(v)) for v in sample.box_labels.tolist()],
-                                               dtype=torch.long),
-                       box_spans=box_spans, masks=masks)
+        return replace(
+            sample,
+            image=sample.image.transpose(Image.FLIP_LEFT_RIGHT),
+            boxes=boxes,
+            caption=caption,
+            phrases={relabel.get(k, k): v for k, v in phrases.items()},
+            box_labels=torch.tensor(
+                [relabel.get(int(v), int(v)) for v in sample.box_labels.tolist()], dtype=torch.long
+            ),
+            box_spans=box_spans,
+            masks=masks,
+        )
 
 
 class ColourJitter:
@@ -137,7 +146,16 @@ class Compose:
         return sample
 
 
-def build_train_transforms(min_sizes: Sequence[int] = (480, 560, 640, 720, 800), max_size: int = 1333,
-                           flip_probability: float = 0.5, colour_strength: float = 0.2) -> Compose:
-    return Compose([RandomResize(min_sizes, max_size), RandomHorizontalFlip(flip_probability),
-                    ColourJitter(colour_strength)])
+def build_train_transforms(
+    min_sizes: Sequence[int] = (480, 560, 640, 720, 800),
+    max_size: int = 1333,
+    flip_probability: float = 0.5,
+    colour_strength: float = 0.2,
+) -> Compose:
+    return Compose(
+        [
+            RandomResize(min_sizes, max_size),
+            RandomHorizontalFlip(flip_probability),
+            ColourJitter(colour_strength),
+        ]
+    )

@@ -18,10 +18,16 @@ DEFAULT_OUT = "runs/glipv2_tiny_shapes"
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "train", help="train or fine-tune on COCO-json / grounding-json data (default: glipv2_tiny on ShapesWorld)",
-        description="Train with the GLIPv2 losses. Without --train-ann, a ShapesWorld split is generated.")
-    p.add_argument("--model", default="glipv2_tiny", metavar="NAME_OR_DIR",
-                   help="preset to train from scratch, or a model folder / hub id to fine-tune (default glipv2_tiny)")
+        "train",
+        help="train or fine-tune on COCO-json / grounding-json data (default: glipv2_tiny on ShapesWorld)",
+        description="Train with the GLIPv2 losses. Without --train-ann, a ShapesWorld split is generated.",
+    )
+    p.add_argument(
+        "--model",
+        default="glipv2_tiny",
+        metavar="NAME_OR_DIR",
+        help="preset to train from scratch, or a model folder / hub id to fine-tune (default glipv2_tiny)",
+    )
     p.add_argument("--train-ann", metavar="FILE", help="COCO instances json or MDETR-style grounding json")
     p.add_argument("--train-images", metavar="DIR", help="images of --train-ann")
     p.add_argument("--val-ann", metavar="FILE", help="COCO instances json for periodic box AP")
@@ -31,14 +37,26 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--max-steps", type=int, metavar="N")
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--lr", type=float)
-    p.add_argument("--shapes-images", type=int, default=2000, metavar="N",
-                   help="ShapesWorld train images to generate when no --train-ann is given (default 2000)")
-    p.add_argument("--val-limit", type=int, default=200, metavar="N", help="images of the val set per evaluation")
-    p.add_argument("--no-val", action="store_true",
-                   help="no evaluation during or after training, and no ShapesWorld val split (score the model "
-                        "folder with `glipv2 eval` instead)")
+    p.add_argument(
+        "--shapes-images",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="ShapesWorld train images to generate when no --train-ann is given (default 2000)",
+    )
+    p.add_argument(
+        "--val-limit", type=int, default=200, metavar="N", help="images of the val set per evaluation"
+    )
+    p.add_argument(
+        "--no-val",
+        action="store_true",
+        help="no evaluation during or after training, and no ShapesWorld val split (score the model "
+        "folder with `glipv2 eval` instead)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
-    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)"
+    )
     p.set_defaults(func=run_train)
     return p
 
@@ -47,8 +65,9 @@ class BadInput(ValueError):
     pass
 
 
-def _shapes_data(out: Path, num_images: int, rank: int, with_val: bool = True
-                 ) -> tuple[Path, Path, Path | None, Path | None]:
+def _shapes_data(
+    out: Path, num_images: int, rank: int, with_val: bool = True
+) -> tuple[Path, Path, Path | None, Path | None]:
     """Generate (once) a ShapesWorld train split, and unless `with_val` is off a val split, inside the
     run folder."""
     import torch.distributed as dist
@@ -91,8 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
             raise BadInput("--no-val and --val-ann exclude each other")
         try:
             config = TrainConfig.load(args.config) if args.config else TrainConfig()
-            overrides = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
-                                           ("lr", args.lr)) if v is not None}
+            overrides = {
+                k: v
+                for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size), ("lr", args.lr))
+                if v is not None
+            }
             config = config.replace(**overrides)
         except (OSError, ValueError) as err:
             raise BadInput(f"--config: {err}") from None
@@ -103,8 +125,9 @@ def run_train(args: argparse.Namespace) -> int:
         distributed.init_from_env(device)
         out = Path(args.out)
         if args.train_ann is None:
-            train_ann, train_images, val_ann, val_images = _shapes_data(out, args.shapes_images,
-                                                                        distributed.get_rank(), not args.no_val)
+            train_ann, train_images, val_ann, val_images = _shapes_data(
+                out, args.shapes_images, distributed.get_rank(), not args.no_val
+            )
         else:
             train_ann, train_images = Path(args.train_ann), Path(args.train_images)
             val_ann = Path(args.val_ann) if args.val_ann else None
@@ -114,8 +137,13 @@ def run_train(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as err:
             raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
         try:
-            dataset = build_grounding_dataset(train_ann, train_images, max_categories=config.max_categories,
-                                              seed=config.seed, with_masks=model.config.mask_head)
+            dataset = build_grounding_dataset(
+                train_ann,
+                train_images,
+                max_categories=config.max_categories,
+                seed=config.seed,
+                with_masks=model.config.mask_head,
+            )
         except (ValueError, OSError, IndexError) as err:
             raise BadInput(f"--train-ann {train_ann}: {err}") from None
     except BadInput as err:
@@ -124,8 +152,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(config.seed)
     processor = GLIPv2Processor.for_model(model)
-    transforms = build_train_transforms(config.min_sizes, config.max_size, config.flip_probability,
-                                        config.colour_strength)
+    transforms = build_train_transforms(
+        config.min_sizes, config.max_size, config.flip_probability, config.colour_strength
+    )
     evaluate = None
     if val_ann is not None:
         from ..evaluation.coco import evaluate_detection
@@ -134,19 +163,36 @@ def run_train(args: argparse.Namespace) -> int:
             return evaluate_detection(Predictor(m, processor), val_ann, val_images, limit=args.val_limit)
 
     # L_mlm's token corruption is done with the data, when the model has the MLM head
-    mlm = MaskingVocab.from_tokenizer(processor.tokenizer) if "mlm" in model.heads and config.losses.get(
-        "use_mlm", True) else None
-    trainer = Trainer(model, SafeDataset(dataset, transforms, seed=config.seed), GroundingCollator(processor, mlm),
-                      config, out, evaluate=evaluate, device=device, processor=processor)
+    mlm = (
+        MaskingVocab.from_tokenizer(processor.tokenizer)
+        if "mlm" in model.heads and config.losses.get("use_mlm", True)
+        else None
+    )
+    trainer = Trainer(
+        model,
+        SafeDataset(dataset, transforms, seed=config.seed),
+        GroundingCollator(processor, mlm),
+        config,
+        out,
+        evaluate=evaluate,
+        device=device,
+        processor=processor,
+    )
     if distributed.get_rank() == 0:
-        print(f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {train_ann} "
-              f"({len(dataset)} samples) for {config.max_steps} steps -> {out}", file=sys.stderr)
+        print(
+            f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {train_ann} "
+            f"({len(dataset)} samples) for {config.max_steps} steps -> {out}",
+            file=sys.stderr,
+        )
     try:
         result = trainer.train(resume=not args.no_resume)
     except TrainingStopped as err:
         print(f"glipv2 train: {err}", file=sys.stderr)
         return 1
     if distributed.get_rank() == 0:
-        print(f"done: {result['steps']} steps, last losses {result['losses']}, evaluation {result['eval']}; "
-              f"model folder {out / 'model'}", file=sys.stderr)
+        print(
+            f"done: {result['steps']} steps, last losses {result['losses']}, evaluation {result['eval']}; "
+            f"model folder {out / 'model'}",
+            file=sys.stderr,
+        )
     return 0

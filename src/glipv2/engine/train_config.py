@@ -59,8 +59,15 @@ class TrainConfig(DataclassConfig):
         unknown = sorted(set(self.freeze) - set(FREEZABLE))
         if unknown:
             problems.append(f"cannot freeze {unknown}; choose from {FREEZABLE}")
-        for name in ("max_steps", "batch_size", "grad_accumulation", "max_bad_steps", "log_every", "max_size",
-                     "checkpoint_every"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accumulation",
+            "max_bad_steps",
+            "log_every",
+            "max_size",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if self.eval_every < 0 or self.warmup_steps < 0 or self.num_workers < 0:

@@ -62,9 +62,14 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     out = []
     for (language, bias), params in sorted(groups.items()):
         lr = config.language_lr if language else config.lr
-        out.append({"params": params, "lr": lr * (config.bias_lr_factor if bias else 1.0),
-                    "weight_decay": 0.0 if bias else config.weight_decay,
-                    "name": f"{'language' if language else 'main'}{'_bias' if bias else ''}"})
+        out.append(
+            {
+                "params": params,
+                "lr": lr * (config.bias_lr_factor if bias else 1.0),
+                "weight_decay": 0.0 if bias else config.weight_decay,
+                "name": f"{'language' if language else 'main'}{'_bias' if bias else ''}",
+            }
+        )
     if not out:
         raise ValueError("nothing to train: every parameter is frozen")
     return out
@@ -99,13 +104,18 @@ def losses_switched_off(model: GLIPv2) -> bool:
     next forward. With every loss on, each trained parameter gets a gradient in every step (the
     heads' contract), and DDP is spared the per-step search of the autograd graph."""
     full = LossConfig.for_model(model.config)
-    return any(getattr(full, f.name) and not getattr(model.loss_config, f.name)
-               for f in dataclasses.fields(LossConfig) if f.name.startswith("use_"))
+    return any(
+        getattr(full, f.name) and not getattr(model.loss_config, f.name)
+        for f in dataclasses.fields(LossConfig)
+        if f.name.startswith("use_")
+    )
 
 
 # the `TrainConfig.freeze` names -> the modules they stand for
 FREEZE_TARGETS: dict[str, tuple[str, ...]] = {
-    "backbone": ("core.backbone",), "fpn": ("core.fpn",), "text_encoder": ("core.text_encoder",),
+    "backbone": ("core.backbone",),
+    "fpn": ("core.fpn",),
+    "text_encoder": ("core.text_encoder",),
     "head": ("core.fusion", "heads.grounding"),
 }
 
@@ -116,8 +126,10 @@ def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:
     every module in eval mode (no dropout, as official `language_prompt_v2`)."""
     if config.prompt_tuning:
         if model.prompt_embedding is None:
-            raise ValueError("prompt tuning needs a model with a prompt embedding "
-                             "(GLIPv2Config.prompt_embedding_rows, official value 1000)")
+            raise ValueError(
+                "prompt tuning needs a model with a prompt embedding "
+                "(GLIPv2Config.prompt_embedding_rows, official value 1000)"
+            )
         for p in model.parameters():
             p.requires_grad_(False)
         model.prompt_embedding.requires_grad_(True)
@@ -141,13 +153,19 @@ class DataPosition:
     batch: int = 0
 
 
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+def epoch_batches(
+    num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world: int
+) -> list[list[int]]:
     """This rank's batches of one epoch: a permutation drawn from (seed, epoch), cut into global
     batches of `batch_size × world` (the incomplete last one dropped), rank r taking slice r."""
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    order = torch.randperm(
+        num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    ).tolist()
     global_size = batch_size * world
-    return [order[i + rank * batch_size: i + (rank + 1) * batch_size]
-            for i in range(0, num_samples - global_size + 1, global_size)]
+    return [
+        order[i + rank * batch_size : i + (rank + 1) * batch_size]
+        for i in range(0, num_samples - global_size + 1, global_size)
+    ]
 
 
 # --- the trainer ------------------------------------------------------------------------------------
@@ -158,10 +176,18 @@ class Trainer:
     evaluate: optional `fn(model) -> dict of metrics`, run every `eval_every` steps and at the end.
     """
 
-    def __init__(self, model: GLIPv2, dataset: SafeDataset, collator: GroundingCollator, config: TrainConfig,
-                 output_dir: str | os.PathLike[str], loss_config: LossConfig | None = None,
-                 evaluate: Callable[[GLIPv2], dict[str, Any]] | None = None,
-                 device: str | torch.device | None = None, processor: GLIPv2Processor | None = None) -> None:
+    def __init__(
+        self,
+        model: GLIPv2,
+        dataset: SafeDataset,
+        collator: GroundingCollator,
+        config: TrainConfig,
+        output_dir: str | os.PathLike[str],
+        loss_config: LossConfig | None = None,
+        evaluate: Callable[[GLIPv2], dict[str, Any]] | None = None,
+        device: str | torch.device | None = None,
+        processor: GLIPv2Processor | None = None,
+    ) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -177,11 +203,14 @@ class Trainer:
         self.network: nn.Module = model
         if self.world > 1:
             self.network = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=losses_switched_off(model))
+                model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=losses_switched_off(model),
+            )
         # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
-        self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr,
-                                           weight_decay=config.weight_decay, foreach=True)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.ema = model_ema(model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
@@ -202,10 +231,15 @@ class Trainer:
         """Everything needed to continue exactly; written to a temporary file, then renamed."""
         path = path or self.checkpoint_path
         # each rank's own RNG streams and data position (a collective: every rank comes here)
-        local = {"rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                         "torch": torch.get_rng_state(),
-                         "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
-                 "position": (self.position.epoch, self.position.batch)}
+        local = {
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            },
+            "position": (self.position.epoch, self.position.batch),
+        }
         per_rank: list[Any] = [local]
         if self.world > 1:
             per_rank = [None] * self.world
@@ -213,10 +247,16 @@ class Trainer:
         if self.rank != 0:
             return path
         state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-            "step": self.step, "per_rank": per_rank, "bad_steps": self.bad_steps, "skipped": dict(self.skipped),
-            "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "step": self.step,
+            "per_rank": per_rank,
+            "bad_steps": self.bad_steps,
+            "skipped": dict(self.skipped),
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -248,8 +288,10 @@ class Trainer:
         self.skipped = Counter(state["skipped"])
         per_rank = state["per_rank"]
         if len(per_rank) != self.world:
-            raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it with as many "
-                             f"(this run has {self.world})")
+            raise ValueError(
+                f"{path} was written by {len(per_rank)} process(es); resume it with as many "
+                f"(this run has {self.world})"
+            )
         mine = per_rank[self.rank]
         self.position = DataPosition(*mine["position"])
         rng = mine["rng"]
@@ -265,17 +307,23 @@ class Trainer:
         while True:
             epoch = self.position.epoch
             self.dataset.set_epoch(epoch)
-            plan = epoch_batches(len(self.dataset), self.config.batch_size, self.config.seed, epoch, self.rank,
-                                 self.world)
+            plan = epoch_batches(
+                len(self.dataset), self.config.batch_size, self.config.seed, epoch, self.rank, self.world
+            )
             if not plan:
-                raise ValueError(f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
-                                 f"({self.config.batch_size} × {self.world})")
+                raise ValueError(
+                    f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
+                    f"({self.config.batch_size} × {self.world})"
+                )
             # a private generator: creating a loader iterator draws a seed, and drawing it from the
             # global RNG would make a resumed run's dropout differ from an uninterrupted one
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=plan[self.position.batch:], collate_fn=self.collator,
+                self.dataset,
+                batch_sampler=plan[self.position.batch :],
+                collate_fn=self.collator,
                 num_workers=self.config.num_workers,
-                generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+                generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch),
+            )
             for batch in loader:
                 self.position.batch += 1
                 yield batch
@@ -289,8 +337,13 @@ class Trainer:
 
     def _losses(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
         with self._autocast():
-            return self.network(batch.pixel_values, batch.input_ids, batch.attention_mask, batch.image_sizes,
-                                targets=batch.targets)
+            return self.network(
+                batch.pixel_values,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.image_sizes,
+                targets=batch.targets,
+            )
 
     def train_step(self, micro_batches: list[TrainingBatch]) -> dict[str, float] | None:
         """Forward/backward over the micro-batches, then one optimizer step; None when the
@@ -351,12 +404,20 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            if not resumed and self.metrics_path.is_file():  # a fresh run's log must not continue an older run's
+            if (
+                not resumed and self.metrics_path.is_file()
+            ):  # a fresh run's log must not continue an older run's
                 self.metrics_path.replace(self.output_dir / PREVIOUS_METRICS_NAME)
             atomic_write_json(self.output_dir / "train_config.json", cfg.to_dict(), indent=1, end="\n")
         data = self.batches()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=self.rank != 0,
+            dynamic_ncols=True,
+        )
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
         while self.step < cfg.max_steps:
@@ -376,15 +437,23 @@ class Trainer:
             losses = self.train_step(micro)
             if losses is None:
                 self.bad_steps += 1
-                self._log({"step": self.step, "skipped_step": "non-finite loss or gradient",
-                           "in_a_row": self.bad_steps})
-                bar.write(f"step {self.step}: non-finite loss or gradient, step skipped ({self.bad_steps} in a row)")
+                self._log(
+                    {
+                        "step": self.step,
+                        "skipped_step": "non-finite loss or gradient",
+                        "in_a_row": self.bad_steps,
+                    }
+                )
+                bar.write(
+                    f"step {self.step}: non-finite loss or gradient, step skipped ({self.bad_steps} in a row)"
+                )
                 if self.bad_steps >= cfg.max_bad_steps:
                     bar.close()
                     raise TrainingStopped(
                         f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step}: training "
                         f"stopped; the "
-                        f"last good checkpoint is {self.checkpoint_path} (lower the learning rate or check the data)")
+                        f"last good checkpoint is {self.checkpoint_path} (lower the learning rate or check the data)"
+                    )
                 continue
             self.bad_steps = 0
             self.step += 1
@@ -394,10 +463,16 @@ class Trainer:
             bar.set_postfix(loss=f"{losses['loss']:.3f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
-                self._log({"step": self.step, "epoch": self.position.epoch,
-                           "lr": self.optimizer.param_groups[0]["lr"], **losses,
-                           "it_per_s": window_steps / elapsed if elapsed > 0 else None,
-                           "skipped": dict(self.skipped)})
+                self._log(
+                    {
+                        "step": self.step,
+                        "epoch": self.position.epoch,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        **losses,
+                        "it_per_s": window_steps / elapsed if elapsed > 0 else None,
+                        "skipped": dict(self.skipped),
+                    }
+                )
                 window_start, window_steps = time.perf_counter(), 0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.run_evaluation()

@@ -144,8 +144,11 @@ class ResultsEvaluator(DatasetEvaluator):
         return list(self.results if self.gathered is None else self.gathered)
 
     def evaluate(self) -> dict[str, Any]:
-        parts = gather_to_main((self.results, self.image_ids)) if self.distributed else [(self.results,
-                                                                                           self.image_ids)]
+        parts = (
+            gather_to_main((self.results, self.image_ids))
+            if self.distributed
+            else [(self.results, self.image_ids)]
+        )
         if parts is None:
             return {}
         results = [r for part, _ in parts for r in part]
@@ -175,7 +178,9 @@ def check_results_layout(results: Any) -> None:
         raise ValueError("predictions must be a JSON list of COCO results entries")  # file content
     for i, entry in enumerate(results):
         if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox", "score"} <= entry.keys():
-            raise ValueError(f"prediction {i}: needs image_id, category_id, bbox and score, got {entry!r:.200}")
+            raise ValueError(
+                f"prediction {i}: needs image_id, category_id, bbox and score, got {entry!r:.200}"
+            )
         for key in ("image_id", "category_id"):
             if not is_int(entry[key]):
                 raise ValueError(f"prediction {i}: {key} must be an integer, got {entry[key]!r:.100}")
@@ -186,11 +191,15 @@ def check_results_layout(results: Any) -> None:
             raise ValueError(f"prediction {i}: score must be a finite number, got {entry['score']!r:.100}")
 
 
-def check_known_ids(results: Results, image_ids: Iterable[int], category_ids: Iterable[int] | None = None) -> None:
+def check_known_ids(
+    results: Results, image_ids: Iterable[int], category_ids: Iterable[int] | None = None
+) -> None:
     """Raise ValueError when predictions name images or categories the annotations do not have
     (categories unchecked when `category_ids` is None: grounding labels are per-entry phrases)."""
     images = sorted({r["image_id"] for r in results} - set(image_ids))
-    categories = [] if category_ids is None else sorted({r["category_id"] for r in results} - set(category_ids))
+    categories = (
+        [] if category_ids is None else sorted({r["category_id"] for r in results} - set(category_ids))
+    )
     if images:
         raise ValueError(f"predictions for {len(images)} image ids not in the annotations: {images[:5]}")
     if categories:
@@ -221,9 +230,10 @@ class Benchmark:
         missing = [s.image for s in self.samples if not s.image.is_file()]
         if missing:
             shown = ", ".join(str(p) for p in missing[:3])
-            raise FileNotFoundError(f"{self.name}: {len(missing)} of {len(self.samples)} images listed in the "
-                                    f"annotations are not in the image folder (e.g. {shown})")
-
+            raise FileNotFoundError(
+                f"{self.name}: {len(missing)} of {len(self.samples)} images listed in the "
+                f"annotations are not in the image folder (e.g. {shown})"
+            )
 
     def check_prompts(self, predictor: Any) -> None:
         """Fail before any forward pass when a prompt does not fit the model's token slots (e.g. a
@@ -233,7 +243,9 @@ class Benchmark:
         for sample in self.samples:
             try:
                 if sample.classes is not None:
-                    predictor.detection_vocabulary(list(sample.classes), self.chunk_size)  # cached per class list
+                    predictor.detection_vocabulary(
+                        list(sample.classes), self.chunk_size
+                    )  # cached per class list
                     continue
                 prompt = grounding_prompt(sample.caption, spans=[list(s) for s in sample.spans or ()])
                 tokens = predictor.processor.tokenize(prompt.text)
@@ -242,7 +254,9 @@ class Benchmark:
                 raise ValueError(f"{self.name}: image id {sample.image_id}: {err}") from None
 
 
-def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+def run_benchmark(
+    predictor: Any, benchmark: Benchmark, batch_size: int = 1, progress: bool = True
+) -> dict[str, Any]:
     """Run `predictor` (a `Predictor`) on the benchmark's samples (under DDP, with a distributed
     evaluator, this rank's share), feed the evaluator and return its metrics (on rank 0; {}
     elsewhere). Scores are kept down to the post-processing's own threshold (threshold 0 here), as
@@ -250,7 +264,7 @@ def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, pro
     samples = benchmark.samples
     sharded = getattr(benchmark.evaluator, "distributed", True) and is_distributed()
     if sharded:  # else this process evaluates alone
-        samples = samples[dist.get_rank()::dist.get_world_size()]
+        samples = samples[dist.get_rank() :: dist.get_world_size()]
     benchmark.evaluator.reset()
     # the caller's settings, with this benchmark's cap: a copy for these calls, so the (possibly
     # shared) predictor is never changed
@@ -258,13 +272,20 @@ def run_benchmark(predictor: Any, benchmark: Benchmark, batch_size: int = 1, pro
     if benchmark.detections_per_image is not None:
         postprocessor = copy.copy(postprocessor)
         postprocessor.detections_per_image = benchmark.detections_per_image
-    bar = tqdm(total=len(samples), desc=benchmark.name, unit="image", dynamic_ncols=True, leave=False,
-               disable=not progress or (sharded and dist.get_rank() != 0))
+    bar = tqdm(
+        total=len(samples),
+        desc=benchmark.name,
+        unit="image",
+        dynamic_ncols=True,
+        leave=False,
+        disable=not progress or (sharded and dist.get_rank() != 0),
+    )
     for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
+        batch = samples[start : start + batch_size]
         vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
-        detections = predictor.predict([s.image for s in batch], vocabularies, threshold=0.0,
-                                       postprocessor=postprocessor)
+        detections = predictor.predict(
+            [s.image for s in batch], vocabularies, threshold=0.0, postprocessor=postprocessor
+        )
         benchmark.evaluator.process(batch, detections)
         bar.update(len(batch))
     bar.close()

@@ -58,8 +58,11 @@ def read_annotations(ann_file: str | Path, required: Sequence[str]) -> dict[str,
 
 # the fields every entry must have: the ids for the COCO index (a missing one would be a KeyError
 # deep inside it), bbox for the box evaluation, name for the class prompt
-_REQUIRED_FIELDS = {"images": ("id",), "annotations": ("id", "image_id", "category_id", "bbox"),
-                    "categories": ("id", "name")}
+_REQUIRED_FIELDS = {
+    "images": ("id",),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
 
 
 def check_instances(ann_file: str | Path, data: dict[str, Any]) -> None:
@@ -74,24 +77,34 @@ def check_instances(ann_file: str | Path, data: dict[str, Any]) -> None:
         for index, entry in enumerate(entries):
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:
-                raise ValueError(f"{ann_file}: {key} entry {index} lacks {', '.join(missing)}: {entry!r:.100}")
+                raise ValueError(
+                    f"{ann_file}: {key} entry {index} lacks {', '.join(missing)}: {entry!r:.100}"
+                )
             for id_key in ("id", "image_id", "category_id"):
                 if id_key in fields and not is_int(entry[id_key]):
-                    raise ValueError(f"{ann_file}: {key} entry {index}: {id_key} must be an integer, "
-                                     f"got {entry[id_key]!r:.100}")
+                    raise ValueError(
+                        f"{ann_file}: {key} entry {index}: {id_key} must be an integer, "
+                        f"got {entry[id_key]!r:.100}"
+                    )
     image_ids = {entry["id"] for entry in data["images"]}
     category_ids = {entry["id"] for entry in data["categories"]}
     for index, ann in enumerate(data["annotations"]):
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite(v) for v in bbox)):
-            raise ValueError(f"{ann_file}: annotations entry {index}: bbox must be [x, y, width, height], "
-                             f"got {bbox!r:.100}")
+            raise ValueError(
+                f"{ann_file}: annotations entry {index}: bbox must be [x, y, width, height], "
+                f"got {bbox!r:.100}"
+            )
         if ann["image_id"] not in image_ids:
-            raise ValueError(f"{ann_file}: annotations entry {index}: image_id {ann['image_id']} is not an image "
-                             "of the file")
+            raise ValueError(
+                f"{ann_file}: annotations entry {index}: image_id {ann['image_id']} is not an image "
+                "of the file"
+            )
         if ann["category_id"] not in category_ids:
-            raise ValueError(f"{ann_file}: annotations entry {index}: category_id {ann['category_id']} is not a "
-                             "category of the file")
+            raise ValueError(
+                f"{ann_file}: annotations entry {index}: category_id {ann['category_id']} is not a "
+                "category of the file"
+            )
         # COCOeval (pycocotools and faster-coco-eval) sorts ground truth into the area ranges
         # (APs / APm / APl) by each box's `area`, and pycocotools reads `iscrowd` when matching:
         # without them it fails with a KeyError mid-evaluation. The defaults are those its
@@ -114,7 +127,9 @@ class COCOEvaluator(ResultsEvaluator):
     the same figures for masks when the detections carry masks and every annotation has a
     `segmentation`."""
 
-    def __init__(self, ann_file: str | Path | Any, category_ids: Sequence[int], distributed: bool = True) -> None:
+    def __init__(
+        self, ann_file: str | Path | Any, category_ids: Sequence[int], distributed: bool = True
+    ) -> None:
         self.coco = ann_file if hasattr(ann_file, "loadRes") else load_coco(ann_file)
         self.category_ids = [int(c) for c in category_ids]
         unknown = sorted(set(self.category_ids) - set(self.coco.getCatIds()))
@@ -156,9 +171,17 @@ class COCOEvaluator(ResultsEvaluator):
             # empty list (it looks at the first entry), so no results are scored against an index of
             # the ground truth's images and categories without boxes: figures with ground truth come
             # out 0, those without it -1 (None), as with any other results.
-            detections = (self.coco.loadRes(results) if results else
-                          coco_index({"images": self.coco.dataset["images"],
-                                      "categories": self.coco.dataset["categories"], "annotations": []}))
+            detections = (
+                self.coco.loadRes(results)
+                if results
+                else coco_index(
+                    {
+                        "images": self.coco.dataset["images"],
+                        "categories": self.coco.dataset["categories"],
+                        "annotations": [],
+                    }
+                )
+            )
             coco_eval = COCOeval(self.coco, detections, iou_type)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
@@ -167,8 +190,9 @@ class COCOEvaluator(ResultsEvaluator):
         return coco_stats(coco_eval)
 
 
-def coco_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: bool = True,
-                   name: str = "coco") -> Benchmark:
+def coco_benchmark(
+    ann_file: str | Path, image_dir: str | Path, distributed: bool = True, name: str = "coco"
+) -> Benchmark:
     """Every image of a COCO instances json with all its categories as the class prompt."""
     from ..data.grounding import clean_category_name
 
@@ -186,8 +210,13 @@ def coco_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: boo
     return Benchmark(name, samples, evaluator)
 
 
-def evaluate_detection(predictor: Any, ann_file: str | Path, image_dir: str | Path, limit: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+def evaluate_detection(
+    predictor: Any,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Box AP of `predictor` on (the first `limit` images of) a COCO json, in this process alone
     (no collective: what rank 0 runs during training)."""
     benchmark = coco_benchmark(ann_file, image_dir, distributed=False)

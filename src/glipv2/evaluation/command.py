@@ -25,31 +25,49 @@ TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "eval", help="score a model on COCO, LVIS, ODinW, Flickr30k or RefCOCO",
+        "eval",
+        help="score a model on COCO, LVIS, ODinW, Flickr30k or RefCOCO",
         description="Evaluate with the benchmark's standard protocol: box AP (COCO, LVIS incl. FixedAP, ODinW), "
-                    "Recall@1/5/10 (Flickr30k), accuracy at IoU 0.5 (RefCOCO/+/g).")
+        "Recall@1/5/10 (Flickr30k), accuracy at IoU 0.5 (RefCOCO/+/g).",
+    )
     p.add_argument("task", choices=TASKS)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="NAME_OR_DIR", help="a model folder, a hub id, or a preset")
-    source.add_argument("--predictions", metavar="FILE",
-                        help="score this COCO results file instead of running a model")
-    p.add_argument("--ann", required=True, metavar="FILE",
-                   help="annotations: COCO/LVIS instances json, MDETR-style json, refer-format refs(*).p; "
-                        "for odinw the folder of datasets")
-    p.add_argument("--images", metavar="DIR", help="image folder (odinw: images lie beside each dataset's json)")
+    source.add_argument(
+        "--predictions", metavar="FILE", help="score this COCO results file instead of running a model"
+    )
+    p.add_argument(
+        "--ann",
+        required=True,
+        metavar="FILE",
+        help="annotations: COCO/LVIS instances json, MDETR-style json, refer-format refs(*).p; "
+        "for odinw the folder of datasets",
+    )
+    p.add_argument(
+        "--images", metavar="DIR", help="image folder (odinw: images lie beside each dataset's json)"
+    )
     p.add_argument("--split", help="refer-format RefCOCO split (val, testA, ...)")
-    p.add_argument("--pattern", default="*.json", metavar="GLOB",
-                   help="odinw: which json files under --ann are datasets (e.g. '*valid*/*.json'; default *.json)")
+    p.add_argument(
+        "--pattern",
+        default="*.json",
+        metavar="GLOB",
+        help="odinw: which json files under --ann are datasets (e.g. '*valid*/*.json'; default *.json)",
+    )
     p.add_argument("--chunk-size", type=int, metavar="N", help="class names per prompt (lvis default 40)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (per dataset)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", metavar="SHORT,LONG", help="test resize (default: the model's)")
     size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
-    p.add_argument("--one-label-per-box", action="store_true",
-                   help="keep only the best label of overlapping boxes (NMS across labels; not official): "
-                        "AP then follows each box's top-1 name, as `glipv2 predict --one-label-per-box`")
-    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument(
+        "--one-label-per-box",
+        action="store_true",
+        help="keep only the best label of overlapping boxes (NMS across labels; not official): "
+        "AP then follows each box's top-1 name, as `glipv2 predict --one-label-per-box`",
+    )
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)"
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the metrics json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
@@ -99,7 +117,9 @@ def _check_call(args: argparse.Namespace) -> None:
             raise BadInput(f"--{name.replace('_', '-')} {value}: must be >= 1")
     _check_writable(Path(args.out))
     if args.predictions and (args.size or args.no_resize or args.device or args.one_label_per_box):
-        raise BadInput("--size, --no-resize, --one-label-per-box and --device go with --model, not --predictions")
+        raise BadInput(
+            "--size, --no-resize, --one-label-per-box and --device go with --model, not --predictions"
+        )
 
 
 def _check_writable(out: Path) -> None:
@@ -143,16 +163,22 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 
 def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) -> dict[str, Any]:
     try:
-        loaded = read_results(args.predictions) if args.task != "odinw" else _read_odinw_results(args.predictions)
-        per_benchmark = {b.name: loaded if args.task != "odinw" else loaded.get(b.name, []) for b in benchmarks}
+        loaded = (
+            read_results(args.predictions) if args.task != "odinw" else _read_odinw_results(args.predictions)
+        )
+        per_benchmark = {
+            b.name: loaded if args.task != "odinw" else loaded.get(b.name, []) for b in benchmarks
+        }
         if args.task == "odinw":
             unknown = sorted(set(loaded) - {b.name for b in benchmarks})
             if unknown:
-                raise ValueError(f"{args.predictions}: predictions for datasets not under --ann: {unknown[:5]}")
+                raise ValueError(
+                    f"{args.predictions}: predictions for datasets not under --ann: {unknown[:5]}"
+                )
         for b in benchmarks:
             b.evaluator.reset()
             # with --limit, the images a limited model run covered; else every annotated image
-            covered = [s.image_id for s in b.samples[:args.limit]] if args.limit else None
+            covered = [s.image_id for s in b.samples[: args.limit]] if args.limit else None
             b.evaluator.add_results(per_benchmark[b.name], covered)
     except (OSError, ValueError) as err:
         raise BadInput(str(err)) from None
@@ -162,7 +188,9 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
 def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
     data = read_json(path, "predictions")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: ODinW predictions are a mapping dataset name -> COCO results list")  # file content
+        raise ValueError(
+            f"{path}: ODinW predictions are a mapping dataset name -> COCO results list"
+        )  # file content
     for name, entries in data.items():
         try:
             check_results_layout(entries)
@@ -187,7 +215,7 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             for benchmark in benchmarks:
                 if args.limit:
-                    benchmark.samples = benchmark.samples[:args.limit]
+                    benchmark.samples = benchmark.samples[: args.limit]
             if args.chunk_size and args.task != "lvis":
                 for benchmark in benchmarks:
                     benchmark.chunk_size = args.chunk_size
@@ -201,8 +229,9 @@ def run_eval(args: argparse.Namespace) -> int:
             images = 0
             started = time.perf_counter()  # model loading excluded; forward passes and scoring included
             for benchmark in benchmarks:
-                metrics_by_name[benchmark.name] = run_benchmark(predictor, benchmark, batch_size=args.batch_size,
-                                                                progress=not args.no_progress)
+                metrics_by_name[benchmark.name] = run_benchmark(
+                    predictor, benchmark, batch_size=args.batch_size, progress=not args.no_progress
+                )
                 images += len(benchmark.samples)
             seconds = time.perf_counter() - started
     except BadInput as err:
@@ -256,5 +285,7 @@ def _table(figures: dict[str, Any], indent: str) -> list[str]:
 
     cells = [(str(k), cell(v)) for k, v in figures.items()]
     widths = [max(len(k), len(v)) for k, v in cells]
-    return [indent + "  ".join(k.rjust(w) for (k, _), w in zip(cells, widths)),
-            indent + "  ".join(v.rjust(w) for (_, v), w in zip(cells, widths))]
+    return [
+        indent + "  ".join(k.rjust(w) for (k, _), w in zip(cells, widths)),
+        indent + "  ".join(v.rjust(w) for (_, v), w in zip(cells, widths)),
+    ]

@@ -87,8 +87,11 @@ def _int_id(value: Any, what: str, ann_file: str | Path) -> int:
 
 def _xywh_to_xyxy(bbox: Any, what: str, ann_file: str | Path) -> Box:
     """COCO [x, y, w, h] -> plain (x1, y1, x1 + w, y1 + h), with a one-line error for a bad box."""
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+    if not (
+        isinstance(bbox, (list, tuple))
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
         raise ValueError(f"{ann_file}: {what} has no [x, y, width, height] bbox (got {bbox!r:.80})")
     x1, y1, x2, y2 = xywh_to_xyxy(torch.tensor([float(v) for v in bbox], dtype=torch.float64)).tolist()
     return (x1, y1, x2, y2)
@@ -96,18 +99,23 @@ def _xywh_to_xyxy(bbox: Any, what: str, ann_file: str | Path) -> Box:
 
 def _spans(value: Any, caption: str, what: str, ann_file: str | Path) -> tuple[Span, ...]:
     """A list of [start, end] spans (or one bare [start, end]) checked against the caption."""
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         value = [value]
     try:
         spans = tuple((int(s), int(e)) for s, e in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{ann_file}: {what} must be a list of [start, end] spans, "
-                         f"got {value!r:.80}") from None
+        raise ValueError(
+            f"{ann_file}: {what} must be a list of [start, end] spans, got {value!r:.80}"
+        ) from None
     for s, e in spans:
         if not 0 <= s < e <= len(caption):
-            raise ValueError(f"{ann_file}: {what} span ({s}, {e}) lies outside its caption "
-                             f"(length {len(caption)})")
+            raise ValueError(
+                f"{ann_file}: {what} span ({s}, {e}) lies outside its caption (length {len(caption)})"
+            )
     return spans
 
 
@@ -141,8 +149,9 @@ def _annotations_by_entry(data: dict[str, Any], ids: set[int], ann_file: str | P
         grouped[image_id].append(ann)
     if stray:
         shown = sorted(set(stray))[:5]
-        raise ValueError(f"{ann_file}: {len(stray)} annotations refer to image ids not in images "
-                         f"(e.g. {shown})")
+        raise ValueError(
+            f"{ann_file}: {len(stray)} annotations refer to image ids not in images (e.g. {shown})"
+        )
     return grouped
 
 
@@ -165,8 +174,9 @@ def _ranked_boxes(entries: list[tuple[float, list[float]]], depth: int) -> torch
     return xywh_to_xyxy(xywh)
 
 
-def first_hit(ranked: torch.Tensor, targets: torch.Tensor,
-              iou_threshold: float = IOU_THRESHOLD) -> int | None:
+def first_hit(
+    ranked: torch.Tensor, targets: torch.Tensor, iou_threshold: float = IOU_THRESHOLD
+) -> int | None:
     """Rank (0-based) of the first of `ranked` (P, 4) xyxy boxes with IoU >= `iou_threshold` with any
     of `targets` (G, 4) xyxy; None when none does. Found at k  <=>  first_hit < k."""
     if ranked.shape[0] == 0 or targets.shape[0] == 0:
@@ -178,8 +188,10 @@ def first_hit(ranked: torch.Tensor, targets: torch.Tensor,
 def _rates(first_hits: list[int | None], prefix: str) -> dict[str, float]:
     """Fraction of items found within each k of RANKS (0.0 when there are no items)."""
     n = len(first_hits)
-    return {f"{prefix}@{k}": (sum(1 for h in first_hits if h is not None and h < k) / n if n else 0.0)
-            for k in RANKS}
+    return {
+        f"{prefix}@{k}": (sum(1 for h in first_hits if h is not None and h < k) / n if n else 0.0)
+        for k in RANKS
+    }
 
 
 # --- Flickr30k Entities ---------------------------------------------------------------------------
@@ -198,23 +210,30 @@ def load_flickr(ann_file: str | Path) -> list[FlickrEntry]:
             what = f"annotation {ann.get('id', '?')} (entry {image_id})"
             if "tokens_positive" not in ann:
                 raise ValueError(f"{ann_file}: {what} lacks tokens_positive")
-            boxes.append((_spans(ann["tokens_positive"], caption, what, ann_file),
-                          _xywh_to_xyxy(ann.get("bbox"), what, ann_file)))
+            boxes.append(
+                (
+                    _spans(ann["tokens_positive"], caption, what, ann_file),
+                    _xywh_to_xyxy(ann.get("bbox"), what, ann_file),
+                )
+            )
         if "tokens_positive_eval" in info:
             phrases = info["tokens_positive_eval"]
             if not isinstance(phrases, list):
-                raise ValueError(f"{ann_file}: entry {image_id} tokens_positive_eval must be a list of "
-                                 f"phrases")
-            spans = tuple(_spans(p, caption, f"entry {image_id} phrase {k}", ann_file)
-                          for k, p in enumerate(phrases))
+                raise ValueError(
+                    f"{ann_file}: entry {image_id} tokens_positive_eval must be a list of phrases"
+                )
+            spans = tuple(
+                _spans(p, caption, f"entry {image_id} phrase {k}", ann_file) for k, p in enumerate(phrases)
+            )
             empty = [k for k, s in enumerate(spans) if not s]
             if empty:
                 raise ValueError(f"{ann_file}: entry {image_id} phrases {empty} have no spans")
         else:
             distinct = {tuple(sorted(set(s))) for s, _ in boxes if s}
             spans = tuple(sorted(distinct))
-        per_phrase = tuple(tuple(box for box_spans, box in boxes if _overlaps(box_spans, phrase))
-                           for phrase in spans)
+        per_phrase = tuple(
+            tuple(box for box_spans, box in boxes if _overlaps(box_spans, phrase)) for phrase in spans
+        )
         entries.append(FlickrEntry(image_id, file_name, caption, spans, per_phrase))
     return entries
 
@@ -247,16 +266,25 @@ class FlickrEvaluator(_EntriesEvaluator):
     ground-truth box) of the evaluated entries; all 0.0 when there is nothing to score."""
 
     def __init__(self, ann_file: str | Path | Sequence[FlickrEntry], distributed: bool = True) -> None:
-        super().__init__(list(ann_file) if isinstance(ann_file, (list, tuple)) else load_flickr(ann_file),
-                         distributed)
+        super().__init__(
+            list(ann_file) if isinstance(ann_file, (list, tuple)) else load_flickr(ann_file), distributed
+        )
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
-        bad = sorted({(r["image_id"], r["category_id"]) for r in results
-                      if not _is_label_id(r["category_id"], len(self.entries[r["image_id"]].spans))}, key=str)
+        bad = sorted(
+            {
+                (r["image_id"], r["category_id"])
+                for r in results
+                if not _is_label_id(r["category_id"], len(self.entries[r["image_id"]].spans))
+            },
+            key=str,
+        )
         if bad:
-            raise ValueError(f"predictions with category ids that are not a phrase index + 1 of their entry "
-                             f"(image_id, category_id): {bad[:5]}")
+            raise ValueError(
+                f"predictions with category ids that are not a phrase index + 1 of their entry "
+                f"(image_id, category_id): {bad[:5]}"
+            )
 
     def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]:
         predicted: dict[tuple[int, int], list[tuple[float, list[float]]]] = defaultdict(list)
@@ -276,13 +304,19 @@ class FlickrEvaluator(_EntriesEvaluator):
                 ranked = _ranked_boxes(predicted.get((image_id, k + 1), []), max(RANKS))
                 any_box.append(first_hit(ranked, targets))
                 merged_box.append(first_hit(ranked, merged))
-        return {"flickr": {"any_box": _rates(any_box, "R"), "merged_box": _rates(merged_box, "R"),
-                           "phrases": len(any_box)}}
+        return {
+            "flickr": {
+                "any_box": _rates(any_box, "R"),
+                "merged_box": _rates(merged_box, "R"),
+                "phrases": len(any_box),
+            }
+        }
 
 
 def _is_label_id(category_id: Any, num_labels: int) -> bool:
-    return (isinstance(category_id, int) and not isinstance(category_id, bool)
-            and 1 <= category_id <= num_labels)
+    return (
+        isinstance(category_id, int) and not isinstance(category_id, bool) and 1 <= category_id <= num_labels
+    )
 
 
 def flickr_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: bool = True) -> Benchmark:
@@ -290,8 +324,11 @@ def flickr_benchmark(ann_file: str | Path, image_dir: str | Path, distributed: b
     caption and phrases. Entries without a phrase are left out of the run (nothing to prompt or
     score)."""
     entries = load_flickr(ann_file)
-    samples = [EvalSample(Path(image_dir) / e.file_name, e.image_id, caption=e.caption, spans=e.spans)
-               for e in entries if e.spans]
+    samples = [
+        EvalSample(Path(image_dir) / e.file_name, e.image_id, caption=e.caption, spans=e.spans)
+        for e in entries
+        if e.spans
+    ]
     return Benchmark("flickr", samples, FlickrEvaluator(entries, distributed=distributed))
 
 
@@ -324,8 +361,10 @@ def load_refexp(ann_file: str | Path, split: str | None = None) -> list[RefExpEn
     if path.suffix.lower() in REFER_SUFFIXES:
         return _load_refer(path, split)
     if split is not None:
-        raise ValueError(f"{ann_file}: split {split!r} applies to refer refs pickles only; an MDETR-style "
-                         f"json holds one split already")
+        raise ValueError(
+            f"{ann_file}: split {split!r} applies to refer refs pickles only; an MDETR-style "
+            f"json holds one split already"
+        )
     return _load_mdetr_refexp(path)
 
 
@@ -336,15 +375,21 @@ def _load_mdetr_refexp(ann_file: Path) -> list[RefExpEntry]:
     anns_of = _annotations_by_entry(data, {f[0] for f in fields}, ann_file)
     without = [f[0] for f in fields if not anns_of.get(f[0])]
     if without:
-        raise ValueError(f"{ann_file}: {len(without)} expressions have no ground-truth box "
-                         f"(e.g. {without[:5]})")
+        raise ValueError(
+            f"{ann_file}: {len(without)} expressions have no ground-truth box (e.g. {without[:5]})"
+        )
     entries = []
     for image_id, file_name, caption in fields:
         anns = anns_of[image_id]
-        boxes = tuple(_xywh_to_xyxy(a.get("bbox"), f"annotation {a.get('id', '?')} (entry {image_id})",
-                                    ann_file) for a in anns)
-        spans = _spans(anns[0]["tokens_positive"], caption, f"entry {image_id} tokens_positive", ann_file) \
-            if anns[0].get("tokens_positive") else _whole(caption)
+        boxes = tuple(
+            _xywh_to_xyxy(a.get("bbox"), f"annotation {a.get('id', '?')} (entry {image_id})", ann_file)
+            for a in anns
+        )
+        spans = (
+            _spans(anns[0]["tokens_positive"], caption, f"entry {image_id} tokens_positive", ann_file)
+            if anns[0].get("tokens_positive")
+            else _whole(caption)
+        )
         entries.append(RefExpEntry(image_id, file_name, caption, spans, boxes))
     return entries
 
@@ -377,8 +422,10 @@ def _load_refer(path: Path, split: str | None) -> list[RefExpEntry]:
             raise ValueError(f"{path}: ref {ref.get('ref_id', '?')} lacks {', '.join(missing)}")
         ann, image = boxes.get(ref["ann_id"]), images.get(ref["image_id"])
         if ann is None or image is None:
-            raise ValueError(f"{path}: ref {ref['ref_id']} names annotation {ref['ann_id']} / image "
-                             f"{ref['image_id']}, not in {instances_file.name}")
+            raise ValueError(
+                f"{path}: ref {ref['ref_id']} names annotation {ref['ann_id']} / image "
+                f"{ref['image_id']}, not in {instances_file.name}"
+            )
         if "file_name" not in image:
             raise ValueError(f"{instances_file}: image {ref['image_id']} lacks file_name")
         box = _xywh_to_xyxy(ann.get("bbox"), f"annotation {ref['ann_id']}", instances_file)
@@ -390,8 +437,15 @@ def _load_refer(path: Path, split: str | None) -> list[RefExpEntry]:
             caption = str(sentence["sent"])
             if not caption.strip():
                 raise ValueError(f"{path}: sentence {sentence['sent_id']} is empty")
-            entries.append(RefExpEntry(_int_id(sentence["sent_id"], "sent_id", path), str(image["file_name"]),
-                                       caption, _whole(caption), (box,)))
+            entries.append(
+                RefExpEntry(
+                    _int_id(sentence["sent_id"], "sent_id", path),
+                    str(image["file_name"]),
+                    caption,
+                    _whole(caption),
+                    (box,),
+                )
+            )
     _check_unique((e.image_id for e in entries), "sent_ids", path)
     return entries
 
@@ -403,10 +457,13 @@ class RefExpEvaluator(_EntriesEvaluator):
     the N evaluated expressions whose k best-scoring predictions (any label) hold a box with
     IoU >= 0.5 with the target; all 0.0 when there is nothing to score."""
 
-    def __init__(self, ann_file: str | Path | Sequence[RefExpEntry], split: str | None = None,
-                 distributed: bool = True) -> None:
-        super().__init__(list(ann_file) if isinstance(ann_file, (list, tuple)) else load_refexp(ann_file, split),
-                         distributed)
+    def __init__(
+        self, ann_file: str | Path | Sequence[RefExpEntry], split: str | None = None, distributed: bool = True
+    ) -> None:
+        super().__init__(
+            list(ann_file) if isinstance(ann_file, (list, tuple)) else load_refexp(ann_file, split),
+            distributed,
+        )
 
     def validate_results(self, results: Results) -> None:
         super().validate_results(results)
@@ -429,11 +486,14 @@ class RefExpEvaluator(_EntriesEvaluator):
         return {"refexp": {**_rates(hits, "P"), "expressions": len(hits)}}
 
 
-def refexp_benchmark(ann_file: str | Path, image_dir: str | Path, split: str | None = None,
-                     distributed: bool = True) -> Benchmark:
+def refexp_benchmark(
+    ann_file: str | Path, image_dir: str | Path, split: str | None = None, distributed: bool = True
+) -> Benchmark:
     """Every referring expression of an MDETR-style json or of one split of a refer refs pickle,
     prompted with the expression as its one phrase."""
     entries = load_refexp(ann_file, split)
-    samples = [EvalSample(Path(image_dir) / e.file_name, e.image_id, caption=e.caption, spans=(e.spans,))
-               for e in entries]
+    samples = [
+        EvalSample(Path(image_dir) / e.file_name, e.image_id, caption=e.caption, spans=(e.spans,))
+        for e in entries
+    ]
     return Benchmark("refcoco", samples, RefExpEvaluator(entries, distributed=distributed))

@@ -36,8 +36,17 @@ DETS_PER_IMAGE = 300  # LVIS API default (LVISResults / LVISEval max_dets)
 FIXED_AP_DETS_PER_CATEGORY = 10_000  # Dave et al.'s per-category budget, as official GLIP uses it
 FREQUENCIES = ("r", "c", "f")
 # faster-coco-eval stats_as_dict key -> our name (AR at the per-image cap is added per evaluator)
-_AP_KEYS = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small", "APm": "AP_medium",
-            "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf"}
+_AP_KEYS = {
+    "AP": "AP_all",
+    "AP50": "AP_50",
+    "AP75": "AP_75",
+    "APs": "AP_small",
+    "APm": "AP_medium",
+    "APl": "AP_large",
+    "APr": "APr",
+    "APc": "APc",
+    "APf": "APf",
+}
 FIXED_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 
 
@@ -50,8 +59,10 @@ def load_lvis(ann_file: str | Path) -> Any:
     check_instances(ann_file, data)
     bad = [c["id"] for c in data["categories"] if c.get("frequency") not in FREQUENCIES]
     if bad:
-        raise ValueError(f"{ann_file}: not an LVIS annotation file: {len(bad)} categories without a frequency "
-                         f"'r', 'c' or 'f' (ids {bad[:5]})")
+        raise ValueError(
+            f"{ann_file}: not an LVIS annotation file: {len(bad)} categories without a frequency "
+            f"'r', 'c' or 'f' (ids {bad[:5]})"
+        )
     if not data["categories"]:
         raise ValueError(f"{ann_file}: no categories")
     return COCO(data)  # its index log goes to logger.debug, nothing printed
@@ -128,12 +139,19 @@ class LVISEvaluator(ResultsEvaluator):
     for the whole dataset. What `predictions()` returns is this sufficient subset.
     """
 
-    def __init__(self, ann_file: str | Path | Any, category_ids: Sequence[int] | None = None,
-                 dets_per_image: int = DETS_PER_IMAGE, fixed_dets_per_category: int = FIXED_AP_DETS_PER_CATEGORY,
-                 distributed: bool = True) -> None:
+    def __init__(
+        self,
+        ann_file: str | Path | Any,
+        category_ids: Sequence[int] | None = None,
+        dets_per_image: int = DETS_PER_IMAGE,
+        fixed_dets_per_category: int = FIXED_AP_DETS_PER_CATEGORY,
+        distributed: bool = True,
+    ) -> None:
         if dets_per_image < 1 or fixed_dets_per_category < 1:
-            raise ValueError(f"dets_per_image ({dets_per_image}) and fixed_dets_per_category "
-                             f"({fixed_dets_per_category}) must be >= 1")
+            raise ValueError(
+                f"dets_per_image ({dets_per_image}) and fixed_dets_per_category "
+                f"({fixed_dets_per_category}) must be >= 1"
+            )
         self.lvis = ann_file if hasattr(ann_file, "loadRes") else load_lvis(ann_file)
         known = sorted(self.lvis.getCatIds())
         self.category_ids = known if category_ids is None else [int(c) for c in category_ids]
@@ -158,8 +176,10 @@ class LVISEvaluator(ResultsEvaluator):
     def to_results(self, sample: EvalSample, detections: Detections) -> Results:
         labels = detections.labels
         if len(detections) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.category_ids)):
-            raise ValueError(f"image {sample.image_id}: detection labels {int(labels.min())}..{int(labels.max())} "
-                             f"outside the {len(self.category_ids)} categories of the prompt")
+            raise ValueError(
+                f"image {sample.image_id}: detection labels {int(labels.min())}..{int(labels.max())} "
+                f"outside the {len(self.category_ids)} categories of the prompt"
+            )
         return detections.to_coco(sample.image_id, self.category_ids, legacy_box_size=False)
 
     def process(self, inputs: Sequence[EvalSample], outputs: Sequence[Detections]) -> None:
@@ -173,8 +193,9 @@ class LVISEvaluator(ResultsEvaluator):
         category's top `fixed_dets_per_category`. Exact for both figures: an entry outside a top-k
         of the entries so far stays outside it whatever comes later (ties: earlier entries first,
         and the kept entries keep their order)."""
-        keep = (_top_indices(self.results, "image_id", self.dets_per_image)
-                | _top_indices(self.results, "category_id", self.fixed_dets_per_category))
+        keep = _top_indices(self.results, "image_id", self.dets_per_image) | _top_indices(
+            self.results, "category_id", self.fixed_dets_per_category
+        )
         self.results = [r for i, r in enumerate(self.results) if i in keep]
 
     def known_image_ids(self) -> list[int]:
@@ -186,12 +207,17 @@ class LVISEvaluator(ResultsEvaluator):
 
     def score(self, results: Results, image_ids: list[int]) -> dict[str, Any]:
         if not image_ids:
-            return {"bbox": dict.fromkeys([*_AP_KEYS, self.ar_key], 0.0), "bbox_fixed": dict.fromkeys(FIXED_KEYS, 0.0)}
+            return {
+                "bbox": dict.fromkeys([*_AP_KEYS, self.ar_key], 0.0),
+                "bbox_fixed": dict.fromkeys(FIXED_KEYS, 0.0),
+            }
         evaluated = set(image_ids)
         # only the evaluated images compete for a category's FixedAP budget
         results = [r for r in results if r["image_id"] in evaluated]
 
-        standard = self._lvis_eval(top_per_image(results, self.dets_per_image), image_ids, self.dets_per_image)
+        standard = self._lvis_eval(
+            top_per_image(results, self.dets_per_image), image_ids, self.dets_per_image
+        )
         fixed_results = top_per_category(results, self.fixed_dets_per_category)
         per_image: dict[Any, int] = defaultdict(int)
         for r in fixed_results:
@@ -201,7 +227,10 @@ class LVISEvaluator(ResultsEvaluator):
 
         bbox = {name: _none_if_undefined(standard[key]) for name, key in _AP_KEYS.items()}
         bbox[self.ar_key] = _none_if_undefined(standard["AR_all"])  # AR at maxDets[-1], the cap
-        return {"bbox": bbox, "bbox_fixed": {name: _none_if_undefined(fixed[_AP_KEYS[name]]) for name in FIXED_KEYS}}
+        return {
+            "bbox": bbox,
+            "bbox_fixed": {name: _none_if_undefined(fixed[_AP_KEYS[name]]) for name in FIXED_KEYS},
+        }
 
     def _lvis_eval(self, results: Results, image_ids: list[int], max_dets: int) -> dict[str, float]:
         """faster-coco-eval's LVIS-style box evaluation with one per-image detection cap ->
@@ -210,8 +239,9 @@ class LVISEvaluator(ResultsEvaluator):
 
         # loadRes adds id / area / segmentation to the entries in place: give it copies
         detections = self.lvis.loadRes([dict(r) for r in results])
-        lvis_eval = COCOeval_faster(self.lvis, detections, "bbox", lvis_style=True,
-                                    print_function=lambda *args, **kwargs: None)
+        lvis_eval = COCOeval_faster(
+            self.lvis, detections, "bbox", lvis_style=True, print_function=lambda *args, **kwargs: None
+        )
         lvis_eval.params.imgIds = list(image_ids)
         lvis_eval.params.maxDets = [int(max_dets)]
         lvis_eval.evaluate()
@@ -220,8 +250,13 @@ class LVISEvaluator(ResultsEvaluator):
         return lvis_eval.stats_as_dict
 
 
-def lvis_benchmark(ann_file: str | Path, image_dir: str | Path, chunk_size: int = 40,
-                   detections_per_image: int = DETS_PER_IMAGE, distributed: bool = True) -> Benchmark:
+def lvis_benchmark(
+    ann_file: str | Path,
+    image_dir: str | Path,
+    chunk_size: int = 40,
+    detections_per_image: int = DETS_PER_IMAGE,
+    distributed: bool = True,
+) -> Benchmark:
     """Every image of an LVIS json with all its categories (sorted by id, names cleaned as
     official: "bear_(animal)" -> "bear") as a detection prompt in chunks of `chunk_size` names;
     the post-processing keeps `detections_per_image` per chunk, the evaluator caps the
@@ -233,10 +268,15 @@ def lvis_benchmark(ann_file: str | Path, image_dir: str | Path, chunk_size: int 
     names = tuple(clean_category_name(str(c["name"])) for c in categories)
     image_dir = Path(image_dir)
     try:
-        samples = [EvalSample(lvis_image_path(image_dir, info), int(info["id"]), classes=names)
-                   for info in lvis.dataset["images"]]
+        samples = [
+            EvalSample(lvis_image_path(image_dir, info), int(info["id"]), classes=names)
+            for info in lvis.dataset["images"]
+        ]
     except ValueError as err:
         raise ValueError(f"{ann_file}: {err}") from None
-    evaluator = LVISEvaluator(lvis, [int(c["id"]) for c in categories], dets_per_image=detections_per_image,
-                              distributed=distributed)
-    return Benchmark("lvis", samples, evaluator, detections_per_image=detections_per_image, chunk_size=chunk_size)
+    evaluator = LVISEvaluator(
+        lvis, [int(c["id"]) for c in categories], dets_per_image=detections_per_image, distributed=distributed
+    )
+    return Benchmark(
+        "lvis", samples, evaluator, detections_per_image=detections_per_image, chunk_size=chunk_size
+    )

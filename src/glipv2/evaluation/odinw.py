@@ -40,8 +40,9 @@ def _is_prompt_file(path: Path) -> bool:
 
 
 def _is_instances(data: Any) -> bool:
-    return isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "annotations",
-                                                                                  "categories"))
+    return isinstance(data, dict) and all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    )
 
 
 def find_datasets(root: str | Path, pattern: str = "*.json") -> list[tuple[str, Path, dict[str, Any]]]:
@@ -83,14 +84,16 @@ def _text(value: Any, where: str, path: Path) -> str:
     return value
 
 
-def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: Path
-                   ) -> tuple[str, tuple[tuple[tuple[int, int], ...], ...]]:
+def caption_prompt(
+    names: Sequence[str], raw_names: Sequence[str], prompt_file: Path
+) -> tuple[str, tuple[tuple[tuple[int, int], ...], ...]]:
     """The caption of a prompt file and per category (label k = names[k]) its one positive span
     (start, end) in characters — the name's text only, not its prefix or suffix."""
     spec = read_json(prompt_file, "prompt")
     if not isinstance(spec, dict):
         raise ValueError(  # file content: the CLI reports ValueErrors as one line
-            f"{prompt_file}: a prompt file is a JSON object with prefix, suffix, names, categories")
+            f"{prompt_file}: a prompt file is a JSON object with prefix, suffix, names, categories"
+        )
     extra = sorted(set(spec) - _PROMPT_KEYS)
     if extra:
         raise ValueError(f"{prompt_file}: unknown keys {extra} (allowed: {sorted(_PROMPT_KEYS)})")
@@ -105,8 +108,10 @@ def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: 
             raise ValueError(f"{prompt_file}: {key} must map category names to values")  # file content
         unknown = sorted(n for n in table if n not in index)
         if unknown:
-            raise ValueError(f"{prompt_file}: {key}: unknown category names {unknown[:10]} "
-                             f"(the dataset has {list(names)[:10]}{' ...' if len(names) > 10 else ''})")
+            raise ValueError(
+                f"{prompt_file}: {key}: unknown category names {unknown[:10]} "
+                f"(the dataset has {list(names)[:10]}{' ...' if len(names) > 10 else ''})"
+            )
         return {index[n]: v for n, v in table.items()}
 
     replaced = by_category("names")
@@ -118,7 +123,9 @@ def caption_prompt(names: Sequence[str], raw_names: Sequence[str], prompt_file: 
             raise ValueError(f"{prompt_file}: names[{raw_names[k]!r}] is empty")
         parts = wrapped.get(k, {})
         if not isinstance(parts, dict) or set(parts) - {"prefix", "suffix"}:
-            raise ValueError(f"{prompt_file}: categories[{raw_names[k]!r}] must be {{\"prefix\": ..., \"suffix\": ...}}")
+            raise ValueError(
+                f'{prompt_file}: categories[{raw_names[k]!r}] must be {{"prefix": ..., "suffix": ...}}'
+            )
         if k:
             caption += SEPARATOR
         caption += _text(parts.get("prefix", prefix), f"categories[{raw_names[k]!r}].prefix", prompt_file)
@@ -158,7 +165,9 @@ def odinw_benchmark(name: str, ann_file: Path, data: dict[str, Any], distributed
     for info in data["images"]:
         if "file_name" not in info:
             raise ValueError(f"{ann_file}: image entries need a file_name, got {info!r:.100}")
-        samples.append(EvalSample(_image_path(ann_file.parent, str(info["file_name"])), int(info["id"]), **prompt))
+        samples.append(
+            EvalSample(_image_path(ann_file.parent, str(info["file_name"])), int(info["id"]), **prompt)
+        )
     evaluator = COCOEvaluator(coco_index(data), [int(c["id"]) for c in categories], distributed=distributed)
     return Benchmark(name, samples, evaluator)
 
@@ -167,7 +176,9 @@ def odinw_benchmarks(root: str | Path, distributed: bool = True, pattern: str = 
     """One benchmark per COCO instances json under `root` (see `find_datasets`). `pattern` is a
     `Path.rglob` glob, matched against the last components of each path relative to `root`, not
     only the file name: '*valid*/*.json' picks the valid split of a tree holding train/valid/test."""
-    return [odinw_benchmark(name, path, data, distributed) for name, path, data in find_datasets(root, pattern)]
+    return [
+        odinw_benchmark(name, path, data, distributed) for name, path, data in find_datasets(root, pattern)
+    ]
 
 
 def odinw_summary(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -176,7 +187,10 @@ def odinw_summary(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
     missing or None (no ground truth) is left out of that mean; with none left the mean is None."""
     average: dict[str, float | None] = {}
     for key in _SUMMARY_KEYS:
-        values = [float(m["bbox"][key]) for m in per_dataset.values()
-                  if isinstance(m, dict) and isinstance(m.get("bbox"), dict) and m["bbox"].get(key) is not None]
+        values = [
+            float(m["bbox"][key])
+            for m in per_dataset.values()
+            if isinstance(m, dict) and isinstance(m.get("bbox"), dict) and m["bbox"].get(key) is not None
+        ]
         average[key] = sum(values) / len(values) if values else None
     return {"datasets": dict(per_dataset), "average": average}

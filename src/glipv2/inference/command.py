@@ -26,24 +26,42 @@ EXIT_BAD_INPUT = 2
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "predict", help="detect classes or ground a caption's phrases in images",
-        description="Open-vocabulary detection (--classes) or phrase grounding (--caption) on image files.")
+        "predict",
+        help="detect classes or ground a caption's phrases in images",
+        description="Open-vocabulary detection (--classes) or phrase grounding (--caption) on image files.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--model", required=True, metavar="NAME_OR_DIR",
-                   help="a model folder (save_pretrained / glipv2 convert), a hub id, or a preset (random weights)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME_OR_DIR",
+        help="a model folder (save_pretrained / glipv2 convert), a hub id, or a preset (random weights)",
+    )
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--classes", metavar="A,B,C", help="comma-separated class names (detection)")
     task.add_argument("--caption", metavar="TEXT", help="a sentence whose phrases to ground")
-    p.add_argument("--phrases", nargs="+", metavar="P",
-                   help="phrases of the caption to ground (default: its pieces between punctuation)")
-    p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    p.add_argument(
+        "--phrases",
+        nargs="+",
+        metavar="P",
+        help="phrases of the caption to ground (default: its pieces between punctuation)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)"
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--size", metavar="SHORT,LONG",
-                      help="resize the shorter side to SHORT, the longer to at most LONG (default: the model's, 800,1333)")
+    size.add_argument(
+        "--size",
+        metavar="SHORT,LONG",
+        help="resize the shorter side to SHORT, the longer to at most LONG (default: the model's, 800,1333)",
+    )
     size.add_argument("--no-resize", action="store_true", help="feed the images at their own size")
-    p.add_argument("--one-label-per-box", action="store_true",
-                   help="keep only the best label of overlapping boxes (NMS across labels; not official), for "
-                        "class names that share words")
+    p.add_argument(
+        "--one-label-per-box",
+        action="store_true",
+        help="keep only the best label of overlapping boxes (NMS across labels; not official), for "
+        "class names that share words",
+    )
     p.add_argument("--chunk-size", type=int, metavar="N", help="class names per pass for long vocabularies")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="forward passes batched together")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -116,7 +134,9 @@ def run_predict(args: argparse.Namespace) -> int:
             model = load_model(args.model)
         # a corrupt weights file raises the safetensors library's own error type
         except Exception as err:  # noqa: BLE001
-            raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
+            raise BadInput(
+                f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}"
+            ) from None
         if args.device:
             try:
                 model = model.to(torch.device(args.device))
@@ -144,8 +164,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
     def flush() -> None:
         try:
-            results = predictor.predict_prepared([p for _, p, _ in pending], [vocabulary] * len(pending),
-                                                 args.threshold)
+            results = predictor.predict_prepared(
+                [p for _, p, _ in pending], [vocabulary] * len(pending), args.threshold
+            )
         # e.g. out of memory on a huge image: the other batches still run
         except Exception as err:  # noqa: BLE001
             for index, _, _ in pending:
@@ -162,7 +183,9 @@ def run_predict(args: argparse.Namespace) -> int:
                     fail(index, f"{args.images[index]}: cannot write the annotated image ({err})")
         pending.clear()
 
-    for index, file in enumerate(tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)):
+    for index, file in enumerate(
+        tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)
+    ):
         entry: dict[str, Any] = {"file": file}
         entries.append(entry)
         try:
@@ -179,11 +202,19 @@ def run_predict(args: argparse.Namespace) -> int:
     if pending:
         flush()
 
-    document = {"model": args.model, "threshold": args.threshold, "labels": vocabulary.names, "images": entries}
+    document = {
+        "model": args.model,
+        "threshold": args.threshold,
+        "labels": vocabulary.names,
+        "images": entries,
+    }
     atomic_write_json(out, document, indent=1, end="\n")  # a crash never leaves half a results file
     done = len(entries) - failed
-    print(f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
-          f"-> {args.out}" + (f"; {failed} failed" if failed else ""), file=sys.stderr)
+    print(
+        f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
+        f"-> {args.out}" + (f"; {failed} failed" if failed else ""),
+        file=sys.stderr,
+    )
     return EXIT_BAD_INPUT if failed else 0
 
 

@@ -38,15 +38,26 @@ class Detections:
     def __getitem__(self, index: torch.Tensor | slice | int) -> Detections:
         if isinstance(index, int):
             index = torch.tensor([index])
-        return Detections(self.boxes[index], self.scores[index], self.labels[index], self.names, self.image_size,
-                          self.prompt, None if self.masks is None else self.masks[index])
+        return Detections(
+            self.boxes[index],
+            self.scores[index],
+            self.labels[index],
+            self.names,
+            self.image_size,
+            self.prompt,
+            None if self.masks is None else self.masks[index],
+        )
 
     def above(self, threshold: float) -> Detections:
         """Only the detections scoring at least `threshold`."""
         return self[self.scores >= threshold]
 
-    def to_coco(self, image_id: int | str, category_ids: list[int] | dict[int, int] | None = None,
-                legacy_box_size: bool = True) -> list[dict[str, Any]]:
+    def to_coco(
+        self,
+        image_id: int | str,
+        category_ids: list[int] | dict[int, int] | None = None,
+        legacy_box_size: bool = True,
+    ) -> list[dict[str, Any]]:
         """COCO results entries `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`, with
         `"segmentation"` (compressed RLE) when the detections have masks.
 
@@ -83,9 +94,15 @@ class Detections:
         (COCO compressed RLE) when the detections have masks."""
         segmentations = self.mask_rles()
         out = []
-        for i, (box, score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())):
-            entry = {"box_xyxy": [round(v, decimals) for v in box], "score": round(score, 6), "label": self.names[label],
-                     "label_index": label}
+        for i, (box, score, label) in enumerate(
+            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+        ):
+            entry = {
+                "box_xyxy": [round(v, decimals) for v in box],
+                "score": round(score, 6),
+                "label": self.names[label],
+                "label_index": label,
+            }
             if segmentations is not None:
                 entry["mask_rle"] = segmentations[i]
             out.append(entry)
@@ -96,14 +113,18 @@ class Detections:
         try:
             import supervision as sv
         except ImportError as err:
-            raise ImportError("to_supervision() needs the optional package: pip install 'glipv2[supervision]'") from err
+            raise ImportError(
+                "to_supervision() needs the optional package: pip install 'glipv2[supervision]'"
+            ) from err
         import numpy as np
 
-        return sv.Detections(xyxy=self.boxes.detach().cpu().numpy().astype(np.float32),
-                             confidence=self.scores.detach().cpu().numpy().astype(np.float32),
-                             class_id=self.labels.detach().cpu().numpy().astype(int),
-                             mask=None if self.masks is None else self.masks.detach().cpu().numpy().astype(bool),
-                             data={"class_name": np.array(self.label_names, dtype=object)})
+        return sv.Detections(
+            xyxy=self.boxes.detach().cpu().numpy().astype(np.float32),
+            confidence=self.scores.detach().cpu().numpy().astype(np.float32),
+            class_id=self.labels.detach().cpu().numpy().astype(int),
+            mask=None if self.masks is None else self.masks.detach().cpu().numpy().astype(bool),
+            data={"class_name": np.array(self.label_names, dtype=object)},
+        )
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.label_names[:5], self.scores.tolist()[:5]))

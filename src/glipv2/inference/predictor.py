@@ -89,7 +89,7 @@ class Vocabulary:
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 class Predictor:
@@ -100,9 +100,16 @@ class Predictor:
     >>> dets.boxes, dets.scores, dets.label_names
     """
 
-    def __init__(self, model: GLIPv2, processor: GLIPv2Processor | None = None, *,
-                 postprocessor: PostProcessor | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 1, text_cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: GLIPv2,
+        processor: GLIPv2Processor | None = None,
+        *,
+        postprocessor: PostProcessor | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 1,
+        text_cache_size: int = 64,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval() if device is None else model.to(device).eval()
@@ -116,8 +123,13 @@ class Predictor:
         self._vocabulary_lock = threading.Lock()
 
     # --- public API -----------------------------------------------------------------------------
-    def detect(self, images: ImageInput | Sequence[ImageInput], classes: Sequence[str] | Sequence[Sequence[str]],
-               threshold: float = 0.5, chunk_size: int | None = None) -> Detections | list[Detections]:
+    def detect(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        classes: Sequence[str] | Sequence[Sequence[str]],
+        threshold: float = 0.5,
+        chunk_size: int | None = None,
+    ) -> Detections | list[Detections]:
         """Detect `classes` (one list for all images, or one list per image). Vocabularies longer
         than the model's token slots run in chunks (`chunk_size` names each, or packed)."""
         single = is_single_image(images)
@@ -131,10 +143,14 @@ class Predictor:
         results = self.predict(image_list, vocabularies, threshold)
         return results[0] if single else results
 
-    def ground(self, images: ImageInput | Sequence[ImageInput], caption: str | Sequence[str],
-               phrases: Sequence[str] | Sequence[Sequence[str]] | None = None,
-               spans: Sequence[Span | Sequence[Span]] | None = None,
-               threshold: float = 0.5) -> Detections | list[Detections]:
+    def ground(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        caption: str | Sequence[str],
+        phrases: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        spans: Sequence[Span | Sequence[Span]] | None = None,
+        threshold: float = 0.5,
+    ) -> Detections | list[Detections]:
         """Ground the phrases of a caption (one caption for all images, or one per image);
         phrases are found in the caption (whole words), given as spans, or — if neither — are
         the caption's pieces between punctuation marks. Labels index the phrases."""
@@ -175,8 +191,12 @@ class Predictor:
         names = [n for c in chunks for n in c.prompt.names]
         return Vocabulary(names, chunks, DETECTION_SEPARATOR.join(names))
 
-    def grounding_vocabulary(self, caption: str, phrases: Sequence[str] | None = None,
-                             spans: Sequence[Span | Sequence[Span]] | None = None) -> Vocabulary:
+    def grounding_vocabulary(
+        self,
+        caption: str,
+        phrases: Sequence[str] | None = None,
+        spans: Sequence[Span | Sequence[Span]] | None = None,
+    ) -> Vocabulary:
         prompt = grounding_prompt(caption, phrases, spans)
         encoded = self.encode(prompt.text)  # needed for the forward anyway; cached from here on
         prompt.positive_map(encoded.offsets, encoded.attention_mask)  # every phrase must fit the token slots
@@ -189,8 +209,13 @@ class Predictor:
             self._vocabularies.clear()
 
     # --- the pipeline ---------------------------------------------------------------------------
-    def predict(self, images: Sequence[ImageInput], vocabularies: Sequence[Vocabulary],
-                threshold: float = 0.5, postprocessor: PostProcessor | None = None) -> list[Detections]:
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        vocabularies: Sequence[Vocabulary],
+        threshold: float = 0.5,
+        postprocessor: PostProcessor | None = None,
+    ) -> list[Detections]:
         """One `Vocabulary` per image -> one `Detections` per image, scores > threshold;
         `postprocessor`: this call's post-processing (default: the predictor's)."""
         if not 0.0 <= threshold <= 1.0:
@@ -203,16 +228,21 @@ class Predictor:
             results.extend(self.predict_prepared(prepared, [v for _, v in group], threshold, postprocessor))
         return results
 
-    def predict_prepared(self, prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
-                         vocabularies: Sequence[Vocabulary], threshold: float = 0.5,
-                         postprocessor: PostProcessor | None = None) -> list[Detections]:
+    def predict_prepared(
+        self,
+        prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
+        vocabularies: Sequence[Vocabulary],
+        threshold: float = 0.5,
+        postprocessor: PostProcessor | None = None,
+    ) -> list[Detections]:
         """Like `predict`, for images already through `processor.prepare_image`."""
         jobs = [(i, chunk) for i, vocabulary in enumerate(vocabularies) for chunk in vocabulary.chunks]
         found: list[list[RawDetections]] = [[] for _ in prepared]
         for batch in _batches(jobs, self.batch_size):
-            for (image_index, chunk), detections in zip(batch, self._run([prepared[i][0] for i, _ in batch],
-                                                                          [c.prompt for _, c in batch],
-                                                                          postprocessor)):
+            for (image_index, chunk), detections in zip(
+                batch,
+                self._run([prepared[i][0] for i, _ in batch], [c.prompt for _, c in batch], postprocessor),
+            ):
                 detections.labels = detections.labels + chunk.label_offset
                 found[image_index].append(detections)
         results = []
@@ -223,30 +253,50 @@ class Predictor:
             scale = merged.boxes.new_tensor([width / tensor.shape[2], height / tensor.shape[1]] * 2)
             boxes = merged.boxes * scale
             masks = None if merged.masks is None else paste_masks(merged.masks, boxes, (height, width))
-            results.append(Detections(boxes, merged.scores, merged.labels, list(vocabulary.names),
-                                      (height, width), vocabulary.text, masks))
+            results.append(
+                Detections(
+                    boxes,
+                    merged.scores,
+                    merged.labels,
+                    list(vocabulary.names),
+                    (height, width),
+                    vocabulary.text,
+                    masks,
+                )
+            )
         return results
 
     @torch.no_grad()
-    def _run(self, tensors: list[torch.Tensor], prompts: list[Prompt],
-             postprocessor: PostProcessor | None = None) -> list[RawDetections]:
+    def _run(
+        self, tensors: list[torch.Tensor], prompts: list[Prompt], postprocessor: PostProcessor | None = None
+    ) -> list[RawDetections]:
         """One forward pass over images paired with prompts -> detections in the input frame."""
         batch = self.processor.batch_images(tensors, [tuple(t.shape[1:]) for t in tensors])
         encoded = [self.encode(p.text) for p in prompts]
         text = _stack_text([e.features for e in encoded])
         positive_maps = [p.positive_map(e.offsets, e.attention_mask) for p, e in zip(prompts, encoded)]
-        output = self.model(batch.pixel_values.to(self.device), image_sizes=batch.image_sizes, text_features=text)
-        found = self.processor.post_process_detections(output, positive_maps, postprocessor or self.postprocessor)
+        output = self.model(
+            batch.pixel_values.to(self.device), image_sizes=batch.image_sizes, text_features=text
+        )
+        found = self.processor.post_process_detections(
+            output, positive_maps, postprocessor or self.postprocessor
+        )
         if "mask" in self.model.heads:
             # each detection's mask is asked for with the tokens of its own label
             slots = output.fused_token_features.shape[1]
-            weights = [fit_token_slots(pm, slots).to(self.device)[d.labels].float()
-                       for pm, d in zip(positive_maps, found)]
+            weights = [
+                fit_token_slots(pm, slots).to(self.device)[d.labels].float()
+                for pm, d in zip(positive_maps, found)
+            ]
             logits = self.model.predict_mask_logits(output, [d.boxes for d in found], weights)
             for detections, mask_logits in zip(found, logits):
                 detections.masks = mask_logits.sigmoid()
-        return [RawDetections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu(), None if d.masks is None else d.masks.cpu())
-                for d in found]
+        return [
+            RawDetections(
+                d.boxes.cpu(), d.scores.cpu(), d.labels.cpu(), None if d.masks is None else d.masks.cpu()
+            )
+            for d in found
+        ]
 
     def encode(self, text: str) -> EncodedText:
         """P̊ of one prompt text, from the cache when it was encoded before."""
@@ -254,8 +304,9 @@ class Predictor:
         if entry is None:
             tokens = self.processor.tokenize(text)
             with torch.no_grad():
-                features = self.model.encode_text(tokens.input_ids.to(self.device),
-                                                  tokens.attention_mask.to(self.device))
+                features = self.model.encode_text(
+                    tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+                )
             entry = EncodedText(features, tokens.offsets[0], tokens.attention_mask[0])
             self.text_cache.put(text, entry)
         return entry
@@ -268,7 +319,12 @@ def _stack_text(features: list[TextFeatures]) -> TextFeatures:
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         extra = length - t.shape[1]
-        return t if extra == 0 else torch.nn.functional.pad(t, (0, 0, 0, extra) if t.ndim == 3 else (0, extra))
+        return (
+            t if extra == 0 else torch.nn.functional.pad(t, (0, 0, 0, extra) if t.ndim == 3 else (0, extra))
+        )
 
-    return TextFeatures(torch.cat([pad(f.hidden) for f in features]), torch.cat([pad(f.embedded) for f in features]),
-                        torch.cat([pad(f.mask) for f in features]))
+    return TextFeatures(
+        torch.cat([pad(f.hidden) for f in features]),
+        torch.cat([pad(f.embedded) for f in features]),
+        torch.cat([pad(f.mask) for f in features]),
+    )

@@ -16,8 +16,9 @@ def label_colour(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: Image.Image, detections: Detections, line_width: int | None = None,
-                    mask_opacity: float = 0.45) -> Image.Image:
+def draw_detections(
+    image: Image.Image, detections: Detections, line_width: int | None = None, mask_opacity: float = 0.45
+) -> Image.Image:
     """A copy of `image` with every detection drawn: its mask (if any) tinted in its label's colour,
     its box, and "name 0.87" on a filled tag."""
     canvas = image.convert("RGB").copy()
@@ -41,7 +42,9 @@ def draw_detections(image: Image.Image, detections: Detections, line_width: int 
         ty = y1 - tag_h if y1 - tag_h >= 0 else y1
         draw.rectangle([x1, ty, x1 + right - left + 4, ty + tag_h], fill=colour)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        draw.text((x1 + 2, ty + 2 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
+        draw.text(
+            (x1 + 2, ty + 2 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font
+        )
     return canvas
 
 

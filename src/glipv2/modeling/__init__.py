@@ -8,5 +8,17 @@ from .heads import LossConfig, TaskHead, register_head
 from .outputs import CoreOutput, GLIPv2Output
 from .registry import build_model, get_config, list_models
 
-__all__ = ["CoreOutput", "GLIPv2", "GLIPv2Config", "GLIPv2Core", "GLIPv2Criterion", "GLIPv2Output", "LossConfig",
-           "TaskHead", "build_model", "get_config", "list_models", "register_head"]
+__all__ = [
+    "CoreOutput",
+    "GLIPv2",
+    "GLIPv2Config",
+    "GLIPv2Core",
+    "GLIPv2Criterion",
+    "GLIPv2Output",
+    "LossConfig",
+    "TaskHead",
+    "build_model",
+    "get_config",
+    "list_models",
+    "register_head",
+]

@@ -39,8 +39,14 @@ class TimmBackbone(nn.Module):
 
 def build_backbone(config: GLIPv2Config) -> nn.Module:
     if config.backbone == "swin":
-        return SwinBackbone(config.swin_embed_dim, config.swin_depths, config.swin_num_heads,
-                            config.swin_window_size, config.swin_mlp_ratio, config.swin_drop_path_rate)
+        return SwinBackbone(
+            config.swin_embed_dim,
+            config.swin_depths,
+            config.swin_num_heads,
+            config.swin_window_size,
+            config.swin_mlp_ratio,
+            config.swin_drop_path_rate,
+        )
     if config.backbone.startswith("timm:"):
         return TimmBackbone(config.backbone.removeprefix("timm:"), pretrained=config.timm_pretrained)
     raise ValueError(f"unknown backbone {config.backbone!r}: use 'swin' or 'timm:<model name>'")

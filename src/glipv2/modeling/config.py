@@ -185,15 +185,21 @@ class GLIPv2Config(DataclassConfig):
         if self.max_query_len < 2:
             problems.append("max_query_len must be at least 2 ([CLS] and [SEP])")
         if 0 < self.prompt_embedding_rows < self.max_query_len:
-            problems.append(f"prompt_embedding_rows ({self.prompt_embedding_rows}) must be 0 (off) or at least "
-                            f"max_query_len ({self.max_query_len}): it holds one row per token slot")
+            problems.append(
+                f"prompt_embedding_rows ({self.prompt_embedding_rows}) must be 0 (off) or at least "
+                f"max_query_len ({self.max_query_len}): it holds one row per token slot"
+            )
         if not (0.0 <= self.inference_threshold <= 1.0 and 0.0 <= self.nms_threshold <= 1.0):
             problems.append("inference_threshold and nms_threshold must lie in [0, 1]")
         if min(self.pre_nms_top_n, self.detections_per_image, self.test_min_size, self.test_max_size) < 1:
-            problems.append("pre_nms_top_n, detections_per_image, test_min_size and test_max_size must be >= 1")
+            problems.append(
+                "pre_nms_top_n, detections_per_image, test_min_size and test_max_size must be >= 1"
+            )
         if self.deformable_conv_impl not in ("torchvision", "grid_sample"):
-            problems.append(f"deformable_conv_impl must be 'torchvision' or 'grid_sample', not "
-                            f"{self.deformable_conv_impl!r}")
+            problems.append(
+                f"deformable_conv_impl must be 'torchvision' or 'grid_sample', not "
+                f"{self.deformable_conv_impl!r}"
+            )
         if self.num_head_blocks < 1:
             problems.append("num_head_blocks must be >= 1")
         if min(self.mask_head_channels, self.mask_head_convs, self.mask_pooler_resolution) < 1:

@@ -24,13 +24,22 @@ class GLIPv2Core(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = build_backbone(config)
-        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.fpn_drop_block_prob,
-                       config.fpn_drop_block_size)
-        self.text_encoder = TextEncoder(config.text_encoder, config.text_weights if load_text_weights else None)
+        self.fpn = FPN(
+            self.backbone.out_channels,
+            config.fpn_channels,
+            config.fpn_drop_block_prob,
+            config.fpn_drop_block_size,
+        )
+        self.text_encoder = TextEncoder(
+            config.text_encoder, config.text_weights if load_text_weights else None
+        )
         # prompt tuning (official ADD_LINEAR_LAYER / language_prompt_v2): a zero-initialised
         # per-position offset added to P̊, the only tensor that trains in that mode
-        self.prompt_embedding = (nn.Parameter(torch.zeros(config.prompt_embedding_rows, config.text_hidden_size))
-                                 if config.prompt_embedding_rows else None)
+        self.prompt_embedding = (
+            nn.Parameter(torch.zeros(config.prompt_embedding_rows, config.text_hidden_size))
+            if config.prompt_embedding_rows
+            else None
+        )
         self.fusion = FusionTower(config)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
@@ -43,8 +52,13 @@ class GLIPv2Core(nn.Module):
         """O̊: (B, 3, H, W) normalised images -> FPN levels P3..P7, each (B, C, H_l, W_l)."""
         return self.fpn(self.backbone(pixel_values))
 
-    def forward(self, pixel_values: torch.Tensor, text_features: TextFeatures, image_sizes: torch.Tensor,
-                region_features: list[torch.Tensor] | None = None) -> CoreOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        text_features: TextFeatures,
+        image_sizes: torch.Tensor,
+        region_features: list[torch.Tensor] | None = None,
+    ) -> CoreOutput:
         """pixel_values: (B, 3, H, W); text_features: P̊ for B prompts; image_sizes: (B, 2);
         region_features: O̊ from an earlier `encode_images` of the same images (reused across
         decoding steps), else computed here."""
@@ -55,19 +69,29 @@ class GLIPv2Core(nn.Module):
             offset = self.prompt_embedding[: hidden.shape[1]].unsqueeze(0)
             hidden, embedded = hidden + offset, embedded + offset
         fused_visual, fused_text = self.fusion(region_features, hidden, mask)
-        return CoreOutput(region_features=region_features, token_features=hidden, token_embedded=embedded,
-                          fused_region_features=fused_visual, fused_token_features=fused_text,
-                          text_attention_mask=mask, image_sizes=image_sizes)
+        return CoreOutput(
+            region_features=region_features,
+            token_features=hidden,
+            token_embedded=embedded,
+            fused_region_features=fused_visual,
+            fused_token_features=fused_text,
+            text_attention_mask=mask,
+            image_sizes=image_sizes,
+        )
 
 
 def check_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> None:
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} and "
-                         f"{tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} and "
+            f"{tuple(attention_mask.shape)}"
+        )
     if input_ids.is_floating_point():
         raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
     if input_ids.shape[1] > max_len:
-        raise ValueError(f"prompt has {input_ids.shape[1]} tokens, more than max_query_len={max_len}; "
-                         "split long vocabularies into chunks")
+        raise ValueError(
+            f"prompt has {input_ids.shape[1]} tokens, more than max_query_len={max_len}; "
+            "split long vocabularies into chunks"
+        )
     if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
         raise ValueError("empty text: every prompt needs at least one token")

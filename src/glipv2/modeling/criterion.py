@@ -54,8 +54,10 @@ class GLIPv2Criterion(nn.Module):
         if "grounding" not in heads or not isinstance(heads["grounding"], GroundingHead):
             raise ValueError("the GLIPv2 losses need the grounding head (its anchors and ATSS assignment)")
         if config.use_inter and "inter" not in heads:
-            raise ValueError("use_inter needs a model with a region-word contrastive projection "
-                             "(GLIPv2Config.region_word_contrastive_dim > 0)")
+            raise ValueError(
+                "use_inter needs a model with a region-word contrastive projection "
+                "(GLIPv2Config.region_word_contrastive_dim > 0)"
+            )
         if config.use_mlm and "mlm" not in heads:
             raise ValueError("use_mlm needs a model with an MLM head (GLIPv2Config.mlm_head)")
         if config.use_mask and "mask" not in heads:
@@ -93,17 +95,22 @@ class GLIPv2Criterion(nn.Module):
         losses["loss"] = torch.stack(list(losses.values())).sum()
         # a diagnostic beside the losses, without gradient (logged by the trainer)
         grounding = self.heads["grounding"]
-        losses["token_accuracy"] = grounding.token_accuracy(flat.logits, output.text_attention_mask, assignments,
-                                                            prepared)
+        losses["token_accuracy"] = grounding.token_accuracy(
+            flat.logits, output.text_attention_mask, assignments, prepared
+        )
         return losses
 
-    def assign(self, anchors: torch.Tensor, num_anchors_per_level: Sequence[int],
-               targets: Targets) -> list[ATSSTargets]:
+    def assign(
+        self, anchors: torch.Tensor, num_anchors_per_level: Sequence[int], targets: Targets
+    ) -> list[ATSSTargets]:
         """ATSS per image: anchors (A, 4) of all levels, shared by the batch (one padded size)."""
-        return [atss_assign(anchors, num_anchors_per_level, t["boxes"], self.config.atss_topk) for t in targets]
+        return [
+            atss_assign(anchors, num_anchors_per_level, t["boxes"], self.config.atss_topk) for t in targets
+        ]
 
-    def prepare_target(self, target: dict[str, torch.Tensor], num_tokens: int, device: torch.device,
-                       index: int) -> dict[str, torch.Tensor]:
+    def prepare_target(
+        self, target: dict[str, torch.Tensor], num_tokens: int, device: torch.device, index: int
+    ) -> dict[str, torch.Tensor]:
         """Check one target dict, move it to `device` and fit the token maps to T slots; each head
         adds the entries its loss needs."""
         for key in ("boxes", "positive_map"):
@@ -115,13 +122,19 @@ class GLIPv2Criterion(nn.Module):
         if num_boxes == 0 and positive_map.numel() == 0:
             positive_map = positive_map.new_zeros((0, num_tokens))
         if positive_map.ndim != 2 or positive_map.shape[0] != num_boxes:
-            raise ValueError(f"target {index}: positive_map must be (N={num_boxes}, T), got "
-                             f"{tuple(positive_map.shape)}")
-        out = {"boxes": boxes,
-               "positive_map": fit_slots(positive_map.float() > 0, num_tokens, False, f"target {index} positive_map")
-               .float()}
+            raise ValueError(
+                f"target {index}: positive_map must be (N={num_boxes}, T), got {tuple(positive_map.shape)}"
+            )
+        out = {
+            "boxes": boxes,
+            "positive_map": fit_slots(
+                positive_map.float() > 0, num_tokens, False, f"target {index} positive_map"
+            ).float(),
+        }
         if "token_labels" in target:  # L_inter's positives; also `token_accuracy`'s candidate tokens
-            token_labels = torch.as_tensor(target["token_labels"], dtype=torch.long, device=device).reshape(-1)
+            token_labels = torch.as_tensor(target["token_labels"], dtype=torch.long, device=device).reshape(
+                -1
+            )
             out["token_labels"] = fit_slots(token_labels, num_tokens, -1, f"target {index} token_labels")
         for head in self.heads.values():
             head.prepare_target(target, out, num_tokens, self.config, index)

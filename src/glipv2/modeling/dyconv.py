@@ -28,8 +28,15 @@ def reread_as(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class Conv3x3GN(nn.Module):
     """3×3 conv (modulated deformable when offsets are given) + GroupNorm (`DyConv.k.{conv,bn}`)."""
 
-    def __init__(self, channels_in: int, channels_out: int, stride: int, groups: int, deformable: bool,
-                 deformable_impl: str = "torchvision") -> None:
+    def __init__(
+        self,
+        channels_in: int,
+        channels_out: int,
+        stride: int,
+        groups: int,
+        deformable: bool,
+        deformable_impl: str = "torchvision",
+    ) -> None:
         super().__init__()
         self.stride = stride
         self.deformable = deformable
@@ -47,16 +54,18 @@ class Conv3x3GN(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return (height - 1) // self.stride + 1, (width - 1) // self.stride + 1
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offset: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if offset is None:
             y = self.conv(x)
         else:
             oh, ow = self.output_size(*x.shape[-2:])
             if offset.shape[-2:] != (oh, ow):
                 offset, mask = reread_as(offset, oh, ow), reread_as(mask, oh, ow)
-            y = modulated_deform_conv(x, offset, self.conv.weight, self.conv.bias, self.stride, 1, mask,
-                                      self.deformable_impl)
+            y = modulated_deform_conv(
+                x, offset, self.conv.weight, self.conv.bias, self.stride, 1, mask, self.deformable_impl
+            )
         return self.bn(y)
 
 
@@ -66,8 +75,11 @@ class DynamicReLU(nn.Module):
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
         self.channels = channels
-        self.fc = nn.Sequential(nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
-                                nn.Linear(channels // reduction, 4 * channels))
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, 4 * channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coeffs = hard_sigmoid(self.fc(x.mean(dim=(2, 3))))[:, :, None, None]
@@ -83,17 +95,30 @@ class DyConv(nn.Module):
     All three use the offsets/masks predicted on x_l.
     """
 
-    def __init__(self, channels_in: int, channels: int, groups: int, deformable: bool, dyrelu: bool,
-                 scale_attention: bool, deformable_impl: str = "torchvision") -> None:
+    def __init__(
+        self,
+        channels_in: int,
+        channels: int,
+        groups: int,
+        deformable: bool,
+        dyrelu: bool,
+        scale_attention: bool,
+        deformable_impl: str = "torchvision",
+    ) -> None:
         super().__init__()
-        self.DyConv = nn.ModuleList([
-            Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
-            Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
-            Conv3x3GN(channels_in, channels, 2, groups, deformable, deformable_impl),
-        ])
+        self.DyConv = nn.ModuleList(
+            [
+                Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
+                Conv3x3GN(channels_in, channels, 1, groups, deformable, deformable_impl),
+                Conv3x3GN(channels_in, channels, 2, groups, deformable, deformable_impl),
+            ]
+        )
         # Sequential keeps the official key `AttnConv.1` (index 0 is the pooling)
-        self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels_in, 1, 1), nn.ReLU(inplace=True)) \
-            if scale_attention else None
+        self.AttnConv = (
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels_in, 1, 1), nn.ReLU(inplace=True))
+            if scale_attention
+            else None
+        )
         if self.AttnConv is not None:
             nn.init.normal_(self.AttnConv[1].weight, std=0.01)
             nn.init.zeros_(self.AttnConv[1].bias)
@@ -106,7 +131,10 @@ class DyConv(nn.Module):
             conv_args: dict[str, torch.Tensor] = {}
             if self.offset is not None:
                 offset_mask = self.offset(x)
-                conv_args = {"offset": offset_mask[:, :18].contiguous(), "mask": offset_mask[:, 18:].sigmoid()}
+                conv_args = {
+                    "offset": offset_mask[:, :18].contiguous(),
+                    "mask": offset_mask[:, 18:].sigmoid(),
+                }
             terms = [self.DyConv[1](x, **conv_args)]
             if level > 0:
                 terms.append(self.DyConv[2](features[level - 1], **conv_args))

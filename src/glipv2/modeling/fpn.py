@@ -27,8 +27,13 @@ class FPN(nn.Module):
     In training, DropBlock (official FPN.DROP_BLOCK, p 0.3, block 3) is applied to the top-down sum
     that feeds each non-top output conv; the top-down path itself carries the undropped sum."""
 
-    def __init__(self, in_channels: list[int], out_channels: int, drop_block_prob: float = 0.0,
-                 drop_block_size: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: list[int],
+        out_channels: int,
+        drop_block_prob: float = 0.0,
+        drop_block_size: int = 3,
+    ) -> None:
         super().__init__()
         self.drop_block_prob, self.drop_block_size = drop_block_prob, drop_block_size
         self.levels = [f"{i + 2}" for i in range(len(in_channels))]

@@ -28,8 +28,14 @@ class BiMultiHeadAttention(nn.Module):
         self.values_l_proj = nn.Linear(l_dim, embed_dim)
         self.out_v_proj = nn.Linear(embed_dim, v_dim)
         self.out_l_proj = nn.Linear(embed_dim, l_dim)
-        for lin in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj, self.out_v_proj,
-                    self.out_l_proj):
+        for lin in (
+            self.v_proj,
+            self.l_proj,
+            self.values_v_proj,
+            self.values_l_proj,
+            self.out_v_proj,
+            self.out_l_proj,
+        ):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -37,7 +43,9 @@ class BiMultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """v: (B, N, Cv) image tokens; t: (B, T, Cl) text tokens; text_mask: (B, T) 1 = real token.
 
         Returns the updates (dV (B, N, Cv), dL (B, T, Cl))."""
@@ -66,8 +74,9 @@ class BiAttentionBlock(nn.Module):
     """Pre-LN bi-directional attention with layer scale. Note the official residual: the update is
     added to the *normalised* features (O' = LN(O) + γ_v·dO), not to the raw input."""
 
-    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float,
-                 init_values: float) -> None:
+    def __init__(
+        self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float, init_values: float
+    ) -> None:
         super().__init__()
         self.layer_norm_v = nn.LayerNorm(v_dim)
         self.layer_norm_l = nn.LayerNorm(l_dim)
@@ -75,8 +84,9 @@ class BiAttentionBlock(nn.Module):
         self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor,
-                text_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """visual: per-level (B, C, H_l, W_l), flattened and concatenated into one sequence."""
         shapes = [f.shape for f in visual]
         v = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)
@@ -87,6 +97,6 @@ class BiAttentionBlock(nn.Module):
         t = t + self.gamma_l * dt
         out, start = [], 0
         for b, c, h, w in shapes:
-            out.append(v[:, :, start:start + h * w].reshape(b, c, h, w))
+            out.append(v[:, :, start : start + h * w].reshape(b, c, h, w))
             start += h * w
         return out, t

@@ -52,20 +52,30 @@ class VLDyHeadBlock(nn.Module):
         self.fusion: BiAttentionBlock | None = None
         self.text_layer: TextLayer | None = None
         if config.early_fusion:
-            self.fusion = BiAttentionBlock(c, config.text_hidden_size, config.fusion_embed_dim,
-                                           config.fusion_num_heads, config.fusion_dropout,
-                                           init_values=1.0 / config.num_head_blocks)
+            self.fusion = BiAttentionBlock(
+                c,
+                config.text_hidden_size,
+                config.fusion_embed_dim,
+                config.fusion_num_heads,
+                config.fusion_dropout,
+                init_values=1.0 / config.num_head_blocks,
+            )
             last = index == config.num_head_blocks - 1
             if not last or config.fused_dot_product:
                 self.text_layer = TextLayer(text_layer_config(config))
-        self.dyconv = DyConv(channels_in, c, config.group_norm_groups,
-                             deformable=config.use_deformable_conv and same,
-                             dyrelu=config.use_dyrelu and same,
-                             scale_attention=config.use_scale_attention and same,
-                             deformable_impl=config.deformable_conv_impl)
+        self.dyconv = DyConv(
+            channels_in,
+            c,
+            config.group_norm_groups,
+            deformable=config.use_deformable_conv and same,
+            dyrelu=config.use_dyrelu and same,
+            scale_attention=config.use_scale_attention and same,
+            deformable_impl=config.deformable_conv_impl,
+        )
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor,
-                text_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         if self.fusion is not None:
             visual, text = self.fusion(visual, text, text_mask)
         if self.text_layer is not None:
@@ -81,8 +91,9 @@ class FusionTower(nn.Module):
         self.gradient_checkpointing = config.gradient_checkpointing
         self.blocks = nn.ModuleList(VLDyHeadBlock(config, i) for i in range(config.num_head_blocks))
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor,
-                text_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """visual: O̊, per level (B, C, H, W); text: P̊ (B, T, D); text_mask: (B, T) 1 for real
         tokens -> (O per level (B, C', H, W), P (B, T, D))."""
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()

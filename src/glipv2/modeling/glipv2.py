@@ -82,10 +82,15 @@ class GLIPv2(nn.Module):
         """P̊: the text encoder's features; cacheable across images that share a prompt."""
         return self.core.encode_text(input_ids, attention_mask)
 
-    def run_core(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
-                 text_features: TextFeatures | None = None,
-                 region_features: list[torch.Tensor] | None = None) -> CoreOutput:
+    def run_core(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        text_features: TextFeatures | None = None,
+        region_features: list[torch.Tensor] | None = None,
+    ) -> CoreOutput:
         """The core alone (no head): O̊, P̊, O, P. Arguments as `forward`; `region_features`: O̊ of
         an earlier call on the same images, to skip backbone and FPN."""
         _check_images(pixel_values)
@@ -123,8 +128,9 @@ class GLIPv2(nn.Module):
         phrase; in training the ground truth is used)."""
         unknown = [h for h in heads or () if h not in self.heads]
         if unknown:
-            raise ValueError(f"{self.config.name} has no head(s) {', '.join(unknown)}; it has "
-                             f"{', '.join(self.heads)}")
+            raise ValueError(
+                f"{self.config.name} has no head(s) {', '.join(unknown)}; it has {', '.join(self.heads)}"
+            )
         if head_options.get("mask_boxes") is not None and "mask" not in self.heads:
             raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
         core = self.run_core(pixel_values, input_ids, attention_mask, image_sizes, text_features)
@@ -135,23 +141,30 @@ class GLIPv2(nn.Module):
                 produced.update(head(core, inputs))
         known = set(GLIPv2Output.__dataclass_fields__)
         core_fields = {k: v for k, v in vars(core).items() if k in known}
-        output = GLIPv2Output(**core_fields | {k: v for k, v in produced.items() if k in known} | {
-            "extra": {k: v for k, v in produced.items() if k not in known}})
+        output = GLIPv2Output(
+            **core_fields
+            | {k: v for k, v in produced.items() if k in known}
+            | {"extra": {k: v for k, v in produced.items() if k not in known}}
+        )
         if self.training and targets is not None:
             return self.criterion(output, targets)
         return output
 
-    def predict_mask_logits(self, output: GLIPv2Output, boxes: Sequence[torch.Tensor],
-                            token_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def predict_mask_logits(
+        self, output: GLIPv2Output, boxes: Sequence[torch.Tensor], token_weights: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
         """Mask logits (N_i, M, M) inside each of `boxes` (per image (N_i, 4), input pixels) for the
         phrase given by `token_weights` (per image (N_i, T)), from a finished forward's fused O and P."""
         if "mask" not in self.heads:
             raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
-        return self.heads["mask"].predict(output.fused_region_features, boxes, output.fused_token_features,
-                                          token_weights)
+        return self.heads["mask"].predict(
+            output.fused_region_features, boxes, output.fused_token_features, token_weights
+        )
 
     # --- persistence -----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str], reference_text_weights: bool = False) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], reference_text_weights: bool = False
+    ) -> Path:
         """Write `config.json` and `model.safetensors` into `directory` (the processor saves its
         own files beside them: `GLIPv2Processor.save_pretrained`).
 
@@ -174,25 +187,36 @@ class GLIPv2(nn.Module):
     def _text_weights_reference(self, state: dict[str, torch.Tensor]) -> dict[str, str]:
         source = self.config.text_weights
         if not source:
-            raise ValueError("reference_text_weights needs a pretrained text encoder source (config.text_weights)")
+            raise ValueError(
+                "reference_text_weights needs a pretrained text encoder source (config.text_weights)"
+            )
         ours = state_fingerprint({k: v for k, v in state.items() if k.startswith(TEXT_PREFIX)})
         pretrained = TextEncoder(self.config.text_encoder, source).state_dict()
         if ours != state_fingerprint({TEXT_PREFIX + k: v for k, v in pretrained.items()}):
-            raise ValueError(f"the text encoder differs from its pretrained source {source!r} (was it trained?); "
-                             "save it with the weights (reference_text_weights=False)")
+            raise ValueError(
+                f"the text encoder differs from its pretrained source {source!r} (was it trained?); "
+                "save it with the weights (reference_text_weights=False)"
+            )
         return {"text_weights": source, "text_weights_sha256": ours}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None,
-                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> GLIPv2:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        **config_overrides: Any,
+    ) -> GLIPv2:
         """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub.
         Folders of the layout before the core/heads split load too (their keys are renamed).
 
         Official GLIP `.pth` checkpoints are converted by `glipv2.convert` (`glipv2.load_model(path)`
         or `glipv2.convert.from_official(...)` converts once and loads)."""
         if str(name_or_path).endswith(".pth"):
-            raise ValueError(f"{name_or_path}: an official GLIP checkpoint; load it with glipv2.load_model(path) "
-                             "(or glipv2.convert.from_official), which converts it once")
+            raise ValueError(
+                f"{name_or_path}: an official GLIP checkpoint; load it with glipv2.load_model(path) "
+                "(or glipv2.convert.from_official), which converts it once"
+            )
         directory = _resolve_model_dir(str(name_or_path), revision)
         config = GLIPv2Config.load(directory / CONFIG_NAME)
         if config_overrides:
@@ -202,7 +226,9 @@ class GLIPv2(nn.Module):
             metadata = f.metadata() or {}
         referenced = metadata.get("text_weights")
         if referenced is not None and referenced != config.text_weights:
-            raise ValueError(f"{weights}: refers to text weights {referenced!r}, the config to {config.text_weights!r}")
+            raise ValueError(
+                f"{weights}: refers to text weights {referenced!r}, the config to {config.text_weights!r}"
+            )
         model = cls(config, load_text_weights=referenced is not None)
         state = load_file(str(weights), device=str(map_location))
         legacy = metadata.get("layout", "1") == "1"
@@ -210,16 +236,21 @@ class GLIPv2(nn.Module):
             # the fingerprint covers the key names of the layout the file was written in
             prefix = LEGACY_TEXT_PREFIX if legacy else TEXT_PREFIX
             text_state = model.text_encoder.state_dict()
-            if state_fingerprint({prefix + k: v for k, v in text_state.items()}) != metadata.get("text_weights_sha256"):
-                raise ValueError(f"{weights}: the installed text weights {referenced!r} differ from the ones this "
-                                 "model was trained with")
+            if state_fingerprint({prefix + k: v for k, v in text_state.items()}) != metadata.get(
+                "text_weights_sha256"
+            ):
+                raise ValueError(
+                    f"{weights}: the installed text weights {referenced!r} differ from the ones this "
+                    "model was trained with"
+                )
             state.update({prefix + k: v for k, v in text_state.items()})
         if legacy:
             state = upgrade_legacy_state_dict(state)
         if config_overrides:
             # a head switched off by the overrides (e.g. mlm_head=False for fine-tuning) drops its weights
-            state = {k: v for k, v in state.items()
-                     if not k.startswith("heads.") or k.split(".")[1] in model.heads}
+            state = {
+                k: v for k, v in state.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads
+            }
         load_state_dict_strict(model, state, source=str(weights))
         model.name_or_path = str(directory)
         return model.eval()
@@ -252,14 +283,19 @@ def upgrade_legacy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 # ------------------------------------------------------------------------------------------------
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict"
+) -> None:
     """Load `state` into `model`, raising one readable `ValueError` listing every missing,
     unexpected and shape-mismatched key."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
-                        for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    mismatched = sorted(
+        f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    )
     if missing or unexpected or mismatched:
         lines = [f"cannot load {source}:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
@@ -281,8 +317,9 @@ def _resolve_model_dir(name_or_path: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        local = snapshot_download(name_or_path, revision=revision,
-                                  allow_patterns=["*.json", WEIGHTS_NAME, f"{TOKENIZER_DIR}/*"])
+        local = snapshot_download(
+            name_or_path, revision=revision, allow_patterns=["*.json", WEIGHTS_NAME, f"{TOKENIZER_DIR}/*"]
+        )
     except Exception as err:  # offline, unknown repo, no access: say which and why
         raise ValueError(f"could not fetch {name_or_path!r} from the Hugging Face hub: {err}") from err
     return _resolve_model_dir(local, None)
@@ -304,12 +341,15 @@ def _broadcast_text(features: TextFeatures, batch: int) -> TextFeatures:
     if n == batch:
         return features
     if n == 1:
-        return TextFeatures(*(t.expand(batch, *t.shape[1:]) for t in (features.hidden, features.embedded,
-                                                                      features.mask)))
+        return TextFeatures(
+            *(t.expand(batch, *t.shape[1:]) for t in (features.hidden, features.embedded, features.mask))
+        )
     raise ValueError(f"{n} prompts for {batch} images: give one prompt, or one per image")
 
 
-def _check_image_sizes(image_sizes: torch.Tensor | list[list[int]], pixel_values: torch.Tensor) -> torch.Tensor:
+def _check_image_sizes(
+    image_sizes: torch.Tensor | list[list[int]], pixel_values: torch.Tensor
+) -> torch.Tensor:
     sizes = torch.as_tensor(image_sizes, dtype=torch.long)
     b, _, h, w = pixel_values.shape
     if sizes.shape != (b, 2):

@@ -34,9 +34,15 @@ def glip_t_a() -> GLIPv2Config:
 @register
 def glip_l() -> GLIPv2Config:
     """Official GLIP-L: Swin-L (window 12), 8 head blocks."""
-    return GLIPv2Config(name="glip_l", swin_embed_dim=192, swin_depths=(2, 2, 18, 2),
-                        swin_num_heads=(6, 12, 24, 48), swin_window_size=12, swin_drop_path_rate=0.4,
-                        num_head_blocks=8)
+    return GLIPv2Config(
+        name="glip_l",
+        swin_embed_dim=192,
+        swin_depths=(2, 2, 18, 2),
+        swin_num_heads=(6, 12, 24, 48),
+        swin_window_size=12,
+        swin_drop_path_rate=0.4,
+        num_head_blocks=8,
+    )
 
 
 _GLIPV2_HEADS: dict[str, Any] = {"mlm_head": True, "region_word_contrastive_dim": 64}
@@ -51,8 +57,14 @@ def glipv2_t() -> GLIPv2Config:
 @register
 def glipv2_b() -> GLIPv2Config:
     """GLIPv2-B: Swin-B (ImageNet-22k layout: embed 128, window 7), 6 head blocks."""
-    return glip_t().replace(name="glipv2_b", swin_embed_dim=128, swin_depths=(2, 2, 18, 2),
-                            swin_num_heads=(4, 8, 16, 32), swin_drop_path_rate=0.3, **_GLIPV2_HEADS)
+    return glip_t().replace(
+        name="glipv2_b",
+        swin_embed_dim=128,
+        swin_depths=(2, 2, 18, 2),
+        swin_num_heads=(4, 8, 16, 32),
+        swin_drop_path_rate=0.3,
+        **_GLIPV2_HEADS,
+    )
 
 
 @register
@@ -69,10 +81,23 @@ def glipv2_tiny() -> GLIPv2Config:
     from .text_encoder import MINILM, minilm_config
 
     return GLIPv2Config(
-        name="glipv2_tiny", swin_embed_dim=32, swin_depths=(2, 2, 2, 2), swin_num_heads=(1, 2, 4, 8),
-        swin_drop_path_rate=0.1, fpn_channels=64, head_channels=64, num_head_blocks=2,
-        fusion_num_heads=4, fusion_embed_dim=256, text_encoder=minilm_config(), text_weights=MINILM,
-        tokenizer=MINILM, pad_to_max_query_len=False, test_min_size=320, test_max_size=640, **_GLIPV2_HEADS,
+        name="glipv2_tiny",
+        swin_embed_dim=32,
+        swin_depths=(2, 2, 2, 2),
+        swin_num_heads=(1, 2, 4, 8),
+        swin_drop_path_rate=0.1,
+        fpn_channels=64,
+        head_channels=64,
+        num_head_blocks=2,
+        fusion_num_heads=4,
+        fusion_embed_dim=256,
+        text_encoder=minilm_config(),
+        text_weights=MINILM,
+        tokenizer=MINILM,
+        pad_to_max_query_len=False,
+        test_min_size=320,
+        test_max_size=640,
+        **_GLIPV2_HEADS,
     )
 
 

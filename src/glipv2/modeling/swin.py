@@ -72,7 +72,9 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
 
 
 class SwinBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, drop_path: float
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
@@ -115,8 +117,16 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
-                 drop_paths: list[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        drop_paths: list[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, window // 2
         self.blocks = nn.ModuleList(
@@ -170,8 +180,15 @@ class SwinBackbone(nn.Module):
     hence output norms only for stages 2-4 (`norm1..norm3`).
     """
 
-    def __init__(self, embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], window: int,
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.2) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        depths: tuple[int, ...],
+        num_heads: tuple[int, ...],
+        window: int,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.2,
+    ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(embed_dim)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -179,8 +196,17 @@ class SwinBackbone(nn.Module):
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
-            self.layers.append(SwinStage(dims[i], depth, num_heads[i], window, mlp_ratio,
-                                         rates[start:start + depth], downsample=i < len(depths) - 1))
+            self.layers.append(
+                SwinStage(
+                    dims[i],
+                    depth,
+                    num_heads[i],
+                    window,
+                    mlp_ratio,
+                    rates[start : start + depth],
+                    downsample=i < len(depths) - 1,
+                )
+            )
         self.out_indices = tuple(range(1, len(depths)))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))

@@ -29,9 +29,20 @@ def minilm_path() -> Path:
 
 
 def minilm_config() -> dict[str, Any]:
-    keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-            "type_vocab_size", "layer_norm_eps", "pad_token_id")
+    keep = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
     cfg = BertConfig.from_pretrained(str(minilm_path())).to_dict()
     return {k: cfg[k] for k in keep}
 
@@ -92,10 +103,15 @@ class TextEncoder(nn.Module):
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
-            raise ValueError(f"text weights {weights!r} do not fit the configured encoder: missing={missing}, "
-                             f"unexpected={unexpected}")
+            raise ValueError(
+                f"text weights {weights!r} do not fit the configured encoder: missing={missing}, "
+                f"unexpected={unexpected}"
+            )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return TextFeatures(hidden=hidden, embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype),
-                            mask=attention_mask)
+        return TextFeatures(
+            hidden=hidden,
+            embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype),
+            mask=attention_mask,
+        )

@@ -13,6 +13,20 @@ from .prompts import (
 )
 from .text import TokenizedPrompts, tokenize_prompts
 
-__all__ = ["GLIPv2Processor", "ImageBatch", "Prompt", "PromptChunk", "TokenizedPrompts", "chunk_class_names",
-           "detection_prompt", "find_phrase", "grounding_prompt", "image_to_tensor", "label_scores", "load_image",
-           "official_resize_size", "pad_batch", "tokenize_prompts"]
+__all__ = [
+    "GLIPv2Processor",
+    "ImageBatch",
+    "Prompt",
+    "PromptChunk",
+    "TokenizedPrompts",
+    "chunk_class_names",
+    "detection_prompt",
+    "find_phrase",
+    "grounding_prompt",
+    "image_to_tensor",
+    "label_scores",
+    "load_image",
+    "official_resize_size",
+    "pad_batch",
+    "tokenize_prompts",
+]

@@ -12,9 +12,11 @@ from PIL import Image
 from ..modeling.config import GLIPv2Config
 
 
-def image_to_tensor(image: Image.Image | np.ndarray,
-                    mean: Sequence[float] = GLIPv2Config.pixel_mean,
-                    std: Sequence[float] = GLIPv2Config.pixel_std) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image | np.ndarray,
+    mean: Sequence[float] = GLIPv2Config.pixel_mean,
+    std: Sequence[float] = GLIPv2Config.pixel_std,
+) -> torch.Tensor:
     """An RGB image (PIL, or uint8 array (H, W, 3)) -> (3, H, W) float32 normalised BGR tensor."""
     if isinstance(image, Image.Image):
         array = np.asarray(image.convert("RGB"))
@@ -28,7 +30,9 @@ def image_to_tensor(image: Image.Image | np.ndarray,
     return (bgr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def pad_batch(images: Sequence[torch.Tensor], size_divisibility: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    images: Sequence[torch.Tensor], size_divisibility: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[(3, H_i, W_i)] -> (pixel_values (B, 3, H, W) zero-padded, image_sizes (B, 2) of (H_i, W_i))."""
     if len(images) == 0:
         raise ValueError("no images to batch")

@@ -40,16 +40,24 @@ class RawDetections:
         return int(self.scores.shape[0])
 
     def select(self, index: torch.Tensor) -> RawDetections:
-        return RawDetections(self.boxes[index], self.scores[index], self.labels[index],
-                             None if self.masks is None else self.masks[index])
+        return RawDetections(
+            self.boxes[index],
+            self.scores[index],
+            self.labels[index],
+            None if self.masks is None else self.masks[index],
+        )
 
     @staticmethod
     def cat(parts: list[RawDetections]) -> RawDetections:
         with_masks = [p.masks for p in parts if p.masks is not None]
         if with_masks and len(with_masks) != len(parts):
             raise ValueError("cannot concatenate detections with and without masks")
-        return RawDetections(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
-                             torch.cat([p.labels for p in parts]), torch.cat(with_masks) if with_masks else None)
+        return RawDetections(
+            torch.cat([p.boxes for p in parts]),
+            torch.cat([p.scores for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            torch.cat(with_masks) if with_masks else None,
+        )
 
 
 def fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
@@ -58,8 +66,9 @@ def fit_token_slots(positive_map: torch.Tensor, slots: int) -> torch.Tensor:
     return torch.nn.functional.pad(positive_map, (0, slots - positive_map.shape[1]))
 
 
-def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-               iou_threshold: float) -> torch.Tensor:
+def legacy_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """Per-label NMS with the legacy IoU (w = x2 - x1 + 1), suppressing IoU > threshold.
 
     boxes: (N, 4) legacy xyxy; scores: (N,); labels: (N,) int. Returns the kept indices (K,) int64
@@ -87,8 +96,15 @@ def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
 class PostProcessor:
     """Region–word logits + boxes -> per-image detections (official ATSS post-processing)."""
 
-    def __init__(self, inference_threshold: float = 0.05, pre_nms_top_n: int = 1000, nms_threshold: float = 0.6,
-                 detections_per_image: int = 100, min_box_size: float = 0.0, one_label_per_box: bool = False) -> None:
+    def __init__(
+        self,
+        inference_threshold: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_threshold: float = 0.6,
+        detections_per_image: int = 100,
+        min_box_size: float = 0.0,
+        one_label_per_box: bool = False,
+    ) -> None:
         self.inference_threshold = inference_threshold
         self.pre_nms_top_n = pre_nms_top_n
         self.nms_threshold = nms_threshold
@@ -101,8 +117,11 @@ class PostProcessor:
     @classmethod
     def from_config(cls, config: GLIPv2Config, **overrides: float | bool) -> PostProcessor:
         kwargs: dict[str, float | bool] = {
-            "inference_threshold": config.inference_threshold, "pre_nms_top_n": config.pre_nms_top_n,
-            "nms_threshold": config.nms_threshold, "detections_per_image": config.detections_per_image}
+            "inference_threshold": config.inference_threshold,
+            "pre_nms_top_n": config.pre_nms_top_n,
+            "nms_threshold": config.nms_threshold,
+            "detections_per_image": config.detections_per_image,
+        }
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 
@@ -112,8 +131,9 @@ class PostProcessor:
         h, w = (int(v) for v in output.image_sizes[index])
         positive_map = fit_token_slots(positive_map, output.logits[0].shape[2]).to(output.logits[0].device)
         parts = []
-        for logits, deltas, centerness, anchors in zip(output.logits, output.box_regression, output.centerness,
-                                                        output.anchors):
+        for logits, deltas, centerness, anchors in zip(
+            output.logits, output.box_regression, output.centerness, output.anchors
+        ):
             token_probs = logits[index].sigmoid()  # (HW, T)
             scores = label_scores(token_probs, positive_map)
             is_candidate = scores > self.inference_threshold
@@ -125,17 +145,22 @@ class PostProcessor:
             locations, labels = locations[top.indices], labels[top.indices]
             boxes = decode_boxes(deltas[index].reshape(4, -1).T[locations], anchors[locations])
             boxes = clip_to_image(boxes, (h, w))
-            keep = (xyxy_to_xywh(boxes, legacy=True)[:, 2:] >= self.min_box_size).all(dim=1)  # remove_small_boxes
+            keep = (xyxy_to_xywh(boxes, legacy=True)[:, 2:] >= self.min_box_size).all(
+                dim=1
+            )  # remove_small_boxes
             parts.append(RawDetections(boxes[keep], top.values[keep].sqrt(), labels[keep]))
         return RawDetections.cat(parts)
 
     def select(self, candidates: RawDetections) -> RawDetections:
         """NMS per label (and across labels with `one_label_per_box`), then the `detections_per_image`
         best (ties at the cut all kept)."""
-        kept = candidates.select(legacy_nms(candidates.boxes, candidates.scores, candidates.labels,
-                                            self.nms_threshold))
+        kept = candidates.select(
+            legacy_nms(candidates.boxes, candidates.scores, candidates.labels, self.nms_threshold)
+        )
         if self.one_label_per_box:
-            kept = kept.select(legacy_nms(kept.boxes, kept.scores, torch.zeros_like(kept.labels), self.nms_threshold))
+            kept = kept.select(
+                legacy_nms(kept.boxes, kept.scores, torch.zeros_like(kept.labels), self.nms_threshold)
+            )
         n = len(kept)
         if n > self.detections_per_image > 0:
             cut = torch.kthvalue(kept.scores.cpu(), n - self.detections_per_image + 1).values.item()

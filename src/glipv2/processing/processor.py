@@ -88,27 +88,50 @@ def load_image(source: ImageInput) -> Image.Image:
             with Image.open(path) as image:
                 image.load()  # decode now, so that a truncated file fails here
                 return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as err:
             raise ValueError(f"{path}: cannot read the image ({err})") from err
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
-            raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
-                             f"{source.dtype} {source.shape}")
+        if (
+            source.dtype != np.uint8
+            or source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[2] not in (3, 4))
+        ):
+            raise ValueError(
+                f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
+                f"{source.dtype} {source.shape}"
+            )
         return Image.fromarray(source).convert("RGB")
-    raise ValueError(f"cannot use a {type(source).__name__} as an image (give a path, a PIL image or an array)")
+    raise ValueError(
+        f"cannot use a {type(source).__name__} as an image (give a path, a PIL image or an array)"
+    )
 
 
 class GLIPv2Processor:
     """Pre-processing of images and prompts for one model (its tokenizer and constants), and the
     post-processing of its heads' outputs (`postprocessor`, the grounding head's defaults)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, min_size: int = 800, max_size: int | None = 1333,
-                 resize: bool = True, size_divisibility: int = 32,
-                 pixel_mean: Sequence[float] = GLIPv2Config.pixel_mean,
-                 pixel_std: Sequence[float] = GLIPv2Config.pixel_std, max_query_len: int = 256,
-                 pad_to_max_query_len: bool = True, postprocessor: PostProcessor | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        min_size: int = 800,
+        max_size: int | None = 1333,
+        resize: bool = True,
+        size_divisibility: int = 32,
+        pixel_mean: Sequence[float] = GLIPv2Config.pixel_mean,
+        pixel_std: Sequence[float] = GLIPv2Config.pixel_std,
+        max_query_len: int = 256,
+        pad_to_max_query_len: bool = True,
+        postprocessor: PostProcessor | None = None,
+    ) -> None:
         if min_size < 1 or (max_size is not None and max_size < min_size):
             raise ValueError(f"invalid resize sizes: shorter side {min_size}, longer side at most {max_size}")
         self.tokenizer = tokenizer
@@ -123,17 +146,22 @@ class GLIPv2Processor:
         self.postprocessor = postprocessor or PostProcessor()
 
     @classmethod
-    def from_config(cls, config: GLIPv2Config, tokenizer: PreTrainedTokenizerBase | None = None,
-                    **overrides: Any) -> GLIPv2Processor:
+    def from_config(
+        cls, config: GLIPv2Config, tokenizer: PreTrainedTokenizerBase | None = None, **overrides: Any
+    ) -> GLIPv2Processor:
         """The processor a `GLIPv2Config` implies; `tokenizer` default: `config.tokenizer`.
         Overrides: constructor arguments, or `PostProcessor` ones (e.g. `one_label_per_box`)."""
         post = {k: overrides.pop(k) for k in list(overrides) if k in _POSTPROCESSOR_FIELDS}
         kwargs: dict[str, Any] = {
-            "min_size": config.test_min_size, "max_size": config.test_max_size,
-            "size_divisibility": config.size_divisibility, "pixel_mean": config.pixel_mean,
-            "pixel_std": config.pixel_std, "max_query_len": config.max_query_len,
+            "min_size": config.test_min_size,
+            "max_size": config.test_max_size,
+            "size_divisibility": config.size_divisibility,
+            "pixel_mean": config.pixel_mean,
+            "pixel_std": config.pixel_std,
+            "max_query_len": config.max_query_len,
             "pad_to_max_query_len": config.pad_to_max_query_len,
-            "postprocessor": PostProcessor.from_config(config, **post)}
+            "postprocessor": PostProcessor.from_config(config, **post),
+        }
         kwargs.update(overrides)
         return cls(tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer), **kwargs)
 
@@ -149,11 +177,17 @@ class GLIPv2Processor:
     # --- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         post = self.postprocessor
-        return {"min_size": self.min_size, "max_size": self.max_size, "resize": self.resize,
-                "size_divisibility": self.size_divisibility, "pixel_mean": list(self.pixel_mean),
-                "pixel_std": list(self.pixel_std), "max_query_len": self.max_query_len,
-                "pad_to_max_query_len": self.pad_to_max_query_len,
-                "postprocessor": {k: getattr(post, k) for k in _POSTPROCESSOR_FIELDS}}
+        return {
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "resize": self.resize,
+            "size_divisibility": self.size_divisibility,
+            "pixel_mean": list(self.pixel_mean),
+            "pixel_std": list(self.pixel_std),
+            "max_query_len": self.max_query_len,
+            "pad_to_max_query_len": self.pad_to_max_query_len,
+            "postprocessor": {k: getattr(post, k) for k in _POSTPROCESSOR_FIELDS},
+        }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write `processor_config.json` and the tokenizer files (`tokenizer/`) into `directory`."""
@@ -186,7 +220,8 @@ class GLIPv2Processor:
         post = dict(saved.pop("postprocessor", {}))
         post.update({k: overrides.pop(k) for k in list(overrides) if k in _POSTPROCESSOR_FIELDS})
         unknown = sorted((set(saved) | set(overrides)) - _PROCESSOR_FIELDS) + sorted(
-            set(post) - set(_POSTPROCESSOR_FIELDS))
+            set(post) - set(_POSTPROCESSOR_FIELDS)
+        )
         if unknown:
             raise ValueError(f"{folder / PROCESSOR_NAME}: unknown setting(s) {', '.join(unknown)}")
         return cls(tokenizer, **{**saved, **overrides}, postprocessor=PostProcessor(**post))
@@ -207,12 +242,16 @@ class GLIPv2Processor:
             pil = pil.resize((w, h), Image.BILINEAR)  # what torchvision's F.resize does on PIL images
         return image_to_tensor(pil, self.pixel_mean, self.pixel_std), (height, width)
 
-    def batch_images(self, tensors: Sequence[torch.Tensor], original_sizes: Sequence[tuple[int, int]]) -> ImageBatch:
+    def batch_images(
+        self, tensors: Sequence[torch.Tensor], original_sizes: Sequence[tuple[int, int]]
+    ) -> ImageBatch:
         pixel_values, image_sizes = pad_batch(tensors, self.size_divisibility)
         mask = torch.zeros(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.bool)
         for i, (h, w) in enumerate(image_sizes.tolist()):
             mask[i, :h, :w] = True
-        return ImageBatch(pixel_values, mask, image_sizes, torch.tensor(list(original_sizes), dtype=torch.long))
+        return ImageBatch(
+            pixel_values, mask, image_sizes, torch.tensor(list(original_sizes), dtype=torch.long)
+        )
 
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> ImageBatch:
         """Images -> one padded batch (see `ImageBatch`)."""
@@ -223,8 +262,12 @@ class GLIPv2Processor:
 
     # --- text -----------------------------------------------------------------------------------
     def tokenize(self, prompts: str | Sequence[str]) -> TokenizedPrompts:
-        return tokenize_prompts(self.tokenizer, prompts if isinstance(prompts, str) else list(prompts),
-                                self.max_query_len, self.pad_to_max_query_len)
+        return tokenize_prompts(
+            self.tokenizer,
+            prompts if isinstance(prompts, str) else list(prompts),
+            self.max_query_len,
+            self.pad_to_max_query_len,
+        )
 
     def positive_map(self, prompt: Prompt, tokens: TokenizedPrompts, index: int = 0) -> torch.Tensor:
         """(K, T) bool map of prompt `index` of a tokenized batch."""
@@ -235,15 +278,20 @@ class GLIPv2Processor:
         return chunk_class_names(class_names, self.tokenizer, self.max_query_len, chunk_size)
 
     # --- outputs ------------------------------------------------------------------------------------
-    def post_process_detections(self, output: GLIPv2Output, positive_maps: Sequence[torch.Tensor],
-                                postprocessor: PostProcessor | None = None) -> list[RawDetections]:
+    def post_process_detections(
+        self,
+        output: GLIPv2Output,
+        positive_maps: Sequence[torch.Tensor],
+        postprocessor: PostProcessor | None = None,
+    ) -> list[RawDetections]:
         """The grounding head's detections of each image of a batch output, in the model's input
         frame (`postprocessor` default: this processor's)."""
         return (postprocessor or self.postprocessor)(output, list(positive_maps))
 
 
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
-                threshold: float = 0.5) -> torch.Tensor:
+def paste_masks(
+    masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
     """(N, M, M) mask probabilities inside `boxes` (N, 4, legacy xyxy, image pixels) -> (N, H, W)
     bool masks of the image, probability > threshold (Mask R-CNN's paste, one pixel of padding)."""
     if masks.shape[0] == 0:
@@ -252,7 +300,21 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
     return pasted[:, 0] > threshold
 
 
-_PROCESSOR_FIELDS = {"min_size", "max_size", "resize", "size_divisibility", "pixel_mean", "pixel_std",
-                     "max_query_len", "pad_to_max_query_len"}
-_POSTPROCESSOR_FIELDS = ("inference_threshold", "pre_nms_top_n", "nms_threshold", "detections_per_image",
-                         "min_box_size", "one_label_per_box")
+_PROCESSOR_FIELDS = {
+    "min_size",
+    "max_size",
+    "resize",
+    "size_divisibility",
+    "pixel_mean",
+    "pixel_std",
+    "max_query_len",
+    "pad_to_max_query_len",
+}
+_POSTPROCESSOR_FIELDS = (
+    "inference_threshold",
+    "pre_nms_top_n",
+    "nms_threshold",
+    "detections_per_image",
+    "min_box_size",
+    "one_label_per_box",
+)

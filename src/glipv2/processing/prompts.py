@@ -44,8 +44,9 @@ class Prompt:
                 raise ValueError(f"label {name!r} has no character span in the prompt")
             for start, end in spans:
                 if not 0 <= start < end <= len(self.text):
-                    raise ValueError(f"span ({start}, {end}) of {name!r} lies outside the prompt "
-                                     f"(length {len(self.text)})")
+                    raise ValueError(
+                        f"span ({start}, {end}) of {name!r} lies outside the prompt (length {len(self.text)})"
+                    )
 
     @property
     def num_labels(self) -> int:
@@ -64,14 +65,19 @@ class Prompt:
         for k, spans in enumerate(self.spans):
             if not bool(positive[k].any()):
                 if min(start for start, _ in spans) >= last_char:
-                    raise ValueError(f"label {self.names[k]!r} lies beyond the last token the model reads; "
-                                     "the prompt is too long: split the vocabulary into chunks")
+                    raise ValueError(
+                        f"label {self.names[k]!r} lies beyond the last token the model reads; "
+                        "the prompt is too long: split the vocabulary into chunks"
+                    )
                 raise ValueError(f"label {self.names[k]!r} produces no tokens")
         return positive
 
 
-def span_tokens(offsets: torch.Tensor, spans: Sequence[Span], attention_mask: torch.Tensor | None = None,
-                ) -> torch.Tensor:
+def span_tokens(
+    offsets: torch.Tensor,
+    spans: Sequence[Span],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """offsets: (T, 2) token character spans -> (T,) bool: the real tokens overlapping any span."""
     starts, ends = offsets[:, 0], offsets[:, 1]
     real = ends > starts
@@ -119,8 +125,9 @@ def find_phrase(caption: str, phrase: str) -> list[Span]:
     return [(m.start(), m.end()) for m in pattern.finditer(caption)]
 
 
-def grounding_prompt(caption: str, phrases: Sequence[str] | None = None,
-                     spans: Sequence[Span | Sequence[Span]] | None = None) -> Prompt:
+def grounding_prompt(
+    caption: str, phrases: Sequence[str] | None = None, spans: Sequence[Span | Sequence[Span]] | None = None
+) -> Prompt:
     """A free caption with its phrases, given as strings found in the caption (every whole-word
     occurrence), as character spans (one `(start, end)` or a list of them per phrase), or — when
     neither is given — the caption's pieces between punctuation marks."""
@@ -131,7 +138,11 @@ def grounding_prompt(caption: str, phrases: Sequence[str] | None = None,
     if spans is not None:
         per_label: list[tuple[Span, ...]] = []
         for i, item in enumerate(spans):
-            group = [item] if len(item) == 2 and all(isinstance(v, numbers.Integral) for v in item) else list(item)
+            group = (
+                [item]
+                if len(item) == 2 and all(isinstance(v, numbers.Integral) for v in item)
+                else list(item)
+            )
             group_spans = tuple((int(s), int(e)) for s, e in group)  # type: ignore[misc]
             for s, e in group_spans:
                 if not 0 <= s < e <= len(caption):
@@ -139,7 +150,7 @@ def grounding_prompt(caption: str, phrases: Sequence[str] | None = None,
             per_label.append(group_spans)
         if not per_label:
             raise ValueError("the span list is empty")
-        names = tuple(caption[g[0][0]:g[0][1]] for g in per_label)
+        names = tuple(caption[g[0][0] : g[0][1]] for g in per_label)
         for i, name in enumerate(names):
             _check_name(name, f"span {i}")
         return Prompt(caption, names, tuple(per_label))
@@ -186,9 +197,13 @@ class PromptChunk:
     label_offset: int
 
 
-def chunk_class_names(class_names: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int = 256,
-                      chunk_size: int | None = None,
-                      separator: str = DETECTION_SEPARATOR) -> list[PromptChunk]:
+def chunk_class_names(
+    class_names: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int = 256,
+    chunk_size: int | None = None,
+    separator: str = DETECTION_SEPARATOR,
+) -> list[PromptChunk]:
     """Split a vocabulary into detection prompts that each fit `max_tokens` (with [CLS]/[SEP]).
 
     With `chunk_size`, chunks hold that many names (official `TEST.CHUNKED_EVALUATION`, LVIS: 40),
@@ -201,13 +216,20 @@ def chunk_class_names(class_names: Sequence[str], tokenizer: PreTrainedTokenizer
     # BERT-style pre-tokenizers split at whitespace and punctuation, so a joined prompt costs the
     # sum of its names' tokens plus one per separator; checked against the real prompt below.
     name_tokens = [len(ids) for ids in tokenizer(names, add_special_tokens=False)["input_ids"]]
-    sep_tokens = len(tokenizer(separator.strip(), add_special_tokens=False)["input_ids"]) if separator.strip() else 0
+    sep_tokens = (
+        len(tokenizer(separator.strip(), add_special_tokens=False)["input_ids"]) if separator.strip() else 0
+    )
     budget = max_tokens - 2
     for name, n in zip(names, name_tokens):
         if n > budget:
-            raise ValueError(f"class name {name!r} alone has {n} tokens, more than the {budget} a prompt holds")
-    groups: list[range] = ([range(i, min(i + chunk_size, len(names))) for i in range(0, len(names), chunk_size)]
-                           if chunk_size else [range(len(names))])
+            raise ValueError(
+                f"class name {name!r} alone has {n} tokens, more than the {budget} a prompt holds"
+            )
+    groups: list[range] = (
+        [range(i, min(i + chunk_size, len(names))) for i in range(0, len(names), chunk_size)]
+        if chunk_size
+        else [range(len(names))]
+    )
     chunks: list[PromptChunk] = []
     for group in groups:
         start = group.start
@@ -218,10 +240,12 @@ def chunk_class_names(class_names: Sequence[str], tokenizer: PreTrainedTokenizer
                 chunks.append(PromptChunk(detection_prompt(names[start:i], separator), start))
                 start, used, cost = i, 0, name_tokens[i]
             used += cost
-        chunks.append(PromptChunk(detection_prompt(names[start:group.stop], separator), start))
+        chunks.append(PromptChunk(detection_prompt(names[start : group.stop], separator), start))
     for chunk in chunks:
         n = len(tokenizer(chunk.prompt.text)["input_ids"])
         if n > max_tokens:  # only a tokenizer that merges across separators could get here
-            raise ValueError(f"prompt chunk starting at class {chunk.label_offset} has {n} tokens "
-                             f"(> {max_tokens}); use a smaller chunk_size")
+            raise ValueError(
+                f"prompt chunk starting at class {chunk.label_offset} has {n} tokens "
+                f"(> {max_tokens}); use a smaller chunk_size"
+            )
     return chunks

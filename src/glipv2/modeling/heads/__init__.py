@@ -35,8 +35,9 @@ class HeadSpec:
 _HEADS: dict[str, HeadSpec] = {}
 
 
-def register_head(name: str, cls: Callable[[GLIPv2Config], TaskHead],
-                  enabled: Callable[[GLIPv2Config], bool]) -> None:
+def register_head(
+    name: str, cls: Callable[[GLIPv2Config], TaskHead], enabled: Callable[[GLIPv2Config], bool]
+) -> None:
     """Add a head to every model whose config satisfies `enabled` (built after the ones before)."""
     if name in _HEADS:
         raise ValueError(f"a head named {name!r} is already registered")
@@ -61,7 +62,24 @@ register_head("mlm", MLMHead, lambda c: c.mlm_head)
 register_head("inter", RegionWordContrastiveHead, lambda c: c.region_word_contrastive_dim > 0)
 register_head("mask", LanguageAwareMaskHead, lambda c: c.mask_head)
 
-__all__ = ["IGNORE_INDEX", "ATSSTargets", "FlatOutputs", "GroundingHead", "HeadInputs", "HeadSpec",
-           "LanguageAwareMaskHead", "LossConfig", "LossContext", "MLMHead", "RegionWordContrastiveHead", "TaskHead",
-           "atss_assign", "build_heads", "centerness_targets", "generalized_iou_loss", "register_head",
-           "registered_heads", "unregister_head"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ATSSTargets",
+    "FlatOutputs",
+    "GroundingHead",
+    "HeadInputs",
+    "HeadSpec",
+    "LanguageAwareMaskHead",
+    "LossConfig",
+    "LossContext",
+    "MLMHead",
+    "RegionWordContrastiveHead",
+    "TaskHead",
+    "atss_assign",
+    "build_heads",
+    "centerness_targets",
+    "generalized_iou_loss",
+    "register_head",
+    "registered_heads",
+    "unregister_head",
+]

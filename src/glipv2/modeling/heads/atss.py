@@ -65,8 +65,9 @@ def centerness_targets(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
     return torch.sqrt(lr * tb)
 
 
-def atss_assign(anchors: torch.Tensor, num_anchors_per_level: Sequence[int], gt_boxes: torch.Tensor,
-                topk: int = ATSS_TOPK) -> ATSSTargets:
+def atss_assign(
+    anchors: torch.Tensor, num_anchors_per_level: Sequence[int], gt_boxes: torch.Tensor, topk: int = ATSS_TOPK
+) -> ATSSTargets:
     """Assign the anchors of one image to its ground-truth boxes.
 
     anchors:               (A, 4) xyxy, all levels concatenated (legacy +1 convention)
@@ -77,8 +78,9 @@ def atss_assign(anchors: torch.Tensor, num_anchors_per_level: Sequence[int], gt_
     if anchors.ndim != 2 or anchors.shape[1] != 4:
         raise ValueError(f"anchors must be (A, 4), got {tuple(anchors.shape)}")
     if sum(num_anchors_per_level) != anchors.shape[0]:
-        raise ValueError(f"num_anchors_per_level {list(num_anchors_per_level)} does not sum to "
-                         f"{anchors.shape[0]} anchors")
+        raise ValueError(
+            f"num_anchors_per_level {list(num_anchors_per_level)} does not sum to {anchors.shape[0]} anchors"
+        )
     gt_boxes = gt_boxes.to(device=anchors.device, dtype=anchors.dtype).reshape(-1, 4)
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     matched = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
@@ -96,7 +98,7 @@ def atss_assign(anchors: torch.Tensor, num_anchors_per_level: Sequence[int], gt_
     for count in num_anchors_per_level:
         if count > 0:
             k = min(topk, count)
-            closest = distances[start:start + count].topk(k, dim=0, largest=False).indices
+            closest = distances[start : start + count].topk(k, dim=0, largest=False).indices
             candidates.append(closest + start)
         start += count
     candidate_idx = torch.cat(candidates, dim=0)  # (K, N)
@@ -108,7 +110,9 @@ def atss_assign(anchors: torch.Tensor, num_anchors_per_level: Sequence[int], gt_
 
     # 3. the candidate's centre must lie strictly inside the box
     cx, cy = anchor_points[candidate_idx, 0], anchor_points[candidate_idx, 1]  # (K, N)
-    margins = torch.stack([cx - gt_boxes[:, 0], cy - gt_boxes[:, 1], gt_boxes[:, 2] - cx, gt_boxes[:, 3] - cy])
+    margins = torch.stack(
+        [cx - gt_boxes[:, 0], cy - gt_boxes[:, 1], gt_boxes[:, 2] - cx, gt_boxes[:, 3] - cy]
+    )
     is_pos &= margins.min(dim=0).values > CENTRE_INSIDE_MARGIN
 
     # an anchor positive for several boxes keeps the highest-IoU one

@@ -55,8 +55,11 @@ class LossConfig:
     extra_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        problems = [f"{f.name} must be >= 0" for f in dataclasses.fields(self)
-                    if f.name.endswith("_weight") and getattr(self, f.name) < 0]
+        problems = [
+            f"{f.name} must be >= 0"
+            for f in dataclasses.fields(self)
+            if f.name.endswith("_weight") and getattr(self, f.name) < 0
+        ]
         problems += [f"extra_weights[{k!r}] must be >= 0" for k, v in self.extra_weights.items() if v < 0]
         if self.atss_topk < 1:
             problems.append("atss_topk must be >= 1")
@@ -69,9 +72,11 @@ class LossConfig:
     def for_model(cls, model_config: GLIPv2Config, **overrides: Any) -> LossConfig:
         """The official defaults, with L_inter on when the `GLIPv2Config` has a region–word
         contrastive projection, L_mlm on when it has an MLM head and L_mask when it has a mask head."""
-        switches = {"use_inter": bool(getattr(model_config, "region_word_contrastive_dim", 0)),
-                    "use_mlm": bool(getattr(model_config, "mlm_head", False)),
-                    "use_mask": bool(getattr(model_config, "mask_head", False))}
+        switches = {
+            "use_inter": bool(getattr(model_config, "region_word_contrastive_dim", 0)),
+            "use_mlm": bool(getattr(model_config, "mlm_head", False)),
+            "use_mask": bool(getattr(model_config, "mask_head", False)),
+        }
         return cls(**{**switches, **overrides})
 
 
@@ -91,16 +96,20 @@ class FlatOutputs:
     @classmethod
     def from_output(cls, output: GLIPv2Output) -> FlatOutputs:
         counts = [a.shape[0] for a in output.anchors]
-        for level, (s, b, c, n) in enumerate(zip(output.logits, output.box_regression, output.centerness, counts)):
+        for level, (s, b, c, n) in enumerate(
+            zip(output.logits, output.box_regression, output.centerness, counts)
+        ):
             if s.shape[1] != n or b.shape[-2] * b.shape[-1] != n or c.shape[-2] * c.shape[-1] != n:
-                raise ValueError(f"level {level}: logits, box_regression and centerness do not match its "
-                                 f"{n} anchors")
+                raise ValueError(
+                    f"level {level}: logits, box_regression and centerness do not match its {n} anchors"
+                )
         batch = output.logits[0].shape[0]
         # the losses run in float32 whatever the autocast dtype (official `custom_fwd(cast_inputs=float32)`)
         return cls(
             logits=torch.cat(output.logits, dim=1).float(),
-            box_regression=torch.cat([b.permute(0, 2, 3, 1).reshape(batch, -1, 4) for b in output.box_regression],
-                                     dim=1).float(),
+            box_regression=torch.cat(
+                [b.permute(0, 2, 3, 1).reshape(batch, -1, 4) for b in output.box_regression], dim=1
+            ).float(),
             centerness=torch.cat([c.reshape(batch, -1) for c in output.centerness], dim=1).float(),
             anchors=torch.cat(output.anchors, dim=0).float(),
             num_anchors_per_level=counts,
@@ -144,8 +153,14 @@ class TaskHead(nn.Module):
     def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
         return {}
 
-    def prepare_target(self, target: dict[str, Any], prepared: dict[str, torch.Tensor], num_tokens: int,
-                       config: LossConfig, index: int) -> None:
+    def prepare_target(
+        self,
+        target: dict[str, Any],
+        prepared: dict[str, torch.Tensor],
+        num_tokens: int,
+        config: LossConfig,
+        index: int,
+    ) -> None:
         return None
 
 
@@ -173,7 +188,9 @@ def fit_slots(values: torch.Tensor, num_tokens: int, fill: Any, name: str) -> to
         return torch.cat([values, pad], dim=-1)
     if width > num_tokens:
         if bool((values[..., num_tokens:] != fill).any()):
-            raise ValueError(f"{name} has {width} slots with entries past the model's {num_tokens} token "
-                             "slots (a prompt truncated by the tokenizer?)")
+            raise ValueError(
+                f"{name} has {width} slots with entries past the model's {num_tokens} token "
+                "slots (a prompt truncated by the tokenizer?)"
+            )
         return values[..., :num_tokens]
     return values

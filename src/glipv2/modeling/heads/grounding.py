@@ -95,29 +95,51 @@ class GroundingHead(TaskHead):
             logits.append(s.clamp(-CLAMP, CLAMP))
             box_regression.append(self.scales[level](self.bbox_pred(x)))
             centerness.append(self.centerness(x))
-        legacy = ([self.legacy_cls_logits(x) for x in core.fused_region_features]
-                  if inputs.get("return_legacy_logits", False) else None)
+        legacy = (
+            [self.legacy_cls_logits(x) for x in core.fused_region_features]
+            if inputs.get("return_legacy_logits", False)
+            else None
+        )
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in core.fused_region_features])
-        return {"logits": logits, "box_regression": box_regression, "centerness": centerness, "anchors": anchors,
-                "token_embeddings": token_embeddings, "legacy_cls_logits": legacy}
+        return {
+            "logits": logits,
+            "box_regression": box_regression,
+            "centerness": centerness,
+            "anchors": anchors,
+            "token_embeddings": token_embeddings,
+            "legacy_cls_logits": legacy,
+        }
 
     # --- losses ----------------------------------------------------------------------------------
     def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
         cfg, flat = context.config, context.flat
         losses: dict[str, torch.Tensor] = {}
         if cfg.use_loc:
-            giou, centerness = self.loss_loc(flat.box_regression, flat.centerness, flat.anchors,
-                                             context.assignments, context.num_pos)
+            giou, centerness = self.loss_loc(
+                flat.box_regression, flat.centerness, flat.anchors, context.assignments, context.num_pos
+            )
             losses["loss_giou"] = cfg.giou_weight * giou
             losses["loss_centerness"] = cfg.centerness_weight * centerness
         if cfg.use_intra:
             losses["loss_intra"] = cfg.intra_weight * self.loss_intra(
-                flat.logits, output.text_attention_mask, context.assignments, targets, context.num_pos,
-                cfg.focal_alpha, cfg.focal_gamma)
+                flat.logits,
+                output.text_attention_mask,
+                context.assignments,
+                targets,
+                context.num_pos,
+                cfg.focal_alpha,
+                cfg.focal_gamma,
+            )
         return losses
 
-    def loss_loc(self, box_regression: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
-                 assignments: Sequence[ATSSTargets], num_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_loc(
+        self,
+        box_regression: torch.Tensor,
+        centerness: torch.Tensor,
+        anchors: torch.Tensor,
+        assignments: Sequence[ATSSTargets],
+        num_pos: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """L_loc, unweighted: (GIoU loss, centerness loss).
 
         box_regression: (B, A, 4) deltas; centerness: (B, A) logits; anchors: (A, 4);
@@ -136,14 +158,23 @@ class GroundingHead(TaskHead):
             # empty sums: 0, but connected to the graph so every parameter still gets a gradient
             return deltas.sum(), pred_centerness.sum()
         # the ground truth is recovered by decoding its encoding, as official (same clamp of dw, dh)
-        per_box = generalized_iou_loss(decode_boxes(deltas, pos_anchors), decode_boxes(reg_targets, pos_anchors))
+        per_box = generalized_iou_loss(
+            decode_boxes(deltas, pos_anchors), decode_boxes(reg_targets, pos_anchors)
+        )
         giou = (per_box * ctr_targets).sum() / ctr_norm
         bce = F.binary_cross_entropy_with_logits(pred_centerness, ctr_targets, reduction="sum") / num_pos
         return giou, bce
 
-    def loss_intra(self, logits: torch.Tensor, text_attention_mask: torch.Tensor,
-                   assignments: Sequence[ATSSTargets], targets: Targets, num_pos: torch.Tensor,
-                   alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    def loss_intra(
+        self,
+        logits: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        assignments: Sequence[ATSSTargets],
+        targets: Targets,
+        num_pos: torch.Tensor,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ) -> torch.Tensor:
         """L_intra, unweighted: sigmoid focal loss on S = O·Pᵀ.
 
         logits: (B, A, T) all levels; text_attention_mask: (B, T).
@@ -160,8 +191,13 @@ class GroundingHead(TaskHead):
         return torch.where(real, per_pair, torch.zeros_like(per_pair)).sum() / num_pos
 
     @torch.no_grad()
-    def token_accuracy(self, logits: torch.Tensor, text_attention_mask: torch.Tensor,
-                       assignments: Sequence[ATSSTargets], targets: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def token_accuracy(
+        self,
+        logits: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        assignments: Sequence[ATSSTargets],
+        targets: Sequence[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
         """Share of the positive anchors whose highest-scoring phrase token lies in their own box's
         phrase (detectron2's `fg_cls_accuracy`, for S). L_intra can fall while S only says "an
         object is here" and ranks every word alike; this number stays near 1 / (phrases in the
@@ -196,7 +232,9 @@ def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     iw = torch.min(px2, tx2) - torch.max(px1, tx1)
     ih = torch.min(py2, ty2) - torch.max(py1, ty1)
     inter = torch.where((iw > 0) & (ih > 0), iw * ih, torch.zeros_like(iw))
-    enclosing = (torch.max(px2, tx2) - torch.min(px1, tx1)) * (torch.max(py2, ty2) - torch.min(py1, ty1)) + GIOU_EPS
+    enclosing = (torch.max(px2, tx2) - torch.min(px1, tx1)) * (
+        torch.max(py2, ty2) - torch.min(py1, ty1)
+    ) + GIOU_EPS
     union = pred_area + target_area - inter + GIOU_EPS
     giou = inter / union - (enclosing - union) / enclosing
     return 1.0 - giou

@@ -58,25 +58,51 @@ class RegionWordContrastiveHead(TaskHead):
         cfg = context.config
         if not cfg.use_inter:
             return {}
-        return {"loss_inter": cfg.inter_weight * self.loss_inter(
-            output.region_features, output.token_features, output.text_attention_mask, context.assignments,
-            targets, context.num_pos, cfg.inter_max_regions)}
+        return {
+            "loss_inter": cfg.inter_weight
+            * self.loss_inter(
+                output.region_features,
+                output.token_features,
+                output.text_attention_mask,
+                context.assignments,
+                targets,
+                context.num_pos,
+                cfg.inter_max_regions,
+            )
+        }
 
-    def prepare_target(self, target: dict[str, Any], prepared: dict[str, torch.Tensor], num_tokens: int,
-                       config: LossConfig, index: int) -> None:
+    def prepare_target(
+        self,
+        target: dict[str, Any],
+        prepared: dict[str, torch.Tensor],
+        num_tokens: int,
+        config: LossConfig,
+        index: int,
+    ) -> None:
         if not config.use_inter:
             return
         for key in ("labels", "token_labels"):
             if key not in target:
                 raise ValueError(f"target {index} has no {key!r} (needed by L_inter)")
-        labels = torch.as_tensor(target["labels"], dtype=torch.long, device=prepared["boxes"].device).reshape(-1)
+        labels = torch.as_tensor(target["labels"], dtype=torch.long, device=prepared["boxes"].device).reshape(
+            -1
+        )
         if labels.shape[0] != prepared["boxes"].shape[0]:
-            raise ValueError(f"target {index}: {labels.shape[0]} labels for {prepared['boxes'].shape[0]} boxes")
+            raise ValueError(
+                f"target {index}: {labels.shape[0]} labels for {prepared['boxes'].shape[0]} boxes"
+            )
         prepared["labels"] = labels
 
-    def loss_inter(self, region_features: Sequence[torch.Tensor], token_features: torch.Tensor,
-                   text_attention_mask: torch.Tensor, assignments: Sequence[ATSSTargets],
-                   targets: Targets, num_pos: torch.Tensor, max_regions: int = 100) -> torch.Tensor:
+    def loss_inter(
+        self,
+        region_features: Sequence[torch.Tensor],
+        token_features: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        assignments: Sequence[ATSSTargets],
+        targets: Targets,
+        num_pos: torch.Tensor,
+        max_regions: int = 100,
+    ) -> torch.Tensor:
         """L_inter, unweighted: the inter-image region–word contrastive loss.
 
         region_features: O̊ per level (B, C, H, W); token_features: P̊ (B, T, D);
@@ -110,7 +136,7 @@ class RegionWordContrastiveHead(TaskHead):
         for b, (a, t) in enumerate(zip(assignments, targets)):
             anchor_idx = a.positive.nonzero().squeeze(1)
             if anchor_idx.numel() > max_regions:
-                keep = torch.randperm(anchor_idx.numel(), device=anchor_idx.device)[: max_regions]
+                keep = torch.randperm(anchor_idx.numel(), device=anchor_idx.device)[:max_regions]
                 anchor_idx = anchor_idx[keep].sort().values
             gt = a.matched_gt[anchor_idx]
             feats.append(_rows_at(region_features, b, anchor_idx))
@@ -138,8 +164,16 @@ class RegionWordContrastiveHead(TaskHead):
             # nothing to contrast anywhere: a zero that still reaches the projections
             return (region_emb.sum() + token_emb.sum() + self.log_scale.sum()) * 0.0
 
-        region_image, region_label, own_rows = region_info_all[:, 0], region_info_all[:, 1], region_info_all[:, 2:]
-        token_image, token_label, token_slot = token_info_all[:, 0], token_info_all[:, 1], token_info_all[:, 2]
+        region_image, region_label, own_rows = (
+            region_info_all[:, 0],
+            region_info_all[:, 1],
+            region_info_all[:, 2:],
+        )
+        token_image, token_label, token_slot = (
+            token_info_all[:, 0],
+            token_info_all[:, 1],
+            token_info_all[:, 2],
+        )
         same_image = region_image[:, None] == token_image[None, :]
         in_phrase = own_rows[:, token_slot] > 0  # (R, K): the token's slot in the region's own row
         same_label = (region_label[:, None] == token_label[None, :]) & (token_label[None, :] >= 0)

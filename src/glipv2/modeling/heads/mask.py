@@ -54,8 +54,9 @@ class LanguageAwareMaskHead(TaskHead):
         super().__init__()
         self.levels = config.mask_pooler_levels
         self.first_stride = config.anchor_strides[0]
-        self.pooler = MultiScaleRoIAlign([str(i) for i in range(self.levels)], config.mask_pooler_resolution,
-                                         config.mask_sampling_ratio)
+        self.pooler = MultiScaleRoIAlign(
+            [str(i) for i in range(self.levels)], config.mask_pooler_resolution, config.mask_sampling_ratio
+        )
         channels = config.mask_head_channels
         layers: list[nn.Module] = []
         in_channels = config.head_channels
@@ -85,20 +86,38 @@ class LanguageAwareMaskHead(TaskHead):
         elif weights is None:
             raise ValueError("mask_boxes needs mask_token_weights (the tokens of each box's phrase)")
         slots = core.fused_token_features.shape[1]
-        weights = [fit_slots(torch.as_tensor(w, device=core.fused_token_features.device).float(), slots, 0.0,
-                             "mask_token_weights") for w in weights]
-        return {"mask_logits": self.predict(core.fused_region_features, boxes, core.fused_token_features, weights)}
+        weights = [
+            fit_slots(
+                torch.as_tensor(w, device=core.fused_token_features.device).float(),
+                slots,
+                0.0,
+                "mask_token_weights",
+            )
+            for w in weights
+        ]
+        return {
+            "mask_logits": self.predict(core.fused_region_features, boxes, core.fused_token_features, weights)
+        }
 
-    def predict(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], tokens: torch.Tensor,
-                token_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def predict(
+        self,
+        features: Sequence[torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        tokens: torch.Tensor,
+        token_weights: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
         batch, num_tokens = tokens.shape[:2]
         if len(boxes) != batch or len(token_weights) != batch:
-            raise ValueError(f"{len(boxes)} box sets and {len(token_weights)} token-weight sets for a batch of "
-                             f"{batch} images")
+            raise ValueError(
+                f"{len(boxes)} box sets and {len(token_weights)} token-weight sets for a batch of "
+                f"{batch} images"
+            )
         for i, (b, w) in enumerate(zip(boxes, token_weights)):
             if b.ndim != 2 or b.shape[1] != 4 or w.shape != (b.shape[0], num_tokens):
-                raise ValueError(f"image {i}: boxes must be (N, 4) and token_weights (N, T={num_tokens}), got "
-                                 f"{tuple(b.shape)} and {tuple(w.shape)}")
+                raise ValueError(
+                    f"image {i}: boxes must be (N, 4) and token_weights (N, T={num_tokens}), got "
+                    f"{tuple(b.shape)} and {tuple(w.shape)}"
+                )
         counts = [int(b.shape[0]) for b in boxes]
         # the padded input size, from which the pooler infers each level's scale
         size = (features[0].shape[-2] * self.first_stride, features[0].shape[-1] * self.first_stride)
@@ -122,8 +141,14 @@ class LanguageAwareMaskHead(TaskHead):
             return {}
         return {"loss_mask": cfg.mask_weight * self.loss_mask(output.mask_logits, targets)}
 
-    def prepare_target(self, target: dict[str, Any], prepared: dict[str, torch.Tensor], num_tokens: int,
-                       config: LossConfig, index: int) -> None:
+    def prepare_target(
+        self,
+        target: dict[str, Any],
+        prepared: dict[str, torch.Tensor],
+        num_tokens: int,
+        config: LossConfig,
+        index: int,
+    ) -> None:
         if not config.use_mask or "masks" not in target:
             return
         masks = torch.as_tensor(target["masks"], device=prepared["boxes"].device)
@@ -133,15 +158,18 @@ class LanguageAwareMaskHead(TaskHead):
         prepared["masks"] = masks
 
     @staticmethod
-    def loss_mask(mask_logits: Sequence[torch.Tensor] | None,
-                  targets: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def loss_mask(
+        mask_logits: Sequence[torch.Tensor] | None, targets: Sequence[dict[str, torch.Tensor]]
+    ) -> torch.Tensor:
         """L_mask, unweighted: binary cross-entropy of each ground-truth box's phrase mask logits
         (N_i, M, M) — computed by the model on the ground-truth boxes — against its instance mask
         cut out along the box and resampled to M x M (RoIAlign, as official `project_masks_on_boxes`),
         averaged over every pixel of every box of this rank. Images without `masks` are left out."""
         if mask_logits is None:
-            raise ValueError("use_mask needs output.mask_logits: a model with a mask head, called with mask_boxes "
-                             "and mask_token_weights")
+            raise ValueError(
+                "use_mask needs output.mask_logits: a model with a mask head, called with mask_boxes "
+                "and mask_token_weights"
+            )
         if len(mask_logits) != len(targets):
             raise ValueError(f"{len(mask_logits)} mask-logit sets for {len(targets)} targets")
         predicted, wanted = [], []
@@ -150,11 +178,18 @@ class LanguageAwareMaskHead(TaskHead):
                 continue
             boxes = target["boxes"]
             if logits.shape[0] != boxes.shape[0]:
-                raise ValueError(f"target {index}: mask logits of {logits.shape[0]} boxes for {boxes.shape[0]} boxes")
+                raise ValueError(
+                    f"target {index}: mask logits of {logits.shape[0]} boxes for {boxes.shape[0]} boxes"
+                )
             size = logits.shape[-1]
-            rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
-            wanted.append(roi_align(target["masks"][:, None].float(), rois, (size, size), spatial_scale=1.0,
-                                    sampling_ratio=2)[:, 0])
+            rois = torch.cat(
+                [torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1
+            )
+            wanted.append(
+                roi_align(
+                    target["masks"][:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=2
+                )[:, 0]
+            )
             predicted.append(logits.float())
         if not predicted:
             return torch.stack([m.sum() for m in mask_logits]).sum() * 0.0 if mask_logits else torch.zeros(())

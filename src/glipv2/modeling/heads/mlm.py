@@ -63,8 +63,14 @@ class MLMHead(TaskHead):
             return {}
         return {"loss_mlm": cfg.mlm_weight * self.loss_mlm(output.mlm_logits, targets)}
 
-    def prepare_target(self, target: dict[str, Any], prepared: dict[str, torch.Tensor], num_tokens: int,
-                       config: LossConfig, index: int) -> None:
+    def prepare_target(
+        self,
+        target: dict[str, Any],
+        prepared: dict[str, torch.Tensor],
+        num_tokens: int,
+        config: LossConfig,
+        index: int,
+    ) -> None:
         if not config.use_mlm:
             return
         device = prepared["boxes"].device
@@ -80,10 +86,11 @@ class MLMHead(TaskHead):
         of each target (-100 ignored, mean over the masked tokens of this rank, as official);
         targets without `mlm_labels` count as fully ignored."""
         if mlm_logits is None:
-            raise ValueError("use_mlm needs output.mlm_logits: a model with an MLM head, in train mode "
-                             "(or called with return_mlm_logits=True)")
+            raise ValueError(
+                "use_mlm needs output.mlm_logits: a model with an MLM head, in train mode "
+                "(or called with return_mlm_logits=True)"
+            )
         labels = torch.stack([t["mlm_labels"] for t in targets]).to(mlm_logits.device)
         if not bool((labels != IGNORE_INDEX).any()):
             return mlm_logits.reshape(-1)[:0].sum()  # nothing masked: a graph-connected zero
         return F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-
