@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .modeling import GLIPv2, build_model
-from .processing import grounding_prompt, image_to_tensor, pad_batch
+from .processing import GLIPv2Processor, grounding_prompt, image_to_tensor, pad_batch
 from .processing.postprocess import PostProcessor
 from .utils.io import read_json
 
@@ -159,7 +159,7 @@ def run_random_demo(model_name: str = "glipv2_tiny") -> dict[str, object]:
     build_s = time.perf_counter() - t0
     pixel_values, image_sizes = pad_batch([image_to_tensor(demo_image())], model.config.size_divisibility)
     prompt = grounding_prompt(DEMO_CAPTION, phrases=list(DEMO_PHRASES))
-    text = model.tokenize(prompt.text)
+    text = GLIPv2Processor.from_config(model.config).tokenize(prompt.text)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model(pixel_values, text.input_ids, text.attention_mask, image_sizes)

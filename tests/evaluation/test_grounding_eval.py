@@ -13,6 +13,7 @@ import torch
 
 from glipv2 import Detections
 from glipv2.evaluation.grounding import (
+    FlickrEntry,
     FlickrEvaluator,
     RefExpEvaluator,
     flickr_benchmark,
@@ -169,15 +170,50 @@ def test_flickr_process_path_gives_the_same_numbers(flickr_file: Path, tmp_path:
 
 
 def test_flickr_phrases_fall_back_to_annotation_spans(tmp_path: Path) -> None:
+    """The entries written out by hand. Character spans: CAP_A "A man" [0, 5), "a dog" [11, 16),
+    "two cats" [21, 29); CAP_B "A woman" [0, 7), "a bench" [11, 18), "the sky" [25, 32). Boxes are
+    plain xyxy, (x, y, x + w, y + h) of the COCO [x, y, w, h]."""
+    man, dog, cats = ((0, 5),), ((11, 16),), ((21, 29),)
+    woman, bench, sky = ((0, 7),), ((11, 18),), ((25, 32),)
+    left_cat, right_cat = (0.0, 20.0, 10.0, 30.0), (30.0, 20.0, 40.0, 30.0)
+    with_eval = {
+        11: FlickrEntry(
+            11,
+            "a.jpg",
+            CAP_A,
+            (man, dog, cats),
+            (((0.0, 0.0, 10.0, 10.0),), ((20.0, 0.0, 30.0, 10.0),), (left_cat, right_cat)),
+        ),
+        12: FlickrEntry(
+            12,
+            "b.jpg",
+            CAP_B,
+            (woman, bench, sky),
+            (((0.0, 0.0, 20.0, 40.0),), ((50.0, 30.0, 90.0, 40.0),), ()),  # the sky: prompted, no box
+        ),
+    }
+    assert {e.image_id: e for e in load_flickr(write_json(tmp_path / "g.json", FLICKR))} == with_eval
+
+    # without tokens_positive_eval, and with the annotations listed backwards: the phrases are the
+    # distinct annotation spans in caption order; a phrase's boxes keep the annotations' order
     data = copy.deepcopy(FLICKR)
     for info in data["images"]:
         del info["tokens_positive_eval"]
-    entries = {e.image_id: e for e in load_flickr(write_json(tmp_path / "f.json", data))}
-    reference = {e.image_id: e for e in load_flickr(write_json(tmp_path / "g.json", FLICKR))}
-    assert entries[11] == reference[11]
-    # without tokens_positive_eval the box-less "the sky" is not known as a phrase
-    assert entries[12].spans == reference[12].spans[:2] and entries[12].boxes == reference[12].boxes[:2]
-    assert reference[12].boxes[2] == ()
+    data["annotations"] = data["annotations"][::-1]
+    fallback = {
+        11: FlickrEntry(
+            11,
+            "a.jpg",
+            CAP_A,
+            (man, dog, cats),
+            (((0.0, 0.0, 10.0, 10.0),), ((20.0, 0.0, 30.0, 10.0),), (right_cat, left_cat)),
+        ),
+        # the box-less "the sky" is not known as a phrase
+        12: FlickrEntry(
+            12, "b.jpg", CAP_B, (woman, bench), (((0.0, 0.0, 20.0, 40.0),), ((50.0, 30.0, 90.0, 40.0),))
+        ),
+    }
+    assert {e.image_id: e for e in load_flickr(write_json(tmp_path / "f.json", data))} == fallback
 
 
 def test_flickr_no_predictions_scores_zero(flickr_file: Path) -> None:

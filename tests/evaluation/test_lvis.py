@@ -212,15 +212,70 @@ def test_category_budget_changes_fixed_ap(ann_file: Path) -> None:
 
 
 def test_compaction_is_exact(ann_file: Path) -> None:
+    """Compacting after every image (dets_per_image 2, fixed_dets_per_category 2) keeps exactly the
+    entries in their image's top 2 or their category's top 2, and both figures equal faster-coco-eval
+    on the full, uncompacted results written out here by hand (plain [x, y, x2 - x1, y2 - y1]).
+
+    (score, category) per image: 1: (.95, 1) (.6, 5) (.55, 5) (.5, 9) (.3, 12);
+    2: (.8, 9) (.7, 1) (.45, 1) (.2, 5); 3: (.65, 12) (.4, 12) (.35, 1).
+    After image 1 (5 entries) nothing can go yet (every entry is in a top 2); after image 3:
+      image top 2:    .95 .6 | .8 .7 | .65 .4
+      category top 2: 1: .95 .7; 5: .6 .55; 9: .8 .5; 12: .65 .4
+    -> dropped: .3 (image 1, category 12), .45 and .2 (image 2), .35 (image 3)."""
     evaluator = LVISEvaluator(ann_file, dets_per_image=2, fixed_dets_per_category=2)
-    expected = run(evaluator, imperfect_detections())
-    full = len(evaluator.results)
     evaluator.compact_threshold = 1  # compact after every image
     evaluator.reset()
     for image_id, dets in imperfect_detections().items():
         evaluator.process([sample(image_id)], [dets])
-    assert len(evaluator.results) < full
-    assert evaluator.evaluate() == expected
+    assert [(r["image_id"], r["score"]) for r in evaluator.results] == [
+        (1, pytest.approx(0.95)),
+        (1, pytest.approx(0.6)),
+        (1, pytest.approx(0.55)),
+        (1, pytest.approx(0.5)),
+        (2, pytest.approx(0.8)),
+        (2, pytest.approx(0.7)),
+        (3, pytest.approx(0.65)),
+        (3, pytest.approx(0.4)),
+    ]
+    ours = evaluator.evaluate()
+
+    def entry(image_id: int, category_id: int, box: list[float], score: float) -> dict[str, Any]:
+        x1, y1, x2, y2 = box
+        return {
+            "image_id": image_id,
+            "category_id": category_id,
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": score,
+        }
+
+    full = [  # imperfect_detections(), all 12 entries
+        entry(1, 1, [11, 9, 41, 31], 0.95),
+        entry(1, 5, [48, 42, 88, 70], 0.6),
+        entry(1, 5, [0, 0, 20, 20], 0.55),
+        entry(1, 9, [60, 50, 90, 70], 0.5),
+        entry(1, 12, [5, 5, 25, 25], 0.3),
+        entry(2, 9, [2, 1, 58, 62], 0.8),
+        entry(2, 1, [30, 30, 50, 50], 0.7),
+        entry(2, 1, [70, 5, 80, 15], 0.45),
+        entry(2, 5, [0, 0, 10, 10], 0.2),
+        entry(3, 12, [0, 0, 100, 100], 0.65),
+        entry(3, 12, [10, 10, 60, 60], 0.4),
+        entry(3, 1, [0, 0, 110, 100], 0.35),
+    ]
+    standard = direct(ann_file, naive_top(full, "image_id", 2), 2)
+    fixed = direct(ann_file, naive_top(full, "category_id", 2), 10**6)
+    for name, key in (
+        ("AP", "AP_all"),
+        ("AP50", "AP_50"),
+        ("AP75", "AP_75"),
+        ("APr", "APr"),
+        ("APc", "APc"),
+        ("APf", "APf"),
+    ):
+        assert ours["bbox"][name] == pytest.approx(standard[key]), name
+        assert ours["bbox_fixed"][name] == pytest.approx(fixed[key]), name
+    assert ours["bbox"]["AR2"] == pytest.approx(standard["AR_all"])
+    assert 0 < ours["bbox"]["AP"] < 1 and 0 < ours["bbox_fixed"]["AP"] < 1
 
 
 def test_empty_predictions_give_zeros(ann_file: Path) -> None:

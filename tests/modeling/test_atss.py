@@ -11,7 +11,7 @@ from statistics import mean, stdev
 import pytest
 import torch
 
-from glipv2.modeling.anchors import AnchorGenerator, encode_boxes
+from glipv2.modeling.anchors import AnchorGenerator
 from glipv2.modeling.heads.atss import atss_assign, centerness_targets
 from glipv2.utils.boxes import box_iou_legacy
 
@@ -84,10 +84,16 @@ def test_hand_example() -> None:
     assert out.num_positive == 2
     assert out.positive.tolist() == [m >= 0 for m in expected]
 
-    # regression targets: encode_boxes of the matched box; 0 for background
-    pos = out.positive
-    torch.testing.assert_close(out.regression_targets[pos], encode_boxes(GTS[[3, 2]], ANCHORS[pos]))
-    assert bool((out.regression_targets[~pos] == 0).all())
+    # regression targets of the matched box, by hand with the legacy coder (widths x2 - x1 + 1,
+    # centres (x1 + x2) / 2, weights 10, 10, 5, 5); 0 for background:
+    #   A1 [10, 0, 19, 9] (w 10, h 10, centre (14.5, 4.5)) -> G2 [10, 0, 20, 9] (w 11, h 10, (15, 4.5)):
+    #     (10 * 0.5 / 10, 0, 5 ln(11/10), 5 ln 1) = (0.5, 0, 5 ln 1.1, 0)
+    #   A2 [20, 0, 29, 9] (w 10, h 10, centre (24.5, 4.5)) -> G1B [20, 0, 25, 9] (w 6, h 10, (22.5, 4.5)):
+    #     (10 * -2 / 10, 0, 5 ln(6/10), 0) = (-2, 0, 5 ln 0.6, 0)
+    expected_regression = torch.zeros(5, 4)
+    expected_regression[1] = torch.tensor([0.5, 0.0, 5 * math.log(1.1), 0.0])
+    expected_regression[2] = torch.tensor([-2.0, 0.0, 5 * math.log(0.6), 0.0])
+    torch.testing.assert_close(out.regression_targets, expected_regression, atol=1e-6, rtol=1e-6)
     # centerness of the anchor centre in its box, by hand:
     #   A1 (14.5, 4.5) in G2 [10, 0, 20, 9]: l=4.5 r=5.5 t=4.5 b=4.5 -> sqrt(4.5/5.5)
     #   A2 (24.5, 4.5) in G1B [20, 0, 25, 9]: l=4.5 r=0.5 t=b=4.5 -> sqrt(0.5/4.5) = 1/3
@@ -128,9 +134,18 @@ def test_input_checks() -> None:
 def reference_positives(
     anchors: torch.Tensor, per_level: list[int], boxes: torch.Tensor, topk: int
 ) -> list[int]:
-    """A direct re-derivation, one box and one level at a time, in float64 Python."""
+    """A direct re-derivation, one box and one level at a time, in float64 Python (the legacy +1
+    IoU written out here, not the library's `box_iou_legacy`)."""
+
+    def legacy_iou(a: list[float], b: list[float]) -> float:
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+        area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+        area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+        return iw * ih / (area_a + area_b - iw * ih)
+
     centres = [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2) for a in anchors.tolist()]
-    ious = box_iou_legacy(anchors.double(), boxes.double()).tolist()
+    ious = [[legacy_iou(a, b) for b in boxes.tolist()] for a in anchors.tolist()]
     best: dict[int, tuple[float, int]] = {}
     for g, box in enumerate(boxes.tolist()):
         gx, gy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Output, GLIPv2Processor
-from glipv2.modeling.anchors import decode_boxes, encode_boxes
 from glipv2.modeling.criterion import GLIPv2Criterion
 from glipv2.modeling.heads import (
     ATSSTargets,
@@ -100,14 +99,28 @@ def test_giou_loss_by_hand() -> None:
 
 
 def test_loss_loc_weights_giou_by_centerness() -> None:
+    """Two positive anchors and one background anchor; the regression targets are given as deltas
+    (L_loc decodes them, like the predictions), so every box below is worked out by hand with the
+    legacy coder: w_a = x2 - x1 + 1, centre (x1 + x2) / 2, weights (10, 10, 5, 5), and a decoded box
+    [c - (w - 1) / 2, c + (w - 1) / 2]; GIoU areas without the +1.
+
+    anchor 0 [0, 0, 15, 15] (w_a 16, centre 7.5):
+      target deltas 0                 -> [0, 0, 15, 15]
+      pred (2.5, 0, 0, 0): cx = 2.5 / 10 * 16 + 7.5 = 11.5 -> [4, 0, 19, 15]
+      areas 15*15 = 225 each, intersection 11*15 = 165, union 285, enclosing 19*15 = 285
+      -> 1 - GIoU = 1 - 165/285 = 8/19
+    anchor 1 [16, 0, 31, 15] (w_a 16, centre (23.5, 7.5)):
+      target (0, 0, 5 ln 2, 0): w = 32 -> [23.5 - 15.5, 0, 23.5 + 15.5, 15] = [8, 0, 39, 15]
+      pred (0, -2.5, 0, 0): cy = -2.5 / 10 * 16 + 7.5 = 3.5 -> [16, -4, 31, 11]
+      areas 225 and 31*15 = 465, intersection 15*11 = 165, union 525, enclosing 31*19 = 589
+      -> 1 - GIoU = 1 - (165/525 - 64/589) = 1 - 11/35 + 64/589
+    L_giou = (0.8 * 8/19 + 0.5 * (1 - 11/35 + 64/589)) / (0.8 + 0.5) = 0.564637...
+    L_centerness = (BCE(0.3; 0.8) + BCE(-1.2; 0.5)) / num_pos (2)."""
     anchors = torch.tensor([[0.0, 0.0, 15.0, 15.0], [16.0, 0.0, 31.0, 15.0], [0.0, 16.0, 15.0, 31.0]])
-    gts = torch.tensor([[2.0, 2.0, 12.0, 14.0], [14.0, 1.0, 30.0, 12.0]])
-    # anchors 0 and 1 positive, anchor 2 background
-    targets = torch.zeros(3, 4)
-    targets[:2] = encode_boxes(gts, anchors[:2])
+    targets = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 5 * math.log(2.0), 0.0], [0.0, 0.0, 0.0, 0.0]])
     ctr = [0.8, 0.5, 0.0]
     deltas = torch.tensor(
-        [[[0.5, -0.3, 0.2, 0.1], [-1.0, 0.4, -0.2, 0.3], [9.0, 9.0, 9.0, 9.0]]], requires_grad=True
+        [[[2.5, 0.0, 0.0, 0.0], [0.0, -2.5, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]]], requires_grad=True
     )
     ctr_logits = torch.tensor([[0.3, -1.2, 5.0]], requires_grad=True)
     head = grounding_head()
@@ -116,9 +129,9 @@ def test_loss_loc_weights_giou_by_centerness() -> None:
         deltas, ctr_logits, anchors, [assignment([0, 1, -1], targets, ctr)], num_pos
     )
 
-    per_box = generalized_iou_loss(decode_boxes(deltas[0, :2].detach(), anchors[:2]), gts)
-    expected = (0.8 * per_box[0] + 0.5 * per_box[1]) / (0.8 + 0.5)
-    assert giou.item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = (0.8 * 8 / 19 + 0.5 * (1 - 11 / 35 + 64 / 589)) / (0.8 + 0.5)
+    assert expected == pytest.approx(0.5646374, rel=1e-6)
+    assert giou.item() == pytest.approx(expected, rel=1e-5)
     assert centerness.item() == pytest.approx((bce(0.3, 0.8) + bce(-1.2, 0.5)) / 2, rel=1e-5)
     (giou + centerness).backward()
     assert deltas.grad is not None and not deltas.grad[0, 2].any() and deltas.grad[0, :2].abs().sum() > 0
