@@ -12,6 +12,10 @@ import torch
 from PIL import Image
 
 from glipv2.cli import main
+
+# about three times the largest difference measured on this CPU (boxes 3.1e-5, scores 2.4e-7) plus the
+# JSON's rounding (boxes to 4 decimals, scores to 6); FIXTURE.md allows 1e-3 and 1e-5
+BOX_ATOL, SCORE_ATOL = 2e-4, 2e-6
 from glipv2.inference import legacy_nms
 
 FIXTURE_CAPTION = "red circle. blue square. green triangle."
@@ -50,10 +54,10 @@ def test_fixture_detections_through_the_cli(
     assert [d["label_index"] + 1 for d in detections] == fixture_outputs["labels"].tolist()
     assert [d["label"] for d in detections[:3]] == ["blue square", "red circle", "green triangle"]
     torch.testing.assert_close(
-        torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"], atol=1e-3, rtol=0
+        torch.tensor([d["box_xyxy"] for d in detections]), fixture_outputs["boxes"], atol=BOX_ATOL, rtol=0
     )
     torch.testing.assert_close(
-        torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"], atol=1e-5, rtol=0
+        torch.tensor([d["score"] for d in detections]), fixture_outputs["scores"], atol=SCORE_ATOL, rtol=0
     )
 
 

@@ -67,8 +67,9 @@ def test_final_detections_match_the_official_ones(fixture_outputs: dict[str, Any
     [ours] = PostProcessor()(recorded_output(fixture_outputs), [fixture_positive_map()])
     assert len(ours) == 100
     assert torch.equal(ours.labels + 1, fixture_outputs["labels"])  # same labels, same order
-    torch.testing.assert_close(ours.scores, fixture_outputs["scores"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours.boxes, fixture_outputs["boxes"], atol=1e-3, rtol=0)
+    # about three times the largest difference measured (boxes 3.1e-5, scores 2.4e-7; FIXTURE.md: 1e-3, 1e-5)
+    torch.testing.assert_close(ours.scores, fixture_outputs["scores"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours.boxes, fixture_outputs["boxes"], atol=1e-4, rtol=0)
 
 
 def test_nms_uses_the_legacy_plus_one_iou() -> None:
