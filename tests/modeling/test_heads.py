@@ -100,3 +100,10 @@ def test_the_core_runs_without_any_head(tiny_config: Any) -> None:
         torch.zeros(1, 3, 64, 64), ids, torch.ones_like(ids), region_features=core.region_features
     )
     torch.testing.assert_close(again.fused_token_features, core.fused_token_features)
+
+
+def test_a_mistyped_head_option_is_an_error(tiny_config: Any) -> None:
+    model = GLIPv2(tiny_config(pad_to_max_query_len=False)).eval()
+    ids = torch.tensor([[101, 2417, 102]])
+    with pytest.raises(TypeError, match="return_mlm_logit"):
+        model(torch.randn(1, 3, 64, 64), ids, torch.ones_like(ids), return_mlm_logit=True)

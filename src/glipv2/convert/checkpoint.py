@@ -1,4 +1,4 @@
-"""Official GLIP `.pth` -> glipv2 model folder (`config.json`, `model.safetensors`, `tokenizer/`).
+"""Official GLIP `.pth` -> glipv2 model folder (`config.json`, `model.safetensors`, the processor's files).
 
 Memory: the source is memory-mapped (`torch.load(mmap=True)`), the target model is built with its
 parameters on the meta device (only shapes and dtypes; the derived buffers — Swin relative position

@@ -30,7 +30,8 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
         "convert",
         help="convert an official GLIP checkpoint (.pth) into a glipv2 model folder",
         description="Convert an official GLIP checkpoint ({'model': state_dict}, keys with 'module.') into a "
-        "folder that GLIPv2.from_pretrained loads (config.json, model.safetensors, tokenizer/).",
+        "folder that GLIPv2.from_pretrained loads (config.json, model.safetensors, "
+        "processor_config.json, tokenizer/).",
     )
     parser.add_argument("src", metavar="SRC.pth", help="the official checkpoint")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the model folder to write (must not exist)")

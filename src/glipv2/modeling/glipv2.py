@@ -19,6 +19,7 @@ from .config import GLIPv2Config
 from .core import GLIPv2Core
 from .criterion import GLIPv2Criterion
 from .heads import HeadInputs, LossConfig, build_heads
+from .heads import head_options as registered_head_options
 from .outputs import CoreOutput, GLIPv2Output
 from .text_encoder import TextEncoder, TextFeatures, state_fingerprint
 
@@ -130,6 +131,12 @@ class GLIPv2(nn.Module):
         if unknown:
             raise ValueError(
                 f"{self.config.name} has no head(s) {', '.join(unknown)}; it has {', '.join(self.heads)}"
+            )
+        # an option of a head this model lacks is ignored (e.g. return_mlm_logits); a typo is an error
+        if unexpected := sorted(set(head_options) - registered_head_options()):
+            raise TypeError(
+                f"GLIPv2.forward: unexpected argument(s) {', '.join(unexpected)} (the heads take "
+                f"{', '.join(sorted(registered_head_options()))})"
             )
         if head_options.get("mask_boxes") is not None and "mask" not in self.heads:
             raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")

@@ -52,6 +52,11 @@ def registered_heads() -> list[str]:
     return list(_HEADS)
 
 
+def head_options() -> set[str]:
+    """The `GLIPv2.forward` keyword arguments that some registered head reads."""
+    return {option for spec in _HEADS.values() for option in getattr(spec.cls, "options", ())}
+
+
 def build_heads(config: GLIPv2Config) -> dict[str, TaskHead]:
     """The heads of a config, by name, in registry order."""
     return {name: spec.cls(config) for name, spec in _HEADS.items() if spec.enabled(config)}
@@ -79,6 +84,7 @@ __all__ = [
     "build_heads",
     "centerness_targets",
     "generalized_iou_loss",
+    "head_options",
     "register_head",
     "registered_heads",
     "unregister_head",

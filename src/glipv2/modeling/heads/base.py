@@ -139,10 +139,13 @@ class TaskHead(nn.Module):
     `loss(output, targets, context)` -> dict of weighted losses named `loss_*` (empty when the
     head's losses are switched off in `context.config`); every loss must stay connected to the
     graph, so that each trained parameter gets a gradient in every step (DDP needs that).
+    `options`: the keyword arguments of `GLIPv2.forward` it reads (any other one is an error).
     `prepare_target(target, prepared, num_tokens, config)`: check and add the target entries this
     head's loss needs (default: none)."""
 
     name: ClassVar[str] = ""
+    # the keyword arguments of `GLIPv2.forward` this head reads (see `HeadInputs.options`)
+    options: ClassVar[tuple[str, ...]] = ()
 
     def wanted(self, inputs: HeadInputs) -> bool:
         return True

@@ -59,6 +59,7 @@ class GroundingHead(TaskHead):
     request (`return_legacy_logits=True`)."""
 
     name = "grounding"
+    options = ("return_legacy_logits",)
 
     def __init__(self, config: GLIPv2Config) -> None:
         super().__init__()

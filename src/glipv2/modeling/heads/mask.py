@@ -49,6 +49,7 @@ class LanguageAwareMaskHead(TaskHead):
     """
 
     name = "mask"
+    options = ("mask_boxes", "mask_token_weights")
 
     def __init__(self, config: GLIPv2Config) -> None:
         super().__init__()

@@ -34,6 +34,7 @@ class MLMHead(TaskHead):
     `return_mlm_logits=True`."""
 
     name = "mlm"
+    options = ("return_mlm_logits",)
 
     def __init__(self, config: GLIPv2Config) -> None:
         super().__init__()
