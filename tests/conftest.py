@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 import glipv2
@@ -29,6 +30,20 @@ from glipv2.processing.text import load_tokenizer
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE_DIR = SHARED_DIR / "fixtures" / "glip_parity_tiny"
 REFERENCE_DIR = SHARED_DIR / "reference"
+
+# Hypothesis profiles of the fuzz tests (tests/test_fuzz.py; other property tests keep their own
+# settings): "ci", bounded and reproducible, runs in `make test`; "long" is the longer sweep, chosen
+# with GLIPV2_FUZZ=long (GLIPV2_FUZZ_EXAMPLES=N sets its size).
+_FUZZ_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "ci", max_examples=50, deadline=None, derandomize=True, suppress_health_check=_FUZZ_QUIET
+)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("GLIPV2_FUZZ_EXAMPLES", "2000")),
+    deadline=None,
+    suppress_health_check=_FUZZ_QUIET,
+)
 
 # The BertConfig fields a GLIPv2Config's `text_encoder` dict carries.
 BERT_KEYS = (

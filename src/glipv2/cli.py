@@ -1,10 +1,12 @@
-"""Command line: `glipv2 models | demo | predict | convert | data | train | eval`. Each command lives beside the code it drives."""
+"""Command line: `glipv2 models | demo | predict | convert | data | train | eval`, and `glipv2 --version`.
+Each command lives beside the code it drives; every error a user sees is one line `glipv2 COMMAND: ...`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import __version__
 from .modeling import list_models
 from .modeling.registry import describe_model
 
@@ -16,9 +18,13 @@ def _models(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoError, run_demo
 
-    run_demo(args.model, weights=args.weights, out=args.out)
+    try:
+        run_demo(args.model, weights=args.weights, out=args.out)
+    except DemoError as err:
+        print(f"glipv2 demo: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -30,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .inference.command import add_predict_parser
 
     parser = argparse.ArgumentParser(prog="glipv2", description="GLIPv2 in plain PyTorch")
+    parser.add_argument("--version", action="version", version=f"glipv2 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the named model variants").set_defaults(func=_models)
     demo = sub.add_parser(
@@ -58,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    # Ctrl-C where a command does not handle it itself (loading a model, writing): one line, no traceback
+    except KeyboardInterrupt:
+        print(f"glipv2 {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .modeling import GLIPv2, build_model
 from .processing import GLIPv2Processor, grounding_prompt, image_to_tensor, pad_batch
 from .processing.postprocess import PostProcessor
-from .utils.io import read_json
+from .utils.io import DestinationError, check_destination, read_json
 
 DEMO_CAPTION = "red circle. blue square. green triangle."
 DEMO_PHRASES = ("red circle", "blue square", "green triangle")
@@ -45,6 +45,10 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "glipv2_tiny
 DEMO_THRESHOLD = 0.3
 
 
+class DemoError(ValueError):
+    """A problem with the demo's weights or output folder, or a failed prediction (one line)."""
+
+
 def run_demo(
     model_name: str = "glipv2_tiny",
     weights: str | Path | None = None,
@@ -62,13 +66,30 @@ def run_demo(
 
 def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 7) -> dict[str, object]:
     """`glipv2 predict` with `weights` on `num_images` fresh ShapesWorld val images: detection of
-    all 36 categories, then grounding of each image's caption. Returns the two JSON documents."""
+    all 36 categories, then grounding of each image's caption. Returns the two JSON documents.
+    `weights` and every destination under `out` are checked before any work (`DemoError`)."""
     from .data.shapes_world import generate_shapes_world
     from .inference.command import predict_main as main
+    from .loading import local_model_files
 
+    if not (weights / "config.json").is_file():
+        raise DemoError(
+            f"--weights {weights}: no such model folder (needs config.json and model.safetensors)"
+        )
+    model_files = local_model_files(str(weights))
+    try:
+        check_destination(out, what="--out", folder=True)
+        check_destination(out / "detection.json", model_files, "--out")
+        for folder in ("detection", "grounding", "shapes"):
+            check_destination(out / folder, model_files, "--out", folder=True)
+    except DestinationError as err:
+        raise DemoError(str(err)) from None
     data = out / "shapes"
     if not (data / "grounding.json").is_file():
-        generate_shapes_world(data, num_images, seed, split="val", progress=False)
+        try:
+            generate_shapes_world(data, num_images, seed, split="val", progress=False)
+        except (ValueError, OSError) as err:  # e.g. a folder of the user's at OUT/shapes
+            raise DemoError(f"--out {out}: {err}") from None
     grounding = read_json(data / "grounding.json", "ShapesWorld grounding")
     instances = read_json(data / "instances.json", "ShapesWorld instances")
     names = [c["name"] for c in sorted(instances["categories"], key=lambda c: c["id"])]
@@ -96,7 +117,7 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
         )
         != 0
     ):
-        raise RuntimeError("glipv2 predict (detection) failed; see the message above")
+        raise DemoError("the detection run failed; see the message above")
     grounded: list[dict[str, object]] = []
     for image, entry in zip(images, grounding["images"]):
         result = out / "grounding" / f"{Path(image).stem}.json"
@@ -122,7 +143,7 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
             )
             != 0
         ):
-            raise RuntimeError("glipv2 predict (grounding) failed; see the message above")
+            raise DemoError("a grounding run failed; see the message above")
         grounded.append(read_json(result, "predictions"))
     seconds = time.perf_counter() - t0
 

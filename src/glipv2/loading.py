@@ -7,8 +7,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .modeling.glipv2 import GLIPv2
+from .modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, GLIPv2
 from .modeling.registry import build_model, list_models
+from .processing.processor import PROCESSOR_NAME
+from .utils.io import MissingPath, looks_like_path
+
+
+def model_problem(name_or_path: str, err: BaseException) -> str:
+    """One line for `--model NAME: <this>`: the error's first line without a leading "NAME: " (the
+    option already names it), or the error's type when it has no message."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text.removeprefix(f"{name_or_path}: ") or type(err).__name__
+
+
+def local_model_files(name_or_path: str) -> list[Path]:
+    """The local files a model name reads (for output checks: no command may write over them): a
+    `.pth` file itself; for a model folder its config, weights, processor config and tokenizer
+    files; nothing for a preset or a hub id."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    files = [path / n for n in (CONFIG_NAME, WEIGHTS_NAME, PROCESSOR_NAME)]
+    tokenizer = path / TOKENIZER_DIR
+    if tokenizer.is_dir():
+        files += [f for f in sorted(tokenizer.rglob("*")) if f.is_file()]
+    return [f for f in files if f.exists()]
 
 
 def load_model(
@@ -43,6 +68,9 @@ def load_model(
         )
     if Path(name_or_path).is_dir():
         return GLIPv2.from_pretrained(name_or_path, **config_overrides)
+    if looks_like_path(str(name_or_path)) and not Path(name_or_path).exists():
+        # `./my_modle`, `runs/x/model`: a mistyped path, not a hub id to look up
+        raise MissingPath(f"{name_or_path}: no such model folder")
     if name_or_path in list_models():
         if warn:
             print(

@@ -196,9 +196,14 @@ def test_existing_folder_is_kept_unless_overwrite(
     with pytest.raises(ValueError, match="already exists"):
         convert_checkpoint(src, out, yaml_config)
     assert (out / "mine.txt").read_text() == "keep"
+    # issue 25: overwrite replaces only a glipv2 model folder, never unrelated files
+    with pytest.raises(ValueError, match="not a glipv2 model folder"):
+        convert_checkpoint(src, out, yaml_config, overwrite=True)
+    assert (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    convert_checkpoint(src, out, yaml_config, overwrite=True)  # an empty folder, then a model folder
     convert_checkpoint(src, out, yaml_config, overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
-    assert siblings(out) == ["out"]
+    assert (out / "model.safetensors").is_file() and siblings(out) == ["out"]
 
 
 def test_a_crash_while_writing_leaves_no_folder(

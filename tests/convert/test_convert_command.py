@@ -55,7 +55,7 @@ def test_problems_go_to_stderr_one_per_line_with_status_2(
     )
     assert status == 2 and stdout == ""
     lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "--text-config" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("glipv2 convert: ") and "--text-config" in lines[0]
     assert "Traceback" not in stderr and not out.exists()
 
 
@@ -68,7 +68,7 @@ def test_mismatched_bert_lists_every_key(
     status, _, stderr = run([str(src), str(tmp_path / "model")], capsys)
     lines = stderr.splitlines()
     assert status == 2 and len(lines) > 100
-    assert all(line.startswith(f"error: {src}: ") for line in lines)
+    assert all(line.startswith(f"glipv2 convert: {src}: ") for line in lines)
     assert any("mismatch: module.backbone.body.patch_embed.proj.weight" in line for line in lines)
     assert "--text-config" in lines[-1]
 
@@ -106,9 +106,9 @@ def test_allow_partial_warns_and_succeeds(
         str(fixture_dir / "tiny_bert_config.json"),
     ]
     status, _, stderr = run(args, capsys)
-    assert status == 2 and "error: " in stderr
+    assert status == 2 and "glipv2 convert: " in stderr
     status, stdout, stderr = run([*args, "--allow-partial"], capsys)
-    assert status == 0 and stderr == "warning: missing: heads.grounding.centerness.bias\n"
+    assert status == 0 and stderr == "glipv2 convert: warning: missing: heads.grounding.centerness.bias\n"
     assert "left at random init 1" in stdout
 
 
@@ -123,7 +123,7 @@ def test_missing_file_and_exclusive_options(
     fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, _, stderr = run([str(tmp_path / "absent.pth"), str(tmp_path / "m"), "--arch", "glip_t"], capsys)
-    assert status == 2 and stderr == f"error: {tmp_path / 'absent.pth'}: no such file\n"
+    assert status == 2 and stderr == f"glipv2 convert: {tmp_path / 'absent.pth'}: no such file\n"
     with pytest.raises(SystemExit) as info:
         main(["convert", "a.pth", "out", "--arch", "glip_t", "--official-config", "c.yaml"])
     assert info.value.code == 2

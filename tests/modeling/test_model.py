@@ -378,8 +378,11 @@ def test_from_pretrained_offline_unknown_hub_id(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_from_pretrained_rejects_non_ids(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="neither a model folder nor a hub id"):
+    # more than one '/': a path (issue 25: a mistyped path is reported as missing, not as a bad hub id)
+    with pytest.raises(FileNotFoundError, match="a/b/c: no such model folder"):
         GLIPv2.from_pretrained("a/b/c")
+    with pytest.raises(ValueError, match="neither a model folder nor a hub id"):
+        GLIPv2.from_pretrained("no_slash")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ValueError, match="neither a model folder nor a hub id"):
         GLIPv2.from_pretrained(tmp_path / "file.txt")

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..modeling.config import GLIPv2Config
 from ..modeling.glipv2 import CONFIG_NAME, STATE_LAYOUT, WEIGHTS_NAME, GLIPv2
-from ..processing.processor import GLIPv2Processor
+from ..processing.processor import PROCESSOR_NAME, TOKENIZER_DIR, GLIPv2Processor
+from ..utils.io import DestinationError, atomic_write_text, check_destination
 from .official import ConversionError, ConversionReport, convert_state_dict, load_official_checkpoint
 
 # written next to the model files: where the weights came from and what the converter did
@@ -125,10 +126,11 @@ def convert_checkpoint(
     provide; with `allow_partial` it converts anyway and leaves the latter at their random
     initialisation. The folder is written under a temporary sibling name and renamed at the end,
     so an interrupted conversion never leaves a half-written model folder behind; an existing
-    `out_dir` is replaced only with `overwrite`."""
+    `out_dir` is replaced only with `overwrite`, and only when it is a glipv2 model folder (see
+    `check_replaceable`): a source checkpoint or unrelated files are never deleted. These checks,
+    and whether `out_dir` can be written, come before the checkpoint is read."""
     src, out = Path(src), Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    check_output_folder(out, [src], overwrite)
     official = load_official_checkpoint(src, allow_pickle=allow_pickle)
     model = build_shape_model(config)
     state, report = convert_state_dict(official, model, config)
@@ -157,12 +159,49 @@ def convert_checkpoint(
             },
         )
         GLIPv2Processor.from_config(config).save_pretrained(tmp)
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(_provenance(src, report), indent=2) + "\n")
+        atomic_write_text(tmp / PROVENANCE_NAME, json.dumps(_provenance(src, report), indent=2) + "\n")
         _move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+# what a glipv2 model folder holds (config, weights, the processor's files, the converter's notes):
+# `--overwrite` replaces a folder with nothing else in it
+MODEL_FOLDER_ENTRIES = frozenset({CONFIG_NAME, WEIGHTS_NAME, PROCESSOR_NAME, TOKENIZER_DIR, PROVENANCE_NAME})
+
+
+def check_output_folder(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Raise ValueError (one line) unless `out` may be written: not a symlink or a file, holding
+    none of `inputs`, in a writable folder, and either absent or — with `overwrite` — a glipv2 model
+    folder (`check_replaceable`)."""
+    try:
+        check_destination(out, inputs, folder=True)
+    except DestinationError as err:
+        raise ValueError(str(err)) from None
+    if out.exists():
+        if not overwrite:
+            raise ValueError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+        check_replaceable(out)
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise ValueError unless `out` is a glipv2 model folder — config.json and model.safetensors,
+    and nothing but the files a conversion writes — or an empty folder, which `overwrite` may delete."""
+    if not any(out.iterdir()):
+        return
+    if not (out / CONFIG_NAME).is_file() or not (out / WEIGHTS_NAME).is_file():
+        raise ValueError(
+            f"{out}: not a glipv2 model folder (no {CONFIG_NAME} and {WEIGHTS_NAME}); --overwrite replaces "
+            "only model folders: choose another OUT_DIR"
+        )
+    others = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FOLDER_ENTRIES)
+    if others:
+        raise ValueError(
+            f"{out}: holds files that are not part of a model folder ({', '.join(others[:5])}); "
+            "--overwrite would delete them: move them away or choose another OUT_DIR"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +217,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         return
     if not overwrite:  # appeared while converting
         raise ValueError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    check_replaceable(out)  # it may have changed while converting
     old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
     os.replace(out, old)
     os.replace(tmp, out)

@@ -5,7 +5,8 @@
 
 Without --arch / --official-config the architecture comes from the released file name
 (`glip_tiny_model_o365_goldg.pth` -> glip_t, ...). Problems go to stderr, one per line, with
-exit status 2.
+exit status 2, each `glipv2 convert: ...`. OUT_DIR is checked before the checkpoint is read: it
+must not be or hold an input, and `--overwrite` replaces only a glipv2 model folder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modeling.registry import list_models
-from .checkpoint import convert_checkpoint
+from .checkpoint import check_output_folder, convert_checkpoint
 from .hub import official_checkpoint_config
 from .official import ConversionError
 
@@ -71,6 +72,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of `glipv2 convert`: 0 on success, 2 with one line per problem on stderr."""
     try:
+        # before reading anything: OUT_DIR must not hold (or be) one of the inputs
+        inputs = [Path(p) for p in (args.src, args.official_config, args.text_config) if p]
+        check_output_folder(Path(args.out_dir), inputs, args.overwrite)
         config = official_checkpoint_config(
             Path(args.src).name, args.arch, args.official_config, args.text_config
         )
@@ -89,7 +93,7 @@ def run_convert(args: argparse.Namespace) -> int:
         _print_problems(str(err).splitlines())
         return EXIT_PROBLEM
     for problem in report.problems():
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"glipv2 convert: warning: {problem}", file=sys.stderr)
     print(
         f"converted {len(report.converted)} tensors, ignored {len(report.ignored)}, "
         f"derived {len(report.derived)} (recomputed buffers, checked equal)"
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def _print_problems(lines: list[str]) -> None:
     for line in lines:
         if line.strip():
-            print(f"error: {line.strip()}", file=sys.stderr)
+            print(f"glipv2 convert: {line.strip()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -474,7 +474,9 @@ def _coerce(value: Any, kind: str) -> Any:
     if isinstance(value, str) and kind != "str":
         try:
             value = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError) as err:
+        # literal_eval also raises TypeError ("{[]: 1}": an unhashable key) and, on deep nesting,
+        # MemoryError / RecursionError: every one means "not a literal yacs could have written"
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
             raise ValueError(f"expected {kind}, got a string that is not a Python literal") from err
     if kind == "bool":
         if isinstance(value, bool):

@@ -33,6 +33,17 @@ class Skipped:
 
 
 @dataclass
+class EmptyBatch:
+    """A batch none of whose samples could be used: only the reasons, so that they are counted (a
+    wrong image folder must show up as "no such image file" × N, not as nothing)."""
+
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return 0
+
+
+@dataclass
 class TrainingBatch:
     """pixel_values (B, 3, H, W), image_sizes (B, 2); input_ids, attention_mask (B, T); targets: one
     dict per image; skipped: reasons of the samples of this batch that were dropped."""
@@ -77,13 +88,13 @@ class GroundingCollator:
         self.mlm = mlm
         self.mlm_probability = mlm_probability
 
-    def __call__(self, samples: list[GroundingSample | Skipped]) -> TrainingBatch | None:
+    def __call__(self, samples: list[GroundingSample | Skipped]) -> TrainingBatch | EmptyBatch:
         skipped = [s.reason for s in samples if isinstance(s, Skipped)]
         good = [s for s in samples if isinstance(s, GroundingSample)]
         for sample in good:
             skipped.extend(sample.meta.get("dropped", []))
         if not good:
-            return None
+            return EmptyBatch(skipped)
         tensors = [
             image_to_tensor(s.image, self.processor.pixel_mean, self.processor.pixel_std) for s in good
         ]

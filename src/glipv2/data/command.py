@@ -1,15 +1,19 @@
 """`glipv2 data shapes`: write a ShapesWorld split (images + COCO / grounding / VQA / caption files).
 
 Bad arguments stop before any work with one line on stderr and exit code 2, never a traceback.
+Ctrl-C or SIGTERM leaves the --out folder as it was (exit 130 / 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import NoReturn
+
+from ..utils.io import Interrupted, interruptible
 
 EXIT_BAD_INPUT = 2
 _SPLITS = ("train", "val", "heldout")  # kept here so building the parser imports nothing heavy
@@ -84,10 +88,19 @@ def run_shapes(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        summary = generate_shapes_world(args.out, args.num_images, args.seed, args.split, progress=True)
+        with interruptible():
+            summary = generate_shapes_world(args.out, args.num_images, args.seed, args.split, progress=True)
     except (ValueError, OSError) as err:
         print(f"glipv2 data shapes: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (Interrupted, KeyboardInterrupt) as stop:
+        # the split is written into a temporary folder that the interruption removed
+        stopped = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
+        print(
+            f"glipv2 data shapes: interrupted by {stopped.name}; nothing written ({args.out} is as it was)",
+            file=sys.stderr,
+        )
+        return stopped.exit_code
     seconds = time.perf_counter() - start
     print(
         f"ShapesWorld {summary['split']} (seed {summary['seed']}): {summary['num_images']} images, "

@@ -103,6 +103,38 @@ class DataError(ValueError):
     """A sample that cannot be used (missing field, unreadable image); skipped and counted."""
 
 
+def _check_entry(file_name: Any, image_id: Any, index: int) -> None:
+    if not isinstance(file_name, str) or not file_name:
+        raise DataError(f"image entry {index}: file_name must be a non-empty string, got {file_name!r}")
+    if not _is_id(image_id):
+        raise DataError(f"image entry {index}: id must be an integer or a string, got {image_id!r}")
+
+
+def load_annotated_image(path: Path, info: dict[str, Any]) -> Image.Image:
+    """The image of a json entry, in the pixel frame its boxes refer to.
+
+    A phone photo is often stored sideways with an EXIF orientation tag saying how to turn it
+    upright. Annotation tools show it upright (the displayed frame: labelme, Label Studio, CVAT, a
+    browser) and COCO exporters record that frame's `width`/`height`, so boxes are read in the
+    displayed frame, as `predict` sees the image. Some exporters ignored the tag; when the entry's
+    width/height match only the stored frame (a 90-degree tag swaps them), the json itself says
+    the annotator saw the stored pixels, so those are used and the boxes still land on what they
+    name. A 180-degree turn or a mirror keeps the size, so nothing tells the frames apart there:
+    the displayed frame is used."""
+    image = load_image(path)
+    width, height = info.get("width"), info.get("height")
+    if (
+        isinstance(width, int)
+        and isinstance(height, int)
+        and (width, height) != image.size
+        and (height, width) == image.size
+    ):
+        stored = load_image(path, exif_orientation=False)
+        if stored.size == (width, height):
+            return stored
+    return image
+
+
 def decode_segmentation(segmentation: Any, width: int, height: int) -> torch.Tensor:
     """A COCO `segmentation` — polygons, compressed RLE or uncompressed RLE — as an (H, W) bool mask.
     Raises `ValueError` for anything else or for an RLE of another image size."""
@@ -129,15 +161,50 @@ def decode_segmentation(segmentation: Any, width: int, height: int) -> torch.Ten
         else:
             raise ValueError(f"not polygons or RLE: {type(segmentation).__name__}")
         return torch.from_numpy(mask_utils.decode(rle).astype(bool))
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, IndexError, OverflowError) as err:
         raise ValueError(f"malformed segmentation ({err})") from None
 
 
 def _read_json(path: str | Path) -> dict[str, Any]:
+    """The annotation json, its `images`, `annotations` and `categories` checked to be lists (the
+    entries themselves are checked one by one: a bad entry is skipped and counted, not fatal)."""
     data = read_json(path, "annotation")
-    if not isinstance(data, dict) or "images" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: not a COCO-style json (no 'images' list)")
+    for key in ("annotations", "categories"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
     return data
+
+
+def _categories(data: dict[str, Any], path: str | Path) -> dict[int, str]:
+    """Category id -> cleaned name; a malformed category is an error (it is the vocabulary)."""
+    categories: dict[int, str] = {}
+    for i, c in enumerate(data.get("categories", [])):
+        try:
+            if isinstance(c["id"], bool) or not isinstance(c["name"], str):
+                raise TypeError("an integer id and a string name")
+            categories[int(c["id"])] = clean_category_name(c["name"])
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{path}: category {i} needs an integer 'id' and a 'name' ({err})") from None
+    return categories
+
+
+def _annotations_by_image(data: dict[str, Any], skips: SkipCounter) -> dict[Any, list[dict[str, Any]]]:
+    """Annotations grouped by `image_id`; entries that are not objects or whose image id is not an
+    integer or a string are counted as skipped."""
+    grouped: dict[Any, list[dict[str, Any]]] = {}
+    for ann in data.get("annotations", []):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not _is_id(image_id):
+            skips.add("annotation without an integer or string image_id")
+            continue
+        grouped.setdefault(image_id, []).append(ann)
+    return grouped
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 class CocoGroundingDataset(torch.utils.data.Dataset):
@@ -159,20 +226,16 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         data = _read_json(ann_file)
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
-        self.categories = {
-            int(c["id"]): clean_category_name(str(c["name"])) for c in data.get("categories", [])
-        }
+        self.categories = _categories(data, ann_file)
         if not self.categories:
             raise ValueError(f"{ann_file}: no categories")
         self.images = list(data["images"])
-        self.annotations: dict[Any, list[dict[str, Any]]] = {}
-        for ann in data.get("annotations", []):
-            self.annotations.setdefault(ann.get("image_id"), []).append(ann)
+        self.skips = skips or SkipCounter()
+        self.annotations = _annotations_by_image(data, self.skips)
         self.max_categories = max_categories
         self.shuffle_categories = shuffle_categories
         self.seed = seed
         self.epoch = 0
-        self.skips = skips or SkipCounter()
         self.with_masks = with_masks
 
     def set_epoch(self, epoch: int) -> None:
@@ -188,7 +251,8 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             file_name, image_id = info["file_name"], info["id"]
         except (KeyError, TypeError) as err:
             raise DataError(f"image entry {index} lacks {err}") from None
-        image = load_image(self.image_dir / file_name)
+        _check_entry(file_name, image_id, index)
+        image = load_annotated_image(self.image_dir / file_name, info)
         boxes, cats, dropped, masks = [], [], [], []
         for ann in self.annotations.get(image_id, []):
             if ann.get("iscrowd", 0):
@@ -196,7 +260,7 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 category = int(ann["category_id"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 dropped.append("box without bbox/category_id")
                 continue
             if category not in self.categories:
@@ -267,10 +331,8 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.images = list(data["images"])
-        self.annotations: dict[Any, list[dict[str, Any]]] = {}
-        for ann in data.get("annotations", []):
-            self.annotations.setdefault(ann.get("image_id"), []).append(ann)
         self.skips = skips or SkipCounter()
+        self.annotations = _annotations_by_image(data, self.skips)
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -284,13 +346,14 @@ class MdetrGroundingDataset(torch.utils.data.Dataset):
             file_name, image_id, caption = info["file_name"], info["id"], str(info["caption"])
         except (KeyError, TypeError) as err:
             raise DataError(f"image entry {index} lacks {err}") from None
-        image = load_image(self.image_dir / file_name)
+        _check_entry(file_name, image_id, index)
+        image = load_annotated_image(self.image_dir / file_name, info)
         boxes, labels, phrases, dropped, box_spans = [], [], {}, [], []
         for ann in self.annotations.get(image_id, []):
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 spans = tuple((int(s), int(e)) for s, e in ann["tokens_positive"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 dropped.append("box without bbox/tokens_positive")
                 continue
             if not spans or any(not 0 <= s < e <= len(caption) for s, e in spans):

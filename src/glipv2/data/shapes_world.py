@@ -34,6 +34,8 @@ import colorsys
 import itertools
 import math
 import os
+import secrets
+import shutil
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils.io import atomic_write_json
+from ..utils.io import DestinationError, atomic_write_json, check_destination
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -745,20 +747,78 @@ def generate_shapes_world(
     Layout: images/<split>_<index>.png, instances.json (COCO, RLE masks), grounding.json (MDETR style,
     with `refexps` per image), vqa.json, captions.json (COCO captions). Same arguments, same bytes.
     Image ids are index + 1; a grounding annotation has the id of the same object in instances.json,
-    and a referring expression's `ann_id` (and `landmark_ann_id`) are such ids. Existing files of the
-    same names are overwritten; other files in `out_dir` are left alone.
+    and a referring expression's `ann_id` (and `landmark_ann_id`) are such ids.
+
+    Everything is written into a hidden sibling folder and renamed to `out_dir` at the end, so an
+    interrupted run leaves `out_dir` as it was, never images and json files that disagree. `out_dir`
+    may be absent, an empty folder, or a ShapesWorld folder (replaced whole); a folder with other
+    files, a symlink or a file is refused before any work (`ValueError`).
     """
     _check_split(split)
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    from tqdm import tqdm
-
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    _check_output_folder(out)
+    final = Path(os.path.abspath(out))  # `--out .` has a parent to put the temporary folder in
+    staging = final.parent / f".{final.name}.partial-{secrets.token_hex(4)}"
+    try:
+        (staging / "images").mkdir(parents=True)
+        summary = _write_split(staging, num_images, seed, split, progress)
+        _move_into_place(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {**summary, "out_dir": str(out)}
+
+
+_SPLIT_FILES = frozenset({"images", "instances.json", "grounding.json", "vqa.json", "captions.json"})
+
+
+def _is_split_folder(folder: Path) -> bool:
+    """Whether `folder` holds nothing but a ShapesWorld split (possibly none of it: empty)."""
+    entries = list(folder.iterdir())
+    if any(e.name not in _SPLIT_FILES or e.is_symlink() for e in entries):
+        return False
+    images = folder / "images"
+    return not images.exists() or (
+        images.is_dir() and all(p.suffix == ".png" and p.is_file() for p in images.iterdir())
+    )
+
+
+def _check_output_folder(out: Path) -> None:
+    try:
+        check_destination(out, folder=True)
+    except DestinationError as err:
+        raise ValueError(str(err)) from None
+    if out.exists() and not _is_split_folder(out):
+        raise ValueError(
+            f"{out}: holds files that are not a ShapesWorld split; give a new or empty folder "
+            "(a previous split is replaced whole, so nothing else may be in it)"
+        )
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    """`staging` becomes `final`: renamed onto an absent or empty folder, or — over a previous
+    split — after moving that aside (a crash in between leaves no `final`, never a mixed one)."""
+    try:
+        os.replace(staging, final)  # absent, or an empty folder (POSIX rename replaces those)
+        return
+    except OSError:
+        if not final.is_dir():
+            raise
+    if not _is_split_folder(final):  # files appeared while generating
+        raise ValueError(f"{final}: files appeared in it while generating; nothing was replaced")
+    old = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
+    os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_split(out: Path, num_images: int, seed: int, split: str, progress: bool) -> dict[str, Any]:
+    """Generate the split into `out` (a fresh folder with images/)."""
+    from tqdm import tqdm
 
     images: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []

@@ -55,6 +55,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     p.add_argument(
+        "--resume-other-data",
+        action="store_true",
+        help="resume OUT's checkpoint even though it was written for other training data (refused otherwise)",
+    )
+    p.add_argument(
         "--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)"
     )
     p.set_defaults(func=run_train)
@@ -63,6 +68,23 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 class BadInput(ValueError):
     pass
+
+
+def check_run_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, a run folder that is or holds one of the command's inputs (training
+    writes last.pt, the logs and model/ there: `--out` equal to the image folder, or `--model` being
+    OUT/model, would mix them or overwrite the input), a path that is not a folder, a folder that
+    cannot be written, and a symlink / FIFO / device where training writes a file."""
+    from ..utils.io import DestinationError, check_destination, check_not_special
+    from .trainer import OUTPUT_FILES
+
+    try:
+        check_destination(out, inputs, "--out", folder=True)
+        for name in OUTPUT_FILES:
+            check_not_special(out / name, "--out")
+        check_not_special(out / "model", "--out")
+    except DestinationError as err:
+        raise BadInput(str(err)) from None
 
 
 def _shapes_data(
@@ -88,6 +110,19 @@ def _shapes_data(
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`glipv2 train`; Ctrl-C outside the steps (loading, data generation, the final evaluation)
+    ends with one line too (inside them, the trainer saves a checkpoint first)."""
+    try:
+        return _run_train(args)
+    except KeyboardInterrupt:
+        print(
+            "glipv2 train: interrupted (SIGINT); the last checkpoint in --out, if any, is intact",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.collate import GroundingCollator, SafeDataset
@@ -98,8 +133,16 @@ def run_train(args: argparse.Namespace) -> int:
     from ..loading import load_model
     from ..processing.processor import GLIPv2Processor
     from ..utils import distributed
+    from ..utils.io import Interrupted
     from .train_config import TrainConfig
-    from .trainer import Trainer, TrainingStopped
+    from .trainer import (
+        NoUsableData,
+        Trainer,
+        TrainingInterrupted,
+        TrainingSetupError,
+        TrainingStopped,
+        skip_summary,
+    )
 
     try:
         if (args.train_ann is None) != (args.train_images is None):
@@ -124,10 +167,23 @@ def run_train(args: argparse.Namespace) -> int:
             raise BadInput(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
         distributed.init_from_env(device)
         out = Path(args.out)
+        inputs = [
+            Path(a)
+            for a in (args.train_ann, args.train_images, args.val_ann, args.val_images, args.config)
+            if a
+        ]
+        if Path(args.model).exists():  # a local model folder (not a preset or hub id)
+            inputs.append(Path(args.model))
+        check_run_folder(out, inputs)
         if args.train_ann is None:
-            train_ann, train_images, val_ann, val_images = _shapes_data(
-                out, args.shapes_images, distributed.get_rank(), not args.no_val
-            )
+            try:
+                train_ann, train_images, val_ann, val_images = _shapes_data(
+                    out, args.shapes_images, distributed.get_rank(), not args.no_val
+                )
+            except OSError as err:  # e.g. the disk filled up while generating
+                raise BadInput(
+                    f"--out {out}: cannot write the ShapesWorld data ({err.strerror or err})"
+                ) from None
         else:
             train_ann, train_images = Path(args.train_ann), Path(args.train_images)
             val_ann = Path(args.val_ann) if args.val_ann else None
@@ -177,6 +233,7 @@ def run_train(args: argparse.Namespace) -> int:
         evaluate=evaluate,
         device=device,
         processor=processor,
+        resume_other_data=args.resume_other_data,
     )
     if distributed.get_rank() == 0:
         print(
@@ -186,13 +243,24 @@ def run_train(args: argparse.Namespace) -> int:
         )
     try:
         result = trainer.train(resume=not args.no_resume)
+    except (TrainingSetupError, NoUsableData) as err:  # found before any step, or bad data
+        print(f"glipv2 train: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingInterrupted as err:
+        print(f"glipv2 train: {err}", file=sys.stderr)
+        return err.exit_code
     except TrainingStopped as err:
         print(f"glipv2 train: {err}", file=sys.stderr)
+        print(f"skipped: {skip_summary(trainer.skipped)}", file=sys.stderr)
         return 1
+    except Interrupted as err:  # a second signal mid-step, or one during the final evaluation
+        print(f"glipv2 train: stopped by {err.name}; {trainer.describe_last_checkpoint()}", file=sys.stderr)
+        return err.exit_code
     if distributed.get_rank() == 0:
         print(
             f"done: {result['steps']} steps, last losses {result['losses']}, evaluation {result['eval']}; "
             f"model folder {out / 'model'}",
             file=sys.stderr,
         )
+        print(f"skipped: {result['skipped_summary']}", file=sys.stderr)
     return 0

@@ -45,6 +45,9 @@ class TrainConfig(DataclassConfig):
     checkpoint_every: int = 200
     eval_every: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite losses before training stops
+    # epochs in a row without one usable batch (wrong image folder, every record bad) before
+    # training stops instead of looping forever
+    max_empty_epochs: int = 2
     # GLIPv2Config fields changed when the model is built or loaded (e.g. {"mlm_head": false,
     # "deformable_conv_impl": "grid_sample"}) and LossConfig fields (e.g. {"use_inter": false}):
     # so that one file describes a whole recipe
@@ -64,6 +67,7 @@ class TrainConfig(DataclassConfig):
             "batch_size",
             "grad_accumulation",
             "max_bad_steps",
+            "max_empty_epochs",
             "log_every",
             "max_size",
             "checkpoint_every",

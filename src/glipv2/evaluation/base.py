@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..inference.detections import Detections
+from ..processing.processor import load_image
 from ..processing.prompts import Span
 from ..utils.io import read_json
 
@@ -280,16 +282,34 @@ def run_benchmark(
         leave=False,
         disable=not progress or (sharded and dist.get_rank() != 0),
     )
+    unreadable = 0
     for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
-        detections = predictor.predict(
-            [s.image for s in batch], vocabularies, threshold=0.0, postprocessor=postprocessor
-        )
-        benchmark.evaluator.process(batch, detections)
-        bar.update(len(batch))
+        batch, images = [], []
+        for sample in samples[start : start + batch_size]:
+            try:
+                images.append(load_image(sample.image))
+                batch.append(sample)
+            # as `glipv2 predict`: the image is named and counted, and the others are scored
+            # without it (it is not among the evaluated image ids, so it is not a miss)
+            except ValueError as err:
+                unreadable += 1
+                tqdm.write(f"glipv2 eval: {benchmark.name}: {err}", file=sys.stderr)
+        if batch:
+            vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
+            detections = predictor.predict(images, vocabularies, threshold=0.0, postprocessor=postprocessor)
+            benchmark.evaluator.process(batch, detections)
+        bar.update(len(samples[start : start + batch_size]))
     bar.close()
-    return benchmark.evaluator.evaluate()
+    metrics = benchmark.evaluator.evaluate()
+    if unreadable:
+        tqdm.write(
+            f"glipv2 eval: {benchmark.name}: {unreadable} of {len(samples)} image(s) unreadable, "
+            "scored without them",
+            file=sys.stderr,
+        )
+        if metrics:  # rank 0 (under DDP the count is this rank's share)
+            metrics["unreadable_images"] = unreadable
+    return metrics
 
 
 def vocabulary_of(predictor: Any, sample: EvalSample, chunk_size: int | None = None) -> Any:

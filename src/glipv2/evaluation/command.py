@@ -3,20 +3,33 @@
 Writes the metrics json (`--out`) and, beside it, the raw predictions in COCO results format
 (`<out stem>_predictions.json`; for ODinW a mapping dataset name -> entries), and prints a table.
 Problems with the call (model, annotations that do not match the image folder, a malformed
-predictions file) are one line on stderr and exit code 2, before any forward pass. Under
-`torchrun` each rank runs its share of the images and rank 0 scores and writes.
+predictions file, an --out that would overwrite an input or cannot be written) are one line on
+stderr and exit code 2, before any forward pass. Under `torchrun` each rank runs its share of the
+images and rank 0 scores and writes. Ctrl-C or SIGTERM during a model run writes the predictions of
+the images finished so far and a metrics file marked `"incomplete": true` (no scores: a subset's AP
+is not the benchmark's), and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import atomic_write_json, read_json
+from tqdm import tqdm
+
+from ..utils.io import (
+    DestinationError,
+    Interrupted,
+    atomic_write_json,
+    check_destination,
+    interruptible,
+    read_json,
+)
 from .base import Benchmark, check_results_layout, read_results, run_benchmark
 
 EXIT_BAD_INPUT = 2
@@ -87,7 +100,7 @@ def build_benchmarks(args: argparse.Namespace, distributed: bool = True) -> list
     ann = Path(args.ann)
     images = Path(args.images) if args.images else None
     if args.task != "odinw" and images is None and args.model is not None:
-        raise BadInput(f"glipv2 eval {args.task} --model needs --images")
+        raise BadInput(f"{args.task} --model needs --images")
     image_dir = images or ann.parent
     if args.task == "coco":
         from .coco import coco_benchmark
@@ -115,31 +128,36 @@ def _check_call(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BadInput(f"--{name.replace('_', '-')} {value}: must be >= 1")
-    _check_writable(Path(args.out))
+    _check_outputs(args)
     if args.predictions and (args.size or args.no_resize or args.device or args.one_label_per_box):
         raise BadInput(
             "--size, --no-resize, --one-label-per-box and --device go with --model, not --predictions"
         )
 
 
-def _check_writable(out: Path) -> None:
-    """Fail now, not after an hour of evaluation, when the metrics cannot be written."""
-    if out.is_dir():
-        raise BadInput(f"--out {out}: is a folder; give a file name")
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail now, not after an hour of evaluation, when the metrics or the predictions file cannot
+    be written, or would overwrite an input (--ann, --predictions, the image folder's files, the
+    model's files)."""
+    from ..loading import local_model_files
+
+    out = Path(args.out)
+    inputs = [p for p in (args.ann, args.predictions, args.images) if p]
+    if args.model:
+        inputs += local_model_files(args.model)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".{out.name}.probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise BadInput(f"--out {out}: cannot write there ({err.strerror or err})") from None
+        check_destination(out, inputs, "--out")
+        if args.model:
+            check_destination(predictions_path(out), inputs, "the predictions file")
+    except DestinationError as err:
+        raise BadInput(str(err)) from None
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
     from ..inference.command import BadInput as PredictBadInput
     from ..inference.command import processor_overrides
     from ..inference.predictor import Predictor
-    from ..loading import load_model
+    from ..loading import load_model, model_problem
     from ..processing.processor import GLIPv2Processor
     from ..utils import distributed
 
@@ -156,7 +174,7 @@ def _load_predictor(args: argparse.Namespace) -> Any:
         model = load_model(args.model)
     # a corrupt weights file raises the safetensors library's own error type
     except Exception as err:  # noqa: BLE001
-        raise BadInput(f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}") from None
+        raise BadInput(f"--model {args.model}: {model_problem(args.model, err)}") from None
     processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
     return Predictor(model, processor, device=device, batch_size=args.batch_size)
 
@@ -228,11 +246,15 @@ def run_eval(args: argparse.Namespace) -> int:
             metrics_by_name = {}
             images = 0
             started = time.perf_counter()  # model loading excluded; forward passes and scoring included
-            for benchmark in benchmarks:
-                metrics_by_name[benchmark.name] = run_benchmark(
-                    predictor, benchmark, batch_size=args.batch_size, progress=not args.no_progress
-                )
-                images += len(benchmark.samples)
+            try:
+                with interruptible():
+                    for benchmark in benchmarks:
+                        metrics_by_name[benchmark.name] = run_benchmark(
+                            predictor, benchmark, batch_size=args.batch_size, progress=not args.no_progress
+                        )
+                        images += len(benchmark.samples)
+            except (Interrupted, KeyboardInterrupt) as stop:
+                return _write_interrupted(args, benchmarks, metrics_by_name, stop)
             seconds = time.perf_counter() - started
     except BadInput as err:
         print(f"glipv2 eval: {err}", file=sys.stderr)
@@ -260,6 +282,55 @@ def run_eval(args: argparse.Namespace) -> int:
     written = f"{out}" + (f" and {predictions_path(out)}" if args.model else "")
     print(f"{done}wrote {written}", file=sys.stderr)
     return 0
+
+
+def _write_interrupted(
+    args: argparse.Namespace, benchmarks: list[Benchmark], finished: dict[str, Any], stop: BaseException
+) -> int:
+    """After Ctrl-C / SIGTERM: the predictions of every image finished (this process's share under
+    torchrun) and a metrics file marked incomplete holding the benchmarks scored before the stop.
+    Returns the exit code, 128 + the signal number."""
+    from ..utils import distributed
+
+    stopped = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
+    if distributed.get_rank() != 0:  # rank 0 writes its own share; the others only stop
+        return stopped.exit_code
+    started = [b for b in benchmarks if b.name in finished or _done_ids(b)]
+    done = sum(len(_done_ids(b)) for b in started)
+    total = sum(len(b.samples) for b in benchmarks)
+    metrics = {
+        "incomplete": True,
+        "interrupted_by": stopped.name,
+        "images_done": done,
+        "images_total": total,
+        "scored": finished,  # benchmarks (ODinW datasets) finished before the stop
+    }
+    predictions: Any = (
+        {b.name: b.evaluator.predictions() for b in started}
+        if args.task == "odinw"
+        else (benchmarks[0].evaluator.predictions() if started else [])
+    )
+    out = Path(args.out)
+    try:
+        atomic_write_json(out, metrics, indent=1)
+        atomic_write_json(predictions_path(out), predictions, indent=1)
+    except OSError as err:
+        print(
+            f"glipv2 eval: interrupted by {stopped.name}; cannot write the results ({err})", file=sys.stderr
+        )
+        return stopped.exit_code
+    # tqdm.write: above the progress bar of the interrupted benchmark, which clears itself on exit
+    tqdm.write(
+        f"glipv2 eval: interrupted by {stopped.name} after {done} of {total} image(s); their predictions "
+        f"-> {predictions_path(out)}, {out} marked incomplete",
+        file=sys.stderr,
+    )
+    return stopped.exit_code
+
+
+def _done_ids(benchmark: Benchmark) -> list[int]:
+    """Image ids whose detections reached the benchmark's evaluator (ResultsEvaluator keeps them)."""
+    return list(getattr(benchmark.evaluator, "image_ids", []))
 
 
 def format_metrics(metrics: dict[str, Any], indent: str = "") -> str:

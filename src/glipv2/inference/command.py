@@ -1,13 +1,17 @@
 """`glipv2 predict`: detection or grounding on image files, written as one JSON document.
 
-Problems with the call itself (model, prompt, threshold, sizes) stop before any work; a problem
+Problems with the call itself (model, prompt, threshold, sizes, an --out or --viz that would
+overwrite an input or is a symlink / FIFO / device / unwritable) stop before any work; a problem
 with one image (missing, unreadable, corrupt) is reported on stderr and in that image's entry,
 and the other images are still processed. Either way the exit code is 2 and there is no traceback.
+Ctrl-C or SIGTERM writes the images finished so far, marked `"incomplete": true`, and exits with
+128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..processing.processor import GLIPv2Processor, load_image
-from ..utils.io import atomic_write_json
+from ..utils.io import (
+    DestinationError,
+    Interrupted,
+    atomic_path,
+    atomic_write_json,
+    check_destination,
+    check_not_special,
+    interruptible,
+)
 from .predictor import Predictor, Vocabulary
 from .visualize import draw_detections
 
@@ -121,22 +133,42 @@ def _viz_names(files: list[str]) -> list[str]:
     return names
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an --out or --viz that would overwrite an input (an image, a model
+    file), that is a symlink / FIFO / device, or that cannot be written."""
+    from ..loading import local_model_files
+
+    inputs = [*args.images, *local_model_files(args.model)]
+    try:
+        check_destination(args.out, inputs, "--out")
+        if args.viz:
+            viz = Path(args.viz)
+            check_destination(viz, args.images, "--viz", folder=True)
+            for name in _viz_names(args.images):
+                check_not_special(viz / name, "--viz")
+                if Path(args.out).resolve() == (viz / name).resolve():
+                    raise DestinationError(f"--out {args.out}: is also the annotated image of an input")
+    except DestinationError as err:
+        raise BadInput(str(err)) from None
+
+
+def _interrupted(stop: BaseException) -> Interrupted:
+    return stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from ..loading import load_model
+    from ..loading import load_model, model_problem
 
     try:
         _check_call(args)
         overrides = processor_overrides(args)
         out = Path(args.out)
-        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
-            raise BadInput(f"--out {args.out}: cannot write a file there")
+        check_outputs(args)
         try:
             model = load_model(args.model)
         # a corrupt weights file raises the safetensors library's own error type
         except Exception as err:  # noqa: BLE001
-            raise BadInput(
-                f"--model {args.model}: {str(err).splitlines()[0] or type(err).__name__}"
-            ) from None
+            raise BadInput(f"--model {args.model}: {model_problem(args.model, err)}") from None
         if args.device:
             try:
                 model = model.to(torch.device(args.device))
@@ -177,38 +209,57 @@ def run_predict(args: argparse.Namespace) -> int:
             entries[index]["detections"] = detections.to_dict()
             if image is not None:
                 try:
-                    viz_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-                    draw_detections(image, detections).save(viz_dir / viz_names[index])  # type: ignore[operator]
+                    # through a temporary file: an interruption never leaves half a PNG
+                    with atomic_path(viz_dir / viz_names[index]) as tmp:  # type: ignore[operator]
+                        draw_detections(image, detections).save(tmp, format="PNG")
                 except (OSError, ValueError) as err:
                     fail(index, f"{args.images[index]}: cannot write the annotated image ({err})")
         pending.clear()
 
-    for index, file in enumerate(
-        tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)
-    ):
-        entry: dict[str, Any] = {"file": file}
-        entries.append(entry)
-        try:
-            image = load_image(file)  # read once: the same pixels feed the model and the annotated PNG
-            tensor, (height, width) = processor.prepare_image(image)
-        except ValueError as err:
-            entry["prompt"] = vocabulary.text
-            fail(index, str(err))
-            continue
-        entry.update(width=width, height=height, prompt=vocabulary.text)
-        pending.append((index, (tensor, (height, width)), image if viz_dir is not None else None))
-        if len(pending) >= args.batch_size:
-            flush()
-    if pending:
-        flush()
+    stopped: Interrupted | None = None
+    try:
+        with interruptible():
+            for index, file in enumerate(
+                tqdm(args.images, desc="predict", unit="image", disable=len(args.images) < 2)
+            ):
+                entry: dict[str, Any] = {"file": file}
+                entries.append(entry)
+                try:
+                    image = load_image(
+                        file
+                    )  # read once: the same pixels feed the model and the annotated PNG
+                    tensor, (height, width) = processor.prepare_image(image)
+                except ValueError as err:
+                    entry["prompt"] = vocabulary.text
+                    fail(index, str(err))
+                    continue
+                entry.update(width=width, height=height, prompt=vocabulary.text)
+                pending.append((index, (tensor, (height, width)), image if viz_dir is not None else None))
+                if len(pending) >= args.batch_size:
+                    flush()
+            if pending:
+                flush()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        stopped = _interrupted(stop)
+        # only the finished images: an image read but not yet through the model has no result
+        entries = [e for e in entries if "detections" in e or "error" in e]
 
-    document = {
+    document: dict[str, Any] = {
         "model": args.model,
         "threshold": args.threshold,
         "labels": vocabulary.names,
         "images": entries,
     }
+    if stopped is not None:
+        document.update(incomplete=True, interrupted_by=stopped.name, images_requested=len(args.images))
     atomic_write_json(out, document, indent=1, end="\n")  # a crash never leaves half a results file
+    if stopped is not None:
+        print(
+            f"glipv2 predict: interrupted by {stopped.name} after {len(entries)} of {len(args.images)} "
+            f"image(s); their results -> {args.out} (marked incomplete)",
+            file=sys.stderr,
+        )
+        return stopped.exit_code
     done = len(entries) - failed
     print(
         f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "

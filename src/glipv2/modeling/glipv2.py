@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..utils.io import atomic_path
+from ..utils.io import MissingPath, atomic_path, looks_like_path
 from .config import GLIPv2Config
 from .core import GLIPv2Core
 from .criterion import GLIPv2Criterion
@@ -319,7 +319,12 @@ def _resolve_model_dir(name_or_path: str, revision: str | None) -> Path:
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ValueError(f"{path} is not a glipv2 model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         return path
-    if path.exists() or name_or_path.count("/") != 1:
+    if path.exists():
+        raise ValueError(f"{name_or_path!r} is neither a model folder nor a hub id 'owner/name'")
+    # `./my_modle` or `runs/x/model` is a mistyped path, not a hub id to look up
+    if looks_like_path(name_or_path):
+        raise MissingPath(f"{name_or_path}: no such model folder")
+    if name_or_path.count("/") != 1:
         raise ValueError(f"{name_or_path!r} is neither a model folder nor a hub id 'owner/name'")
     from huggingface_hub import snapshot_download
 

@@ -5,6 +5,7 @@ from .processor import GLIPv2Processor, ImageBatch, load_image, official_resize_
 from .prompts import (
     Prompt,
     PromptChunk,
+    PromptWarning,
     chunk_class_names,
     detection_prompt,
     find_phrase,
@@ -18,6 +19,7 @@ __all__ = [
     "ImageBatch",
     "Prompt",
     "PromptChunk",
+    "PromptWarning",
     "TokenizedPrompts",
     "chunk_class_names",
     "detection_prompt",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from transformers import PreTrainedTokenizerBase
 
@@ -32,7 +32,7 @@ from ..modeling.outputs import GLIPv2Output
 from ..utils.io import atomic_write_text, read_json
 from .image import image_to_tensor, pad_batch
 from .postprocess import PostProcessor, RawDetections
-from .prompts import Prompt, PromptChunk, chunk_class_names
+from .prompts import Prompt, PromptChunk, check_prompt_tokens, chunk_class_names
 from .text import TokenizedPrompts, load_tokenizer, tokenize_prompts
 
 PROCESSOR_NAME = "processor_config.json"
@@ -77,27 +77,33 @@ def is_single_image(images: object) -> bool:
     return isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
 
 
-def load_image(source: ImageInput) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an (H, W[, 3|4]) uint8 array; unreadable or
-    corrupt files raise `ValueError` naming the file."""
+def load_image(source: ImageInput, *, exif_orientation: bool = True) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an (H, W[, 3|4]) uint8 array, as an image viewer
+    shows it: EXIF orientation applied (`exif_orientation=False` keeps the stored pixel frame),
+    16-bit and float images scaled to 8 bits over their full range (see `to_8bit`), palette /
+    grey+alpha / CMYK converted, an animation's first frame. Unreadable or corrupt files, and
+    directories, raise `ValueError` naming the path."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a directory, not an image file")
         if not path.is_file():
             raise ValueError(f"{path}: no such image file")
         try:
             with Image.open(path) as image:
                 image.load()  # decode now, so that a truncated file fails here
-                return image.convert("RGB")
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-            Image.DecompressionBombError,
-        ) as err:
+                return _viewer_rgb(image, exif_orientation)
+        except Image.DecompressionBombError as err:
             raise ValueError(f"{path}: cannot read the image ({err})") from err
+        # Pillow's decoders raise many types on corrupt input (OSError, SyntaxError, struct.error,
+        # IndexError, ...): any failure to decode one file is that file's problem, named as such
+        except Exception as err:
+            raise ValueError(f"{path}: cannot read the image ({err or type(err).__name__})") from err
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        try:
+            return _viewer_rgb(source, exif_orientation)
+        except (OSError, SyntaxError, ValueError) as err:  # a lazily opened, corrupt file
+            raise ValueError(f"cannot read the image ({err or type(err).__name__})") from err
     if isinstance(source, np.ndarray):
         if (
             source.dtype != np.uint8
@@ -112,6 +118,68 @@ def load_image(source: ImageInput) -> Image.Image:
     raise ValueError(
         f"cannot use a {type(source).__name__} as an image (give a path, a PIL image or an array)"
     )
+
+
+def _viewer_rgb(image: Image.Image, exif_orientation: bool) -> Image.Image:
+    """`image` upright (EXIF orientation) and in RGB, 16-bit / float modes scaled to 8 bits."""
+    if exif_orientation:
+        image = _apply_exif_orientation(image)
+    if image.mode in _WIDE_MODES:
+        image = to_8bit(image)
+    return image.convert("RGB")
+
+
+# EXIF Orientation tag (0x0112): 1 is upright; 2-8 are the flips and rotations a viewer undoes.
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation_of(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of `image`; 1 when absent, unreadable or out of range (a viewer
+    shows such a file as stored)."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    # a malformed EXIF block is ignored, as viewers do, rather than making the pixels unreadable
+    except Exception:  # noqa: BLE001
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    if exif_orientation_of(image) == 1:
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001  (see exif_orientation_of)
+        return image
+
+
+# Modes whose samples do not fit 8 bits: Pillow's own conversion to RGB clips them at 255.
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image -> mode "L", the full range mapped to
+    0-255 (Pillow's `convert` clips every value above 255 to white):
+
+    * I;16* (16-bit files): 0-65535 -> 0-255 (value / 257, rounded);
+    * I: the same when every value lies in 0-65535 (16-bit data in a 32-bit container, how older
+      Pillow opened 16-bit PNGs), else the image's own min-max range;
+    * F: 0-1 -> 0-255 when every value lies in [0, 1] (the usual float-image convention), else the
+      image's own min-max range; NaN reads as the minimum."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F" or image.mode == "I":
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if image.mode == "F" and low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+        elif image.mode == "I" and low >= 0.0 and high <= 65535.0:
+            low, high = 0.0, 65535.0
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    else:
+        low, high = 0.0, 65535.0
+    scale = 255.0 / (high - low) if high > low else 0.0
+    scaled = np.clip(np.rint((values - low) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 class GLIPv2Processor:
@@ -272,6 +340,10 @@ class GLIPv2Processor:
     def positive_map(self, prompt: Prompt, tokens: TokenizedPrompts, index: int = 0) -> torch.Tensor:
         """(K, T) bool map of prompt `index` of a tokenized batch."""
         return prompt.positive_map(tokens.offsets[index], tokens.attention_mask[index])
+
+    def check_prompt(self, prompt: Prompt) -> None:
+        """Warn (`PromptWarning`) about labels of `prompt` that this tokenizer reads as [UNK] only."""
+        check_prompt_tokens(prompt, self.tokenizer)
 
     def chunk_classes(self, class_names: Sequence[str], chunk_size: int | None = None) -> list[PromptChunk]:
         """A vocabulary as prompts that each fit the model's `max_query_len` tokens."""

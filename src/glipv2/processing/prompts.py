@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,16 @@ Span = tuple[int, int]
 DETECTION_SEPARATOR = ". "
 # Where an un-annotated caption is cut into phrases (official: NLTK noun phrases; we avoid NLTK).
 _PHRASE_BREAKS = re.compile(r"[.;,:!?\n]+")
+
+
+class PromptWarning(UserWarning):
+    """A prompt the model will read differently from what was meant (a class name that tokenizes
+    to [UNK] only, a separator inside a class name, the same name twice): results come, but the
+    labels concerned cannot be told apart or are split in two."""
+
+
+def warn_prompt(message: str) -> None:
+    warnings.warn(message, PromptWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -98,13 +109,55 @@ def _check_name(name: object, what: str) -> str:
     return stripped
 
 
-def detection_prompt(class_names: Sequence[str], separator: str = DETECTION_SEPARATOR) -> Prompt:
-    """Class names -> "person. bicycle. car" (official evaluation form), one label per name."""
+def _normalised(name: str) -> str:
+    # what an uncased tokenizer sees: case and runs of whitespace do not tell names apart
+    return " ".join(name.lower().split())
+
+
+def duplicate_names(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once (case and spacing ignored), in first-seen order."""
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for name in names:
+        key = _normalised(name)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, name)
+    return [first[k] for k, n in counts.items() if n > 1]
+
+
+def check_class_names(names: Sequence[str], separator: str = DETECTION_SEPARATOR) -> None:
+    """Warn (`PromptWarning`) about class names the joined prompt cannot keep apart: a name holding
+    the separator reads as two classes ("st. bernard" -> "st", "bernard"), and a repeated name
+    splits its detections between two labels that are the same to the model."""
+    mark = separator.strip()
+    # the tokenizer drops spaces, so "st.bernard" and "st. bernard" are the same tokens as a joint
+    if mark:
+        joined = [n for n in names if mark in n]
+        if joined:
+            warn_prompt(
+                f"class name(s) {', '.join(repr(n) for n in joined[:5])} contain the separator "
+                f"{mark!r} of the joined prompt: the model reads each as several classes"
+            )
+    repeated = duplicate_names(names)
+    if repeated:
+        warn_prompt(
+            f"class name(s) {', '.join(repr(n) for n in repeated[:5])} occur more than once: their "
+            "detections are split between labels the model cannot tell apart"
+        )
+
+
+def detection_prompt(
+    class_names: Sequence[str], separator: str = DETECTION_SEPARATOR, *, check: bool = True
+) -> Prompt:
+    """Class names -> "person. bicycle. car" (official evaluation form), one label per name.
+    With `check`, names the prompt cannot keep apart are warned about (`check_class_names`)."""
     if isinstance(class_names, str):
         raise ValueError("class_names must be a list of names, not one string")
     if len(class_names) == 0:
         raise ValueError("the class list is empty")
     names = [_check_name(n, f"class name {i}") for i, n in enumerate(class_names)]
+    if check:
+        check_class_names(names, separator)
     parts: list[str] = []
     spans: list[tuple[Span, ...]] = []
     cursor = 0
@@ -136,14 +189,16 @@ def grounding_prompt(
     if phrases is not None and spans is not None:
         raise ValueError("give phrases or spans, not both")
     if spans is not None:
+        if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence):
+            raise ValueError(f"spans must be a list of (start, end) pairs, got {type(spans).__name__}")
         per_label: list[tuple[Span, ...]] = []
         for i, item in enumerate(spans):
-            group = (
-                [item]
-                if len(item) == 2 and all(isinstance(v, numbers.Integral) for v in item)
-                else list(item)
-            )
-            group_spans = tuple((int(s), int(e)) for s, e in group)  # type: ignore[misc]
+            group = [item] if _is_span(item) else list(item) if isinstance(item, (list, tuple)) else None
+            if not group or not all(_is_span(pair) for pair in group):
+                raise ValueError(
+                    f"span {i} must be a (start, end) pair of integers or a non-empty list of them, got {item!r}"
+                )
+            group_spans = tuple((int(s), int(e)) for s, e in group)
             for s, e in group_spans:
                 if not 0 <= s < e <= len(caption):
                     raise ValueError(f"span {i} ({s}, {e}) lies outside the caption (length {len(caption)})")
@@ -153,6 +208,7 @@ def grounding_prompt(
         names = tuple(caption[g[0][0] : g[0][1]] for g in per_label)
         for i, name in enumerate(names):
             _check_name(name, f"span {i}")
+        _warn_same_spans(names, per_label)
         return Prompt(caption, names, tuple(per_label))
     if phrases is not None:
         if isinstance(phrases, str):
@@ -166,6 +222,7 @@ def grounding_prompt(
             if not occurrences:
                 raise ValueError(f"phrase {name!r} does not occur in the caption {caption!r}")
             found.append(tuple(occurrences))
+        _warn_same_spans(names, found)
         return Prompt(caption, tuple(names), tuple(found))
     pieces: list[tuple[str, Span]] = []
     cursor = 0
@@ -181,12 +238,59 @@ def grounding_prompt(
     return Prompt(caption, tuple(p for p, _ in pieces), tuple((s,) for _, s in pieces))
 
 
+def _warn_same_spans(names: Sequence[str], spans: Sequence[Sequence[Span]]) -> None:
+    # two labels on the same characters get the same tokens: the model cannot tell them apart
+    seen: dict[frozenset[Span], str] = {}
+    repeated: list[str] = []
+    for name, group in zip(names, spans):
+        key = frozenset(group)
+        if key in seen and seen[key] not in repeated:
+            repeated.append(seen[key])
+        seen.setdefault(key, name)
+    if repeated:
+        warn_prompt(
+            f"phrase(s) {', '.join(repr(n) for n in repeated[:5])} are given more than once (the same "
+            "characters of the caption): their detections are split between identical labels"
+        )
+
+
+def _is_span(value: object) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    )
+
+
 def label_scores(token_scores: torch.Tensor, positive_map: torch.Tensor) -> torch.Tensor:
     """token_scores: (..., T) probabilities; positive_map: (K, T) -> (..., K), the mean over each
     label's tokens (official `SCORE_AGG MEAN`)."""
     weights = positive_map.to(token_scores.dtype)
     weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
     return token_scores @ weights.T
+
+
+def unknown_only(
+    names: Sequence[str], token_ids: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase
+) -> list[str]:
+    """The names whose tokens (without [CLS]/[SEP]) are all the tokenizer's unknown token."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    return [name for name, ids in zip(names, token_ids) if ids and all(i == unk for i in ids)]
+
+
+def check_prompt_tokens(prompt: Prompt, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Warn (`PromptWarning`) about labels of any prompt (a caption's phrases too) that tokenize
+    to [UNK] only."""
+    texts = [" ".join(prompt.text[s:e] for s, e in spans) for spans in prompt.spans]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    unknown = unknown_only(prompt.names, ids, tokenizer)
+    if unknown:
+        warn_prompt(
+            f"phrase(s) {', '.join(repr(n) for n in unknown[:5])} are only [UNK] to the tokenizer: "
+            "the model cannot read them"
+        )
 
 
 @dataclass(frozen=True)
@@ -215,7 +319,14 @@ def chunk_class_names(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     # BERT-style pre-tokenizers split at whitespace and punctuation, so a joined prompt costs the
     # sum of its names' tokens plus one per separator; checked against the real prompt below.
-    name_tokens = [len(ids) for ids in tokenizer(names, add_special_tokens=False)["input_ids"]]
+    name_ids = tokenizer(names, add_special_tokens=False)["input_ids"]
+    name_tokens = [len(ids) for ids in name_ids]
+    unknown = unknown_only(names, name_ids, tokenizer)
+    if unknown:
+        warn_prompt(
+            f"class name(s) {', '.join(repr(n) for n in unknown[:5])} are only [UNK] to the "
+            "tokenizer: the model cannot read them, and cannot tell them apart"
+        )
     sep_tokens = (
         len(tokenizer(separator.strip(), add_special_tokens=False)["input_ids"]) if separator.strip() else 0
     )
@@ -237,10 +348,10 @@ def chunk_class_names(
         for i in group:
             cost = name_tokens[i] + (sep_tokens if i > start else 0)
             if i > start and used + cost > budget:
-                chunks.append(PromptChunk(detection_prompt(names[start:i], separator), start))
+                chunks.append(PromptChunk(detection_prompt(names[start:i], separator, check=False), start))
                 start, used, cost = i, 0, name_tokens[i]
             used += cost
-        chunks.append(PromptChunk(detection_prompt(names[start : group.stop], separator), start))
+        chunks.append(PromptChunk(detection_prompt(names[start : group.stop], separator, check=False), start))
     for chunk in chunks:
         n = len(tokenizer(chunk.prompt.text)["input_ids"])
         if n > max_tokens:  # only a tokenizer that merges across separators could get here

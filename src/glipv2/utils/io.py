@@ -5,6 +5,12 @@ An atomic write goes to a hidden temporary file in the destination folder (same 
 the final `os.replace` is atomic) whose name carries the process id and a random token (two
 processes, or two threads, writing the same file never share a temporary file); the parent folder
 is created; when writing fails the temporary file is removed and the destination is left as it was.
+
+`check_destination` is what every command that writes runs before any work: a destination that is,
+or would overwrite, one of the command's own inputs, a symlink / FIFO / device where a regular file
+or folder should go, or a folder that cannot be written is refused with a one-line `DestinationError`.
+`interruptible` turns SIGINT and SIGTERM into an `Interrupted` exception, so a long command can write
+what it finished before it exits.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import signal
+import stat
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # os.replace would swap a symlink, FIFO or device for a regular file: refuse, the user put it there
+    check_not_special(path)
     tmp = temporary_sibling(path)
     try:
         yield tmp
@@ -83,3 +94,148 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise ValueError(f"{path}: {what} file is not a JSON file ({err})") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
+
+
+# --- destinations ----------------------------------------------------------------------------------
+class DestinationError(ValueError):
+    """A destination a command must not write to (one line, naming the path and why)."""
+
+
+class MissingPath(FileNotFoundError, ValueError):
+    """A local path that does not exist (a `ValueError` too, for callers that catch those)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id `owner/name` or a preset:
+    it starts with `.`, `/` or `~`, has a backslash or more than one `/`, or its first component
+    exists here (`runs/model` with a folder `runs/`). Hub ids never start with a dot."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).exists()
+
+
+def check_not_special(path: str | os.PathLike[str], what: str = "") -> None:
+    """Refuse a symlink (even a dangling one), FIFO, socket or device at `path`: writing there would
+    replace the link, block on the FIFO, or write to the device. A missing path is fine."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    kind = (
+        "a symlink"
+        if stat.S_ISLNK(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else None
+    )
+    if kind is not None:
+        raise DestinationError(f"{what + ' ' if what else ''}{path}: is {kind}; refusing to write there")
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_destination(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    what: str = "",
+    *,
+    folder: bool = False,
+) -> Path:
+    """Refuse, before any work, a destination that would destroy something; returns `path`.
+
+    File destination (`folder=False`): refused when it is a folder, a symlink, FIFO, socket or
+    device, the same file as one of `inputs` after resolving symlinks (an input folder stands for
+    the files under it that exist), or in a folder that cannot be written (probed by creating and
+    removing a hidden file in the nearest existing folder above it; nothing else is created).
+    Folder destination (`folder=True`, e.g. `--viz DIR`): refused when it is an existing non-folder,
+    a symlink, when an input lies inside it or is it, or when it cannot be written.
+    `what` names the option in the message (`--out`). Raises `DestinationError`."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:  # e.g. a component that is a file: "Not a directory"
+        raise DestinationError(f"{label}: cannot write there ({err.strerror or err})") from None
+    if mode is not None:
+        if stat.S_ISLNK(mode):
+            raise DestinationError(f"{label}: is a symlink; refusing to write through or replace it")
+        check_not_special(path, what)
+        if folder and not stat.S_ISDIR(mode):
+            raise DestinationError(f"{label}: exists and is not a folder")
+        if not folder and stat.S_ISDIR(mode):
+            raise DestinationError(f"{label}: is a folder; give a file name")
+    target = _resolved(path)
+    for source in inputs:
+        resolved = _resolved(source)
+        if folder:
+            if _within(resolved, target):
+                raise DestinationError(f"{label}: holds the input {source}; choose another folder")
+        elif resolved == target or (mode is not None and resolved.is_dir() and _within(target, resolved)):
+            raise DestinationError(f"{label}: is the input {source}; refusing to overwrite it")
+    check_writable_folder(path if folder else path.parent, label)
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike[str], label: str) -> None:
+    """Raise `DestinationError` unless a file can be created in `folder` or, when it does not exist
+    yet, in the nearest existing folder above it (where it would be created)."""
+    probe_in = Path(folder)
+    while not probe_in.exists() and not probe_in.is_symlink() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise DestinationError(f"{label}: cannot write there ({probe_in} is not a folder)")
+    probe = temporary_sibling(probe_in / "probe")
+    try:
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as err:
+        raise DestinationError(f"{label}: cannot write there ({err.strerror or err})") from None
+
+
+# --- interruptions ---------------------------------------------------------------------------------
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM inside `interruptible()`: a BaseException like KeyboardInterrupt, so that
+    the `except Exception` of per-item error handling lets it through. `exit_code` is the shell's
+    128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM raise `Interrupted` (at the next Python bytecode: a forward pass
+    in progress finishes first); the previous handlers are back on exit. Outside the main thread,
+    where handlers cannot be set, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
