@@ -170,3 +170,16 @@ def test_saved_files_follow_the_umask(umask_002: None, model_dir: Path, tmp_path
             == 0
         )
         assert modes(converted) == {0o664} and stat.S_IMODE(converted.stat().st_mode) == 0o775
+
+
+def test_prompt_warnings_are_one_prefixed_line(
+    fixture_model_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A duplicate class name warns (`PromptWarning`) as `glipv2 predict: warning: ...` on one line,
+    not Python's two-line warning with a source line."""
+    out = tmp_path / "results.json"
+    args = ["predict", str(fixture_dir / "input.png"), "--model", str(fixture_model_dir), "--no-resize"]
+    assert main([*args, "--classes", "red circle,blue square,red circle", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert lines and all(line.startswith("glipv2 predict: warning: ") for line in lines), lines
+    assert not any("PromptWarning" in line or ".py:" in line for line in lines)

@@ -185,11 +185,6 @@ def test_fuzz_coco_evaluation_reader(shapes_dir: Path, data: st.DataObject, raw:
     _fuzz_evaluation_reader(shapes_dir, data, raw, "coco")
 
 
-@pytest.mark.xfail(
-    reason="evaluation/grounding.py (outside this change) raises TypeError on an 'annotations' or "
-    "'images' that is not a list (lines 143, 203, 373): reported for a fix there",
-    strict=False,
-)
 @pytest.mark.parametrize("reader", ["flickr", "refexp"])
 @FUZZ
 @given(data=st.data(), raw=st.none() | st.binary(max_size=64))
@@ -197,6 +192,19 @@ def test_fuzz_grounding_evaluation_readers(
     shapes_dir: Path, data: st.DataObject, raw: bytes | None, reader: str
 ) -> None:
     _fuzz_evaluation_reader(shapes_dir, data, raw, reader)
+
+
+@pytest.mark.parametrize("key", ["images", "annotations"])
+def test_grounding_evaluation_readers_refuse_a_field_that_is_not_a_list(tmp_path: Path, key: str) -> None:
+    # found by the fuzzer: a TypeError deep in the Flickr / RefCOCO readers (fixed in read_annotations)
+    from glipv2.evaluation.grounding import load_flickr, load_refexp
+
+    document: dict[str, Any] = {"images": [], "annotations": [], key: {"0": 1}}
+    path = tmp_path / "grounding.json"
+    path.write_text(json.dumps(document))
+    for load in (load_flickr, load_refexp):
+        with pytest.raises(ValueError, match=f"{key} must be a list"):
+            load(path)
 
 
 @FUZZ

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from typing import TextIO
 
 from . import __version__
 from .modeling import list_models
@@ -63,14 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings of glipv2's own (e.g. `PromptWarning`) as one line `glipv2 COMMAND: warning: ...`
+    instead of Python's two-line format with a source line; other libraries' stay as they are."""
+    default = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__module__.startswith("glipv2"):
+            print(f"glipv2 {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = warnings.showwarning
+    _one_line_warnings(args.command)
     try:
         return int(args.func(args))
     # Ctrl-C where a command does not handle it itself (loading a model, writing): one line, no traceback
     except KeyboardInterrupt:
         print(f"glipv2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

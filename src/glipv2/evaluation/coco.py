@@ -53,6 +53,9 @@ def read_annotations(ann_file: str | Path, required: Sequence[str]) -> dict[str,
     missing = [key for key in required if not isinstance(data, dict) or key not in data]
     if missing:
         raise ValueError(f"{ann_file}: not a COCO-style annotation file (missing {', '.join(missing)})")
+    not_lists = [key for key in required if not isinstance(data[key], list)]
+    if not_lists:
+        raise ValueError(f"{ann_file}: {', '.join(not_lists)} must be a list (a COCO-style annotation file)")
     return data
 
 

@@ -198,6 +198,7 @@ class Predictor:
         spans: Sequence[Span | Sequence[Span]] | None = None,
     ) -> Vocabulary:
         prompt = grounding_prompt(caption, phrases, spans)
+        self.processor.check_prompt(prompt)  # a phrase the tokenizer reads as [UNK] only: PromptWarning
         encoded = self.encode(prompt.text)  # needed for the forward anyway; cached from here on
         prompt.positive_map(encoded.offsets, encoded.attention_mask)  # every phrase must fit the token slots
         return Vocabulary(list(prompt.names), [PromptChunk(prompt, 0)], prompt.text)
