@@ -28,6 +28,7 @@ import torch
 from glipv2.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train_interrupts import train_args
 from test_trainer import REPO, make_dataset, make_trainer, tiny_model
 
 # A "zygote": imports torch and glipv2 once (5 s on a small CPU), then forks one training process per
@@ -252,20 +253,7 @@ def cli_args(tiny_config: Any, tmp_path: Path, out: Path, **fields: Any) -> list
     config = tmp_path / "train.json"
     recipe = {"batch_size": 2, "min_sizes": [64], "max_size": 96, "warmup_steps": 1, "log_every": 1}
     config.write_text(json.dumps({**recipe, **fields}))
-    return [
-        "train",
-        "--model",
-        str(model),
-        "--train-ann",
-        str(data / "instances.json"),
-        "--train-images",
-        str(data / "images"),
-        "--no-val",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-    ]
+    return train_args(model, data, out, config)
 
 
 def error_lines(err: str) -> list[str]:

@@ -28,7 +28,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -59,6 +58,7 @@ from ..utils.io import (
     check_not_special,
     check_writable_folder,
     interruptible,
+    stop_signals_handled_by,
 )
 from .train_config import TrainConfig
 
@@ -642,21 +642,14 @@ class Trainer:
         once (`Interrupted`), the last checkpoint intact. Outside the main thread, where handlers
         cannot be set, it does nothing."""
         self._stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
         def handler(signum: int, _frame: object) -> None:
             if self._stop_signal is not None:
                 raise Interrupted(signum)
             self._stop_signal = signum
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_signals_handled_by(handler):
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     def _agreed_stop_signal(self) -> int:
         """The stop signal received by any rank (0 for none): every rank stops at the same step,

@@ -21,7 +21,7 @@ import secrets
 import signal
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,20 +222,27 @@ class Interrupted(BaseException):
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
-    """Inside, SIGINT and SIGTERM raise `Interrupted` (at the next Python bytecode: a forward pass
-    in progress finishes first); the previous handlers are back on exit. Outside the main thread,
-    where handlers cannot be set, it does nothing."""
+def stop_signals_handled_by(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM call `handler(signum, frame)`; the previous handlers are back on
+    exit. Outside the main thread, where handlers cannot be set, it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM raise `Interrupted` (at the next Python bytecode: a forward pass
+    in progress finishes first)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    with stop_signals_handled_by(handler):
+        yield
