@@ -24,6 +24,7 @@ from PIL import Image
 import glipv2
 from glipv2 import GLIPv2, GLIPv2Config, GLIPv2Processor, Predictor
 from glipv2.convert import ConversionReport, convert_state_dict, load_official_checkpoint
+from glipv2.modeling.text_encoder import BERT_CONFIG_KEYS
 from glipv2.processing.postprocess import PostProcessor
 from glipv2.processing.text import load_tokenizer
 
@@ -45,21 +46,6 @@ settings.register_profile(
     suppress_health_check=_FUZZ_QUIET,
 )
 
-# The BertConfig fields a GLIPv2Config's `text_encoder` dict carries.
-BERT_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "layer_norm_eps",
-    "pad_token_id",
-)
 
 # A BERT small enough that the text side costs nothing (vocab kept: the real tokenizer is used).
 TINY_BERT: dict[str, Any] = {
@@ -90,7 +76,7 @@ def build_fixture_config(fixture_dir: Path) -> GLIPv2Config:
         fpn_channels=64,
         head_channels=64,
         num_head_blocks=2,
-        text_encoder={k: bert[k] for k in BERT_KEYS},
+        text_encoder={k: bert[k] for k in BERT_CONFIG_KEYS},
     )
 
 

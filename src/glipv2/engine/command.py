@@ -131,6 +131,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from ..data.transforms import build_train_transforms
     from ..inference.predictor import Predictor
     from ..loading import load_model
+    from ..modeling.heads import LossConfig
     from ..processing.processor import GLIPv2Processor
     from ..utils import distributed
     from ..utils.io import Interrupted
@@ -218,10 +219,11 @@ def _run_train(args: argparse.Namespace) -> int:
         def evaluate(m: Any) -> dict[str, Any]:
             return evaluate_detection(Predictor(m, processor), val_ann, val_images, limit=args.val_limit)
 
-    # L_mlm's token corruption is done with the data, when the model has the MLM head
+    # L_mlm's token corruption is done with the data, when the loss is on (the Trainer builds the
+    # same LossConfig from the same two sources)
     mlm = (
         MaskingVocab.from_tokenizer(processor.tokenizer)
-        if "mlm" in model.heads and config.losses.get("use_mlm", True)
+        if LossConfig.for_model(model.config, **config.losses).use_mlm
         else None
     )
     trainer = Trainer(

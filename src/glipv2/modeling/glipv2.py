@@ -133,7 +133,7 @@ class GLIPv2(nn.Module):
                 f"{self.config.name} has no head(s) {', '.join(unknown)}; it has {', '.join(self.heads)}"
             )
         # an option of a head this model lacks is ignored (e.g. return_mlm_logits); a typo is an error
-        if unexpected := sorted(set(head_options) - registered_head_options()):
+        if head_options and (unexpected := sorted(set(head_options) - registered_head_options())):
             raise TypeError(
                 f"GLIPv2.forward: unexpected argument(s) {', '.join(unexpected)} (the heads take "
                 f"{', '.join(sorted(registered_head_options()))})"

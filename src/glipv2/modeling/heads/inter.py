@@ -40,6 +40,7 @@ class RegionWordContrastiveHead(TaskHead):
     It has no inference output: only a loss."""
 
     name = "inter"
+    loss_key = "inter"
 
     def __init__(self, config: GLIPv2Config) -> None:
         super().__init__()
@@ -54,22 +55,16 @@ class RegionWordContrastiveHead(TaskHead):
     def forward(self, core: CoreOutput, inputs: HeadInputs) -> dict[str, Any]:
         return {}
 
-    def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
-        cfg = context.config
-        if not cfg.use_inter:
-            return {}
-        return {
-            "loss_inter": cfg.inter_weight
-            * self.loss_inter(
-                output.region_features,
-                output.token_features,
-                output.text_attention_mask,
-                context.assignments,
-                targets,
-                context.num_pos,
-                cfg.inter_max_regions,
-            )
-        }
+    def unweighted_loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> torch.Tensor:
+        return self.loss_inter(
+            output.region_features,
+            output.token_features,
+            output.text_attention_mask,
+            context.assignments,
+            targets,
+            context.num_pos,
+            context.config.inter_max_regions,
+        )
 
     def prepare_target(
         self,
@@ -79,7 +74,7 @@ class RegionWordContrastiveHead(TaskHead):
         config: LossConfig,
         index: int,
     ) -> None:
-        if not config.use_inter:
+        if not self.loss_active(config):
             return
         for key in ("labels", "token_labels"):
             if key not in target:

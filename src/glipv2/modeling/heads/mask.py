@@ -49,6 +49,7 @@ class LanguageAwareMaskHead(TaskHead):
     """
 
     name = "mask"
+    loss_key = "mask"
     options = ("mask_boxes", "mask_token_weights")
 
     def __init__(self, config: GLIPv2Config) -> None:
@@ -136,11 +137,8 @@ class LanguageAwareMaskHead(TaskHead):
         return list(logits.clamp(-LOGIT_CLAMP, LOGIT_CLAMP).split(counts))
 
     # --- L_mask ----------------------------------------------------------------------------------
-    def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
-        cfg = context.config
-        if not cfg.use_mask:
-            return {}
-        return {"loss_mask": cfg.mask_weight * self.loss_mask(output.mask_logits, targets)}
+    def unweighted_loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> torch.Tensor:
+        return self.loss_mask(output.mask_logits, targets)
 
     def prepare_target(
         self,
@@ -150,7 +148,7 @@ class LanguageAwareMaskHead(TaskHead):
         config: LossConfig,
         index: int,
     ) -> None:
-        if not config.use_mask or "masks" not in target:
+        if not self.loss_active(config) or "masks" not in target:
             return
         masks = torch.as_tensor(target["masks"], device=prepared["boxes"].device)
         num_boxes = prepared["boxes"].shape[0]

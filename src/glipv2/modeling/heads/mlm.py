@@ -34,6 +34,7 @@ class MLMHead(TaskHead):
     `return_mlm_logits=True`."""
 
     name = "mlm"
+    loss_key = "mlm"
     options = ("return_mlm_logits",)
 
     def __init__(self, config: GLIPv2Config) -> None:
@@ -58,11 +59,8 @@ class MLMHead(TaskHead):
     def forward(self, core: CoreOutput, inputs: HeadInputs) -> dict[str, Any]:
         return {"mlm_logits": self.logits(core.fused_token_features)}
 
-    def loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> dict[str, torch.Tensor]:
-        cfg = context.config
-        if not cfg.use_mlm:
-            return {}
-        return {"loss_mlm": cfg.mlm_weight * self.loss_mlm(output.mlm_logits, targets)}
+    def unweighted_loss(self, output: GLIPv2Output, targets: Targets, context: LossContext) -> torch.Tensor:
+        return self.loss_mlm(output.mlm_logits, targets)
 
     def prepare_target(
         self,
@@ -72,7 +70,7 @@ class MLMHead(TaskHead):
         config: LossConfig,
         index: int,
     ) -> None:
-        if not config.use_mlm:
+        if not self.loss_active(config):
             return
         device = prepared["boxes"].device
         if "mlm_labels" in target:
