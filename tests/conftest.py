@@ -217,3 +217,24 @@ def random_image() -> Callable[..., Image.Image]:
         return Image.fromarray(pixels)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def understanding_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model with a VQA head (answers yes/no/2/red) and a caption head, saved with its
+    processor (small test sizes), as `glipv2 predict / eval --model` read it."""
+    torch.manual_seed(0)
+    config = make_tiny_config(
+        pad_to_max_query_len=False,
+        vqa_answers=("yes", "no", "2", "red"),
+        caption_head=True,
+        test_min_size=64,
+        test_max_size=96,
+    )
+    model = GLIPv2(config).eval()
+    with torch.no_grad():  # a head that prefers a few tokens, so that captions are not all one token
+        model.heads["caption"].bias.normal_(0, 2.0)
+    folder = tmp_path_factory.mktemp("understanding_model")
+    model.save_pretrained(folder)
+    GLIPv2Processor.from_config(config).save_pretrained(folder)
+    return folder

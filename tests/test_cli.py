@@ -58,3 +58,19 @@ def test_demo_with_weights_writes_detection_and_grounding(
     )
     printed = capsys.readouterr().out
     assert printed.count("ground truth:") == 4 and "caption:" in printed
+
+
+def test_demo_with_a_multi_task_model_asks_and_describes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, understanding_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    assert main(["demo", "--weights", str(understanding_model_dir), "--out", str(out)]) == 0
+    answers = sorted((out / "vqa").glob("*.json"))
+    assert len(answers) == 4 and len(list((out / "vqa").glob("*.png"))) == 4
+    asked = [json.loads(a.read_text()) for a in answers]
+    assert all(len(d["images"][0]["answers"]) == 3 for d in asked)
+    captions = json.loads((out / "captions.json").read_text())["images"]
+    assert len(captions) == 4 and all(c["generated_caption"] for c in captions)
+    printed = capsys.readouterr().out
+    assert printed.count("asked:") == 4 and printed.count("generated:") == 4
+    assert "detection, grounding, VQA, captioning" in printed

@@ -4,10 +4,9 @@ exit status 2 with one `glipv2 predict:` line (argparse's usage error for a malf
 
 Targets: the prompt builders and positive maps; the COCO and MDETR grounding json readers of
 training (`build_grounding_dataset`) and evaluation (`coco_benchmark`, `flickr_benchmark`,
-`refexp_benchmark`), seeded with the json files ShapesWorld writes and mutated (ShapesWorld's
-`vqa.json` and `captions.json` have no reader in glipv2 yet: they are fuzzed through the shared
-JSON reader only); the yacs config reader; the image reader (random bytes, truncated and corrupted
-files of every format); `glipv2 predict`'s option parsing.
+`refexp_benchmark`), the VQAv2 and captions readers (`VQADataset`, `CaptionDataset`), all seeded with
+the json files ShapesWorld writes and mutated; the yacs config reader; the image reader (random
+bytes, truncated and corrupted files of every format); `glipv2 predict`'s option parsing.
 
 Size: the "ci" hypothesis profile of tests/conftest.py (50 examples per target, derandomized) in
 `make test`; `GLIPV2_FUZZ=long` selects the "long" profile (2000 examples per target, or
@@ -207,17 +206,49 @@ def test_grounding_evaluation_readers_refuse_a_field_that_is_not_a_list(tmp_path
             load(path)
 
 
+def _read_first_sample_of_each_image(dataset: Any, image_of: Callable[[int], Any]) -> None:
+    """Every distinct image once (loading is what varies; the records were all checked up front)."""
+    seen: set[Any] = set()
+    for index in range(len(dataset)):
+        key = image_of(index)
+        if key not in seen:
+            seen.add(key)
+            dataset[index]
+
+
 @FUZZ
 @given(data=st.data(), raw=st.none() | st.binary(max_size=64))
-def test_fuzz_vqa_and_captions_json(shapes_dir: Path, data: st.DataObject, raw: bytes | None) -> None:
-    # no glipv2 reader consumes these yet: the shared JSON reader must still fail cleanly
-    from glipv2.utils.io import read_json
+def test_fuzz_vqa_json_reader(shapes_dir: Path, data: st.DataObject, raw: bytes | None) -> None:
+    # either file may be the mutated one (or raw bytes); the other stays as ShapesWorld wrote it
+    from glipv2.data.vqa import VQADataset
 
-    source = data.draw(st.sampled_from(["vqa.json", "captions.json"]))
-    document = mutate(json.loads((shapes_dir / source).read_text()), data)
-    path = _json_file(shapes_dir, f"fuzz_{source}", document, raw)
+    files = {name: shapes_dir / name for name in ("vqa_questions.json", "vqa_annotations.json")}
+    source = data.draw(st.sampled_from(sorted(files)))
+    document = mutate(json.loads(files[source].read_text()), data)
+    files[source] = _json_file(shapes_dir, f"fuzz_{source}", document, raw)
+    annotated = data.draw(st.booleans())
     with only_clear_errors():
-        read_json(path, "annotation")
+        dataset = VQADataset(
+            files["vqa_questions.json"],
+            shapes_dir / "images",
+            files["vqa_annotations.json"] if annotated else None,
+        )
+        assert len(dataset) == len(dataset.questions) == len(dataset.answer_lists())
+        _read_first_sample_of_each_image(dataset, lambda i: dataset.questions[i]["image_id"])
+
+
+@FUZZ
+@given(data=st.data(), raw=st.none() | st.binary(max_size=64))
+def test_fuzz_captions_json_reader(shapes_dir: Path, data: st.DataObject, raw: bytes | None) -> None:
+    from glipv2.data.captions import CaptionDataset
+
+    document = mutate(json.loads((shapes_dir / "captions.json").read_text()), data)
+    path = _json_file(shapes_dir, "fuzz_captions.json", document, raw)
+    with only_clear_errors():
+        dataset = CaptionDataset(path, shapes_dir / "images")
+        references = dataset.references()
+        assert len(references) == len(dataset) and all(references.values())
+        _read_first_sample_of_each_image(dataset, lambda i: i)
 
 
 # --- yacs config reader ---------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """`glipv2 demo` (what `make demo` runs).
 
 With the shipped weights (`weights/glipv2_tiny_shapes`, trained by `scripts/train_tiny_shapes.sh`)
-it generates a few ShapesWorld images and runs `glipv2 predict` on them twice — detection with the
-36 colour+shape names as the class prompt (one label per box: the names share their colour and shape
-words), and grounding of each image's own caption — writing
-JSON and annotated PNGs under `demo_out/` and printing what was found next to the ground truth.
+it generates a few ShapesWorld images and runs `glipv2 predict` on them for all six tasks — detection
+with the 36 colour+shape names as the class prompt (one label per box: the names share their colour
+and shape words) and each box's mask (instance segmentation), grounding of each image's own caption
+with masks (referring segmentation), one question per image (VQA) and a generated caption per image —
+writing JSON and annotated PNGs under `demo_out/` and printing what was found next to the ground truth.
 Without them (e.g. a non-editable install), it runs one forward pass of a preset with random
 detection weights and summarises the shapes, which shows what the network computes, not detections.
 """
@@ -80,7 +81,9 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
     try:
         check_destination(out, what="--out", folder=True)
         check_destination(out / "detection.json", model_files, "--out")
-        for folder in ("detection", "grounding", "shapes"):
+        for name in ("answers.json", "captions.json"):
+            check_destination(out / name, model_files, "--out")
+        for folder in ("detection", "grounding", "vqa", "captions", "shapes"):
             check_destination(out / folder, model_files, "--out", folder=True)
     except DestinationError as err:
         raise DemoError(str(err)) from None
@@ -145,6 +148,7 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
         ):
             raise DemoError("a grounding run failed; see the message above")
         grounded.append(read_json(result, "predictions"))
+    answers, captions = _understanding(weights, data, images, grounding["images"], out)
     seconds = time.perf_counter() - t0
 
     detections = read_json(detection_json, "predictions")
@@ -152,11 +156,11 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
     by_id = {c["id"]: c["name"] for c in instances["categories"]}
     for ann in instances["annotations"]:
         truth.setdefault(ann["image_id"], Counter())[by_id[ann["category_id"]]] += 1
+    tasks = "detection, grounding" + (", VQA" if answers else "") + (", captioning" if captions else "")
     print(
-        f"{weights}: detection and grounding on {len(images)} ShapesWorld images in {seconds:.1f} s "
-        f"(scores >= {DEMO_THRESHOLD})"
+        f"{weights}: {tasks} on {len(images)} ShapesWorld images in {seconds:.1f} s (scores >= {DEMO_THRESHOLD})"
     )
-    for entry, info, ground in zip(detections["images"], grounding["images"], grounded):
+    for index, (entry, info, ground) in enumerate(zip(detections["images"], grounding["images"], grounded)):
         found = Counter(d["label"] for d in entry.get("detections", []))
         print(f"\n{Path(entry['file']).name}  caption: {info['caption']!r}")
         print(f"  ground truth: {_counts(truth.get(info['id'], Counter()))}")
@@ -165,8 +169,81 @@ def run_trained_demo(weights: Path, out: Path, num_images: int = 4, seed: int = 
         for d in ground["images"][0].get("detections", []):
             best.setdefault(d["label"], d["score"])
         print("  grounded:     " + (", ".join(f"{p!r} {s:.2f}" for p, s in best.items()) or "nothing"))
-    print(f"\nJSON and annotated PNGs: {detection_json}, {out / 'detection'}/, {out / 'grounding'}/")
-    return {"detection": detections, "grounding": grounded}
+        if index in answers:
+            question, truth_answer, result = answers[index]
+            got = result.get("answers", [{"answer": "(failed)", "score": 0.0}])[0]
+            print(
+                f"  asked:        {question!r} -> {got['answer']!r} {got['score']:.2f} (truth {truth_answer!r})"
+            )
+        if captions:
+            print(f"  generated:    {captions['images'][index].get('generated_caption', '(failed)')!r}")
+    folders = [f"{out / 'detection'}/", f"{out / 'grounding'}/"]
+    folders += [f"{out / 'vqa'}/"] if answers else []
+    folders += [f"{out / 'captions'}/"] if captions else []
+    print(f"\nJSON and annotated PNGs: {detection_json}, {', '.join(folders)}")
+    return {
+        "detection": detections,
+        "grounding": grounded,
+        "answers": [a[2] for a in answers.values()],
+        "captions": captions,
+    }
+
+
+# the question types the demo asks, one per image in turn
+DEMO_QUESTION_TYPES = ("count", "colour", "relative position", "existence", "shape", "size")
+
+
+def _understanding(
+    weights: Path, data: Path, images: list[str], infos: list[dict], out: Path
+) -> tuple[dict[int, tuple[str, str, dict]], dict | None]:
+    """One question per image (`glipv2 predict --question`) and a caption for every image
+    (`--describe`), when the model has those heads: ({image index: (question, true answer, result
+    entry)}, captions document or None)."""
+    from .inference.command import predict_main as main
+
+    config = read_json(weights / "config.json", "model config")
+    answers: dict[int, tuple[str, str, dict]] = {}
+    if config.get("vqa_answers") and (data / "vqa_questions.json").is_file():
+        questions = read_json(data / "vqa_questions.json", "VQA questions")["questions"]
+        truth = {
+            a["question_id"]: a
+            for a in read_json(data / "vqa_annotations.json", "VQA annotations")["annotations"]
+        }
+        for index, (image, info) in enumerate(zip(images, infos)):
+            mine = [q for q in questions if q["image_id"] == info["id"]]
+            wanted = DEMO_QUESTION_TYPES[index % len(DEMO_QUESTION_TYPES)]
+            typed = [q for q in mine if truth[q["question_id"]]["question_type"] == wanted] or mine
+            if not typed:
+                continue
+            q = typed[0]
+            result = out / "vqa" / f"{Path(image).stem}.json"
+            args = ["predict", image, "--model", str(weights), "--question", q["question"], "--top-k", "3"]
+            if main([*args, "--out", str(result), "--viz", str(out / "vqa")]) != 0:
+                raise DemoError("a VQA run failed; see the message above")
+            entry = read_json(result, "answers")["images"][0]
+            answers[index] = (q["question"], truth[q["question_id"]]["multiple_choice_answer"], entry)
+    captions = None
+    if config.get("caption_head"):
+        result = out / "captions.json"
+        if (
+            main(
+                [
+                    "predict",
+                    *images,
+                    "--model",
+                    str(weights),
+                    "--describe",
+                    "--out",
+                    str(result),
+                    "--viz",
+                    str(out / "captions"),
+                ]
+            )
+            != 0
+        ):
+            raise DemoError("the captioning run failed; see the message above")
+        captions = read_json(result, "captions")
+    return answers, captions
 
 
 def _counts(counter: Counter[str]) -> str:

@@ -39,7 +39,13 @@ from pycocotools.coco import COCO  # noqa: E402
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-JSON_FILES = ("instances.json", "grounding.json", "vqa.json", "captions.json")
+JSON_FILES = (
+    "instances.json",
+    "grounding.json",
+    "vqa_questions.json",
+    "vqa_annotations.json",
+    "captions.json",
+)
 PLURALS = {
     "circles": "circle",
     "squares": "square",
@@ -221,7 +227,7 @@ def test_split_rule(datasets: dict[str, Path]) -> None:
             texts += [
                 r["expression"] for g in load(directory, "grounding.json")["images"] for r in g["refexps"]
             ]
-            texts += [q["question"] for q in load(directory, "vqa.json")]
+            texts += [q["question"] for q in load(directory, "vqa_questions.json")["questions"]]
             texts += [c["caption"] for c in load(directory, "captions.json")["annotations"]]
             pattern = re.compile(r"\b(" + "|".join(HELDOUT_NAMES) + r")")
             assert not [t for t in texts if pattern.search(t)]
@@ -319,17 +325,58 @@ def test_referring_expressions_single_out_their_target(datasets: dict[str, Path]
         assert kinds["attribute"] > 20 and kinds["extreme"] > 10 and kinds["relation"] > 10, kinds
 
 
+def vqa_records(directory: Path, split: str) -> list[dict[str, Any]]:
+    """The questions joined with their annotations, after checking both files' VQAv2 layout."""
+    questions, annotations = load(directory, "vqa_questions.json"), load(directory, "vqa_annotations.json")
+    assert set(questions) == {"info", "task_type", "data_type", "data_subtype", "questions", "images"}
+    assert set(annotations) == {"info", "data_type", "data_subtype", "annotations"}
+    assert questions["task_type"] == "Open-Ended"
+    assert questions["data_type"] == annotations["data_type"] == "shapes_world"
+    assert questions["data_subtype"] == annotations["data_subtype"] == split
+    file_names = {im["id"]: im["file_name"] for im in load(directory, "instances.json")["images"]}
+    assert {im["id"]: im["file_name"] for im in questions["images"]} == file_names
+    assert [q["question_id"] for q in questions["questions"]] == list(
+        range(1, len(questions["questions"]) + 1)
+    )
+    by_id = {a["question_id"]: a for a in annotations["annotations"]}
+    assert len(by_id) == len(annotations["annotations"]) == len(questions["questions"])
+    records = []
+    for q in questions["questions"]:
+        assert set(q) == {"image_id", "question", "question_id"}
+        ann = by_id[q["question_id"]]
+        assert set(ann) == {
+            "question_id",
+            "image_id",
+            "question_type",
+            "answer_type",
+            "multiple_choice_answer",
+            "answers",
+        }
+        assert ann["image_id"] == q["image_id"] and q["image_id"] in file_names
+        answer = ann["multiple_choice_answer"]
+        assert ann["answers"] == [
+            {"answer": answer, "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)
+        ]
+        records.append(
+            {**q, "answer": answer, "type": ann["question_type"], "answer_type": ann["answer_type"]}
+        )
+    return records
+
+
+ANSWER_TYPES = {"count": "number", "existence": "yes/no", "relative position": "yes/no"}
+
+
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_vqa_answers_are_true(datasets: dict[str, Path], split: str) -> None:
     directory = datasets[split]
     _, anns = instances_by_image(directory)
     types: Counter[str] = Counter()
     answers: Counter[str] = Counter()
-    for qa in load(directory, "vqa.json"):
-        assert set(qa) == {"question_id", "image_id", "question", "answer", "type"}
+    for qa in vqa_records(directory, split):
         objects, question, answer = anns[qa["image_id"]], qa["question"], qa["answer"]
         types[qa["type"]] += 1
         answers[answer] += 1
+        assert qa["answer_type"] == ANSWER_TYPES.get(qa["type"], "other"), qa
         if m := re.fullmatch(r"how many (.+) are there\?", question):
             assert qa["type"] == "count"
             assert answer == str(sum(fits(a, parse_descriptor(m[1])) for a in objects)), qa
@@ -343,7 +390,7 @@ def test_vqa_answers_are_true(datasets: dict[str, Path], split: str) -> None:
         elif m := re.fullmatch(
             r"is the (.+?) (to the left of|to the right of|above|below) the (.+)\?", question
         ):
-            assert qa["type"] == "relation"
+            assert qa["type"] == "relative position"
             a_hits = [a for a in objects if fits(a, parse_descriptor(m[1]))]
             b_hits = [a for a in objects if fits(a, parse_descriptor(m[3]))]
             assert len(a_hits) == len(b_hits) == 1, qa
@@ -354,8 +401,27 @@ def test_vqa_answers_are_true(datasets: dict[str, Path], split: str) -> None:
                 assert answer == "no" and clearly_not(rel, a_hits[0], b_hits[0]), qa
         else:
             pytest.fail(f"unexpected question {question!r}")
-    assert set(types) == {"count", "colour", "shape", "size", "existence", "relation"}
+    assert set(types) == {"count", "colour", "shape", "size", "existence", "relative position"}
     assert answers["yes"] > 0 and answers["no"] > 0
+
+
+# The five caption templates; `listed` is "a red circle, two blue squares and ..." (sizes only in the last)
+CAPTION_TEMPLATES = {
+    "pairs on background": r"(?P<listed>.+) on a (?P<background>\w+) background\.",
+    "count on background": r"(?P<count>\w+) objects? on a (?P<background>\w+) background: (?P<listed>.+)\.",
+    "background with": r"a (?P<background>\w+) background with (?P<listed>.+)\.",
+    "there are": r"there (?P<verb>is|are) (?P<count>\w+) (?P<noun>objects?): (?P<listed>.+)\.",
+    "listing": r"(?P<listed>.+)\.",
+}
+
+
+def parse_caption(text: str) -> tuple[str, re.Match[str]]:
+    """The template a caption follows (the first that matches: the plain listing, which matches any
+    sentence, comes last) and its match."""
+    for name, pattern in CAPTION_TEMPLATES.items():
+        if m := re.fullmatch(pattern, text):
+            return name, m
+    pytest.fail(f"caption of no template: {text!r}")
 
 
 def test_captions_list_the_objects(datasets: dict[str, Path]) -> None:
@@ -364,30 +430,36 @@ def test_captions_list_the_objects(datasets: dict[str, Path]) -> None:
     doc = load(directory, "captions.json")
     assert [im["id"] for im in doc["images"]] == list(images)
     per_image = Counter(c["image_id"] for c in doc["annotations"])
-    assert set(per_image) == set(images) and len({c["id"] for c in doc["annotations"]}) == len(
-        doc["annotations"]
-    )
+    assert per_image == dict.fromkeys(images, 5)
+    assert [c["id"] for c in doc["annotations"]] == list(range(1, len(doc["annotations"]) + 1))
+    templates: dict[int, list[str]] = {}
     for cap in doc["annotations"]:
         text, image = cap["caption"], images[cap["image_id"]]
         objects = anns[cap["image_id"]]
-        m = re.fullmatch(r"(.+) on a (\w+) background\.", text)
-        if m is None:  # "three objects on a striped background: two circles and a star."
-            m = re.fullmatch(r"(\w+) objects? on a (\w+) background: (.+)\.", text)
-            assert m, text
-            assert NUMBERS[m[1]] == len(objects)
-            listed = m[3]
-        else:
-            listed = m[1]
-        assert m[2] == image["background"]
-        said: Counter[tuple[str | None, str | None]] = Counter()
-        for item in re.split(r", | and ", listed):
+        template, m = parse_caption(text)
+        templates.setdefault(cap["image_id"], []).append(template)
+        groups = m.groupdict()
+        if "background" in groups:
+            assert m["background"] == image["background"], text
+        else:  # a plain listing says nothing of the background
+            assert not re.search(r"\bbackground\b", text), text
+        if "count" in groups:
+            assert NUMBERS[m["count"]] == len(objects), text
+            if "noun" in groups:  # "there is one object" / "there are two objects"
+                one = len(objects) == 1
+                assert (m["verb"], m["noun"]) == (("is", "object") if one else ("are", "objects")), text
+        said: Counter[Desc] = Counter()
+        for item in re.split(r", | and ", m["listed"]):
             number, _, words = item.partition(" ")
-            _, colour, shape = parse_descriptor(words)
-            said[(colour, shape)] += NUMBERS[number]
-        if all(colour is not None for colour, _ in said):
-            assert said == Counter((a["colour"], a["shape"]) for a in objects), text
+            said[parse_descriptor(words)] += NUMBERS[number]
+        sizes, colours = {s for s, _, _ in said}, {c for _, c, _ in said}
+        if None not in sizes:  # the plain listing names every object's size, colour and shape
+            assert said == Counter((a["size"], a["colour"], a["shape"]) for a in objects), text
+        elif None not in colours:
+            assert said == Counter((None, a["colour"], a["shape"]) for a in objects), text
         else:
-            assert said == Counter((None, a["shape"]) for a in objects), text
+            assert said == Counter((None, None, a["shape"]) for a in objects), text
+    assert all(t == list(CAPTION_TEMPLATES) for t in templates.values()), templates
 
 
 def test_render_scene_on_the_fly() -> None:
@@ -412,6 +484,15 @@ def test_cli_writes_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert (out / name).is_file()
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"val_{i:06d}.png" for i in range(3)]
     assert len(load(out, "instances.json")["images"]) == 3
+
+
+def test_a_split_of_the_old_layout_is_replaced_whole(tmp_path: Path) -> None:
+    # earlier versions wrote one vqa.json instead of the two VQAv2 files: such a folder is still a split
+    out = tmp_path / "old"
+    generate_shapes_world(out, 1, seed=0)
+    (out / "vqa_questions.json").rename(out / "vqa.json")
+    generate_shapes_world(out, 1, seed=0)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["images", *JSON_FILES])
 
 
 @pytest.mark.parametrize(

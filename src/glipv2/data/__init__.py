@@ -1,5 +1,7 @@
-"""Data: the ShapesWorld synthetic dataset (exported here) and the training-data pipeline (submodules)."""
+"""Data: the ShapesWorld synthetic dataset and the VQA / captioning readers (exported here), and the
+training-data pipeline (submodules)."""
 
+from .captions import CaptionDataset, CaptionSample
 from .shapes_world import (
     BACKGROUNDS,
     CATEGORIES,
@@ -18,6 +20,7 @@ from .shapes_world import (
     render_scene,
     split_pairs,
 )
+from .vqa import VQADataset, VQASample
 
 __all__ = [
     "BACKGROUNDS",
@@ -28,8 +31,12 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "SPLITS",
+    "CaptionDataset",
+    "CaptionSample",
     "ShapeObject",
     "ShapesExample",
+    "VQADataset",
+    "VQASample",
     "generate_shapes_world",
     "get_categories",
     "image_rng",

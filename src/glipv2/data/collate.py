@@ -56,6 +56,9 @@ class TrainingBatch:
     captions: list[str]
     image_ids: list[Any]
     skipped: list[str] = field(default_factory=list)
+    # the heads this batch trains (None: the localisation heads; see `glipv2.data.tasks`) and its task
+    heads: tuple[str, ...] | None = None
+    task: str = "grounding"
 
     def __len__(self) -> int:
         return int(self.pixel_values.shape[0])
@@ -70,6 +73,8 @@ class TrainingBatch:
             self.captions,
             self.image_ids,
             self.skipped,
+            self.heads,
+            self.task,
         )
 
 

@@ -64,8 +64,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p = kinds.add_parser(
         "shapes",
         help="ShapesWorld: coloured shapes with boxes, masks, captions, refexps and VQA",
-        description="Write a deterministic ShapesWorld split: DIR/images/*.png, instances.json, grounding.json, "
-        "vqa.json and captions.json. Same seed and split, same bytes.",
+        description="Write a deterministic ShapesWorld split: DIR/images/*.png, instances.json, "
+        "grounding.json, vqa_questions.json and vqa_annotations.json (VQAv2 layout) and captions.json (COCO captions). "
+        "Same seed and split, same bytes.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--num-images", required=True, type=_positive_int, metavar="N", help="images to generate")

@@ -8,8 +8,9 @@ noisy background. Later objects are drawn over earlier ones; an object's instanc
 Two objects of the same colour never touch: their union would read as one blob.
 
 Besides COCO instances, every image gets one grounding caption with phrase character spans, referring
-expressions, VQA pairs and two captions. The geometry the language relies on is defined here, and the
-tests check the files against these definitions independently of the generator:
+expressions, VQA questions (in the VQAv2 questions/annotations layout, ten agreeing answers each) and
+five captions (COCO captions). The geometry the language relies on is defined here, and the tests check
+the files against these definitions independently of the generator:
 
 * the position of an object is its visible box (x, y, w, h); its centre is (x + w/2, y + h/2);
 * "A to the left of B" holds when A's box ends where B's begins or before (x_A + w_A <= x_B); "right
@@ -96,6 +97,9 @@ _SAME_COLOUR_GAP = 3  # px between the boxes of two objects of the same colour
 _NORMAL_TABLE = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 _DIRECTIONS = ("leftmost", "rightmost", "topmost", "bottommost")
+# VQAv2 answer types of the question types; every other type ("colour", "shape", "size") is "other"
+_ANSWER_TYPES: dict[str, str] = {"count": "number", "existence": "yes/no", "relative position": "yes/no"}
+_ANSWERS_PER_QUESTION = 10
 RELATIONS: dict[str, str] = {
     "left": "to the left of",
     "right": "to the right of",
@@ -658,7 +662,7 @@ def vqa_pairs(
                 elif clearly_not(rel, objects[a], objects[b]):
                     relation["no"].append({"question": question, "answer": "no"})
     for candidates in relation.values():
-        qa += [dict(c, type="relation") for c in pick(candidates, 1)]
+        qa += [dict(c, type="relative position") for c in pick(candidates, 1)]
     return qa
 
 
@@ -675,16 +679,24 @@ def _listing(counter: list[tuple[str, int]]) -> str:
 
 
 def image_captions(objects: Sequence[ShapeObject], background: str) -> list[str]:
-    """Two captions: objects by colour+shape, and the object count with the shapes."""
-    by_pair = Counter(f"{o.colour} {o.shape}" for o in objects)
-    by_shape = Counter(o.shape for o in objects)
+    """Five captions, as COCO has five references per image: the objects by colour+shape on the
+    background, the object count on the background with the shapes, the background with the objects,
+    "there is/are N object(s): ...", and a plain listing by size+colour+shape. Deterministic."""
+
+    def listing(words: Counter[str]) -> str:  # most common first, then by name: not drawing order
+        return _listing(sorted(words.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    by_pair = listing(Counter(f"{o.colour} {o.shape}" for o in objects))
+    by_shape = listing(Counter(o.shape for o in objects))
+    by_all = listing(Counter(f"{o.size} {o.colour} {o.shape}" for o in objects))
     n = len(objects)
-    # most common first, then by name: a fixed order independent of drawing order
-    first = _listing(sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0])))
-    second = _listing(sorted(by_shape.items(), key=lambda kv: (-kv[1], kv[0])))
+    count = f"{_NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'}"
     return [
-        f"{first} on a {background} background.",
-        f"{_NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'} on a {background} background: {second}.",
+        f"{by_pair} on a {background} background.",
+        f"{count} on a {background} background: {by_shape}.",
+        f"a {background} background with {by_pair}.",
+        f"there {'is' if n == 1 else 'are'} {count}: {by_pair}.",
+        f"{by_all}.",
     ]
 
 
@@ -745,7 +757,9 @@ def generate_shapes_world(
     """Write `num_images` images of `split` and their annotations under `out_dir`; return a summary.
 
     Layout: images/<split>_<index>.png, instances.json (COCO, RLE masks), grounding.json (MDETR style,
-    with `refexps` per image), vqa.json, captions.json (COCO captions). Same arguments, same bytes.
+    with `refexps` per image), vqa_questions.json and vqa_annotations.json (VQAv2 layout; the questions
+    file also lists `images` with their file names), captions.json (COCO captions, five per image).
+    Same arguments, same bytes.
     Image ids are index + 1; a grounding annotation has the id of the same object in instances.json,
     and a referring expression's `ann_id` (and `landmark_ann_id`) are such ids.
 
@@ -773,7 +787,15 @@ def generate_shapes_world(
     return {**summary, "out_dir": str(out)}
 
 
-_SPLIT_FILES = frozenset({"images", "instances.json", "grounding.json", "vqa.json", "captions.json"})
+SPLIT_JSON_FILES: tuple[str, ...] = (
+    "instances.json",
+    "grounding.json",
+    "vqa_questions.json",
+    "vqa_annotations.json",
+    "captions.json",
+)
+# "vqa.json": what earlier versions wrote instead of the two VQAv2 files, so such a split is replaced too
+_SPLIT_FILES = frozenset({"images", "vqa.json", *SPLIT_JSON_FILES})
 
 
 def _is_split_folder(folder: Path) -> bool:
@@ -824,7 +846,8 @@ def _write_split(out: Path, num_images: int, seed: int, split: str, progress: bo
     instances: list[dict[str, Any]] = []
     grounding_images: list[dict[str, Any]] = []
     grounding_anns: list[dict[str, Any]] = []
-    vqa: list[dict[str, Any]] = []
+    questions: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
     caption_anns: list[dict[str, Any]] = []
     next_ann = 1
     for index in tqdm(range(num_images), desc=f"shapes {split}", unit="image", disable=not progress):
@@ -905,7 +928,22 @@ def _write_split(out: Path, num_images: int, seed: int, split: str, progress: bo
             }
         )
         for qa in ex.vqa:
-            vqa.append({"question_id": len(vqa) + 1, "image_id": image_id, **qa})
+            question_id = len(questions) + 1
+            questions.append({"image_id": image_id, "question": qa["question"], "question_id": question_id})
+            answers.append(
+                {
+                    "question_id": question_id,
+                    "image_id": image_id,
+                    "question_type": qa["type"],
+                    "answer_type": _ANSWER_TYPES.get(qa["type"], "other"),
+                    "multiple_choice_answer": qa["answer"],
+                    # one true answer, so all ten annotators agree (VQAv2 has ten answers per question)
+                    "answers": [
+                        {"answer": qa["answer"], "answer_confidence": "yes", "answer_id": k}
+                        for k in range(1, _ANSWERS_PER_QUESTION + 1)
+                    ],
+                }
+            )
         for text in ex.captions:
             caption_anns.append({"id": len(caption_anns) + 1, "image_id": image_id, "caption": text})
 
@@ -924,7 +962,17 @@ def _write_split(out: Path, num_images: int, seed: int, split: str, progress: bo
         out / "grounding.json",
         {"info": info, "images": grounding_images, "annotations": grounding_anns, "categories": categories},
     )
-    _write_json(out / "vqa.json", vqa)
+    vqa_header = {"info": info, "data_type": "shapes_world", "data_subtype": split}
+    _write_json(
+        out / "vqa_questions.json",
+        {
+            **vqa_header,
+            "task_type": "Open-Ended",
+            "questions": questions,
+            "images": [{"id": im["id"], "file_name": im["file_name"]} for im in images],
+        },
+    )
+    _write_json(out / "vqa_annotations.json", {**vqa_header, "annotations": answers})
     _write_json(out / "captions.json", {"info": info, "images": images, "annotations": caption_anns})
     return {
         "out_dir": str(out),
@@ -933,7 +981,7 @@ def _write_split(out: Path, num_images: int, seed: int, split: str, progress: bo
         "num_images": num_images,
         "num_objects": len(instances),
         "num_refexps": sum(len(g["refexps"]) for g in grounding_images),
-        "num_questions": len(vqa),
+        "num_questions": len(questions),
         "num_captions": len(caption_anns),
         "categories_used": len({a["category_id"] for a in instances}),
     }

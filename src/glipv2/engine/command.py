@@ -30,6 +30,16 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--train-ann", metavar="FILE", help="COCO instances json or MDETR-style grounding json")
     p.add_argument("--train-images", metavar="DIR", help="images of --train-ann")
+    p.add_argument("--vqa-questions", metavar="FILE", help="VQAv2 questions json (multi-task: VQA batches)")
+    p.add_argument("--vqa-ann", metavar="FILE", help="VQAv2 annotations json of --vqa-questions")
+    p.add_argument("--vqa-images", metavar="DIR", help="images of --vqa-questions")
+    p.add_argument(
+        "--captions", metavar="FILE", help="COCO captions json or Karpathy-split json (caption batches)"
+    )
+    p.add_argument("--caption-images", metavar="DIR", help="images of --captions")
+    p.add_argument(
+        "--caption-split", metavar="NAME", help="Karpathy split to train on (train takes restval too)"
+    )
     p.add_argument("--val-ann", metavar="FILE", help="COCO instances json for periodic box AP")
     p.add_argument("--val-images", metavar="DIR")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"run folder (default {DEFAULT_OUT})")
@@ -91,7 +101,7 @@ def _shapes_data(
     out: Path, num_images: int, rank: int, with_val: bool = True
 ) -> tuple[Path, Path, Path | None, Path | None]:
     """Generate (once) a ShapesWorld train split, and unless `with_val` is off a val split, inside the
-    run folder."""
+    run folder. The train split's grounding, VQA and caption files sit beside its instances.json."""
     import torch.distributed as dist
 
     from ..data.shapes_world import generate_shapes_world
@@ -107,6 +117,55 @@ def _shapes_data(
     if not with_val:
         return train / "instances.json", train / "images", None, None
     return train / "instances.json", train / "images", val / "instances.json", val / "images"
+
+
+def _saved_vqa_answers(model: str) -> tuple[str, ...]:
+    """The answer vocabulary of a local model folder's config (none for presets, .pth files, hub ids)."""
+    from ..modeling.config import GLIPv2Config
+
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return ()
+    try:
+        return tuple(GLIPv2Config.load(config).vqa_answers)
+    except (OSError, ValueError):
+        return ()  # load_model reports the problem
+
+
+def _understanding_data(sources: dict[str, tuple[Any, ...]], config: Any) -> dict[str, tuple[Any, Any]]:
+    """The VQA and caption datasets of `sources` (task -> files), with the VQA answer vocabulary
+    built from the training answers (`config.vqa_min_answer_count`): task -> (dataset, extra)."""
+    from ..data.captions import CaptionDataset
+    from ..data.grounding import SkipCounter
+    from ..data.vqa import VQADataset
+    from ..processing.vqa_answers import build_answer_vocabulary
+
+    out: dict[str, tuple[Any, Any]] = {}
+    if "vqa" in sources:
+        questions, annotations, images = sources["vqa"]
+        skips = SkipCounter()
+        try:
+            vqa = VQADataset(questions, images, annotations, skips=skips)
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--vqa-questions {questions}: {err}") from None
+        answers = build_answer_vocabulary(vqa.answer_lists(), config.vqa_min_answer_count)
+        if not answers:
+            raise BadInput(
+                f"--vqa-ann {annotations}: no answer is given at least {config.vqa_min_answer_count} times"
+            )
+        out["vqa"] = (vqa, answers)
+        if skips.counts:
+            print(f"glipv2 train: VQA records skipped: {dict(skips.counts)}", file=sys.stderr)
+    if "caption" in sources:
+        ann, images, split = sources["caption"]
+        skips = SkipCounter()
+        try:
+            out["caption"] = (CaptionDataset(ann, images, split=split, skips=skips), None)
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--captions {ann}: {err}") from None
+        if skips.counts:
+            print(f"glipv2 train: caption records skipped: {dict(skips.counts)}", file=sys.stderr)
+    return out
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -125,10 +184,13 @@ def run_train(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.captions import CaptionSample
     from ..data.collate import GroundingCollator, SafeDataset
-    from ..data.grounding import build_grounding_dataset
+    from ..data.grounding import CocoGroundingDataset, GroundingSample, build_grounding_dataset
     from ..data.mlm import MaskingVocab
-    from ..data.transforms import build_train_transforms
+    from ..data.tasks import CaptionCollator, MultiTaskCollator, RandomResizeImage, TaskMixture, VQACollator
+    from ..data.transforms import ColourJitter, Compose, build_train_transforms
+    from ..data.vqa import VQASample
     from ..inference.predictor import Predictor
     from ..loading import load_model
     from ..modeling.heads import LossConfig
@@ -152,6 +214,13 @@ def _run_train(args: argparse.Namespace) -> int:
             raise BadInput("--val-ann and --val-images go together")
         if args.no_val and args.val_ann is not None:
             raise BadInput("--no-val and --val-ann exclude each other")
+        vqa_given = [a is not None for a in (args.vqa_questions, args.vqa_ann, args.vqa_images)]
+        if any(vqa_given) and not all(vqa_given):
+            raise BadInput("--vqa-questions, --vqa-ann and --vqa-images go together")
+        if (args.captions is None) != (args.caption_images is None):
+            raise BadInput("--captions and --caption-images go together")
+        if args.caption_split is not None and args.captions is None:
+            raise BadInput("--caption-split needs --captions")
         try:
             config = TrainConfig.load(args.config) if args.config else TrainConfig()
             overrides = {
@@ -170,7 +239,18 @@ def _run_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         inputs = [
             Path(a)
-            for a in (args.train_ann, args.train_images, args.val_ann, args.val_images, args.config)
+            for a in (
+                args.train_ann,
+                args.train_images,
+                args.val_ann,
+                args.val_images,
+                args.config,
+                args.vqa_questions,
+                args.vqa_ann,
+                args.vqa_images,
+                args.captions,
+                args.caption_images,
+            )
             if a
         ]
         if Path(args.model).exists():  # a local model folder (not a preset or hub id)
@@ -185,12 +265,32 @@ def _run_train(args: argparse.Namespace) -> int:
                 raise BadInput(
                     f"--out {out}: cannot write the ShapesWorld data ({err.strerror or err})"
                 ) from None
+            shapes = train_ann.parent  # the multi-task ShapesWorld: every task's files of the split
+            sources = {
+                "grounding": (shapes / "grounding.json", train_images),
+                "vqa": (shapes / "vqa_questions.json", shapes / "vqa_annotations.json", train_images),
+                "caption": (shapes / "captions.json", train_images, None),
+            }
         else:
             train_ann, train_images = Path(args.train_ann), Path(args.train_images)
             val_ann = Path(args.val_ann) if args.val_ann else None
             val_images = Path(args.val_images) if args.val_images else None
+            sources = {}
+            if args.vqa_questions:
+                sources["vqa"] = (Path(args.vqa_questions), Path(args.vqa_ann), Path(args.vqa_images))
+            if args.captions:
+                sources["caption"] = (Path(args.captions), Path(args.caption_images), args.caption_split)
+        sources = {t: v for t, v in sources.items() if config.tasks.get(t, 1.0) > 0}
+        understanding = _understanding_data(sources, config)
+        overrides = dict(config.model_overrides)
+        # a model that already answers keeps its vocabulary (its logits are in that order); the
+        # training answers outside it add nothing to the targets
+        if "vqa" in understanding and not _saved_vqa_answers(args.model):
+            overrides.setdefault("vqa_answers", understanding["vqa"][1])
+        if "caption" in understanding:
+            overrides.setdefault("caption_head", True)
         try:
-            model = load_model(args.model, warn=False, **config.model_overrides)
+            model = load_model(args.model, warn=False, **overrides)
         except (ValueError, OSError) as err:
             raise BadInput(f"--model {args.model}: {str(err).splitlines()[0]}") from None
         try:
@@ -203,6 +303,18 @@ def _run_train(args: argparse.Namespace) -> int:
             )
         except (ValueError, OSError, IndexError) as err:
             raise BadInput(f"--train-ann {train_ann}: {err}") from None
+        localisation = {"detection" if isinstance(dataset, CocoGroundingDataset) else "grounding": dataset}
+        kept = [t for t in (*localisation, *sources) if config.tasks.get(t, 1.0) > 0]
+        if not kept:
+            raise BadInput(f"--config: every task with data has weight 0 (tasks: {dict(config.tasks)})")
+        if "grounding" in sources and "grounding" not in localisation:
+            grounding_ann, grounding_images = sources["grounding"]
+            try:
+                localisation["grounding"] = build_grounding_dataset(
+                    grounding_ann, grounding_images, seed=config.seed, with_masks=model.config.mask_head
+                )
+            except (ValueError, OSError, IndexError) as err:
+                raise BadInput(f"{grounding_ann}: {err}") from None
     except BadInput as err:
         print(f"glipv2 train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -226,10 +338,29 @@ def _run_train(args: argparse.Namespace) -> int:
         if LossConfig.for_model(model.config, **config.losses).use_mlm
         else None
     )
+    localisation = {
+        t: d for t, d in localisation.items() if config.tasks.get(t, 1.0) > 0 or len(localisation) == 1
+    }
+    if not understanding and len(localisation) == 1:  # one task: the plain pipeline
+        train_data: Any = SafeDataset(next(iter(localisation.values())), transforms, seed=config.seed)
+        collator: Any = GroundingCollator(processor, mlm)
+    else:
+        image_only = Compose(
+            [RandomResizeImage(config.min_sizes, config.max_size), ColourJitter(config.colour_strength)]
+        )
+        parts = {t: SafeDataset(d, transforms, seed=config.seed) for t, d in localisation.items()}
+        parts |= {t: SafeDataset(d, image_only, seed=config.seed) for t, (d, _) in understanding.items()}
+        train_data = TaskMixture(parts, {t: config.tasks.get(t, 1.0) for t in parts})
+        collators: dict[type, Any] = {GroundingSample: GroundingCollator(processor, mlm)}
+        if "vqa" in understanding:
+            collators[VQASample] = VQACollator(processor)
+        if "caption" in understanding:
+            collators[CaptionSample] = CaptionCollator(processor)
+        collator = MultiTaskCollator(collators)
     trainer = Trainer(
         model,
-        SafeDataset(dataset, transforms, seed=config.seed),
-        GroundingCollator(processor, mlm),
+        train_data,
+        collator,
         config,
         out,
         evaluate=evaluate,
@@ -238,9 +369,14 @@ def _run_train(args: argparse.Namespace) -> int:
         resume_other_data=args.resume_other_data,
     )
     if distributed.get_rank() == 0:
+        data = f"{train_ann} ({len(dataset)} samples)"
+        if isinstance(train_data, TaskMixture):
+            data = ", ".join(
+                f"{t} × {train_data.weights[t]:g} ({len(d)} samples)" for t, d in train_data.datasets.items()
+            )
         print(
-            f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {train_ann} "
-            f"({len(dataset)} samples) for {config.max_steps} steps -> {out}",
+            f"training {args.model} ({model.num_parameters() / 1e6:.1f} M parameters) on {data} "
+            f"for {config.max_steps} steps -> {out}",
             file=sys.stderr,
         )
     try:

@@ -53,6 +53,11 @@ class TrainConfig(DataclassConfig):
     # so that one file describes a whole recipe
     model_overrides: dict[str, Any] = field(default_factory=dict)
     losses: dict[str, Any] = field(default_factory=dict)
+    # multi-task training: how often each task's batches come (detection, grounding, vqa, caption;
+    # `glipv2.data.tasks`); a task given data but no weight gets 1, a weight of 0 leaves it out
+    tasks: dict[str, float] = field(default_factory=dict)
+    # answers given by fewer annotators-questions than this are left out of the VQA vocabulary
+    vqa_min_answer_count: int = 1
 
     def __post_init__(self) -> None:
         self._coerce_tuples()
@@ -74,6 +79,20 @@ class TrainConfig(DataclassConfig):
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.vqa_min_answer_count < 1:
+            problems.append("vqa_min_answer_count must be >= 1")
+        from ..data.tasks import TASK_HEADS
+
+        if not isinstance(self.tasks, dict):
+            problems.append("tasks must be a mapping of task name to sampling weight")
+        else:
+            unknown_tasks = sorted(set(self.tasks) - set(TASK_HEADS))
+            if unknown_tasks:
+                problems.append(
+                    f"tasks: unknown task(s) {', '.join(unknown_tasks)}; known: {', '.join(TASK_HEADS)}"
+                )
+            if any(not isinstance(w, (int, float)) or w < 0 for w in self.tasks.values()):
+                problems.append("tasks: weights must be numbers >= 0")
         if self.eval_every < 0 or self.warmup_steps < 0 or self.num_workers < 0:
             problems.append("eval_every, warmup_steps and num_workers must be >= 0")
         if self.lr <= 0 or self.language_lr < 0 or self.weight_decay < 0:

@@ -169,6 +169,13 @@ FREEZE_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def heads_left_out(model: GLIPv2, dataset: Any) -> bool:
+    """Whether some step leaves a head without gradient: a multi-task run (a batch of one task skips
+    the others' heads, and a caption batch the fusion's text -> image half), or a model with an
+    understanding head that the localisation batches of a single-task run never ask for."""
+    return hasattr(dataset, "epoch_batches") or any(name in model.heads for name in ("vqa", "caption"))
+
+
 def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:
     """Switch off gradients of the frozen parts; returns them (kept in eval mode while training,
     as the official FREEZE flags do). Prompt tuning trains only the prompt embedding on P̊, with
@@ -222,6 +229,17 @@ def data_identity(dataset: Any) -> dict[str, Any]:
     (found as `ann_file` on the dataset or on what it wraps, through `.dataset`) with its size and
     the sha256 of its bytes, and the number of samples. `fingerprint` is what is compared (a copy
     of the same file elsewhere is the same data); `description` is what is shown."""
+    if isinstance(
+        getattr(dataset, "datasets", None), dict
+    ):  # a TaskMixture: each task's data, and the weights
+        parts = {task: data_identity(d) for task, d in dataset.datasets.items()}
+        weights = getattr(dataset, "weights", {})
+        return {
+            "description": "; ".join(
+                f"{t} (weight {weights.get(t)}): {i['description']}" for t, i in parts.items()
+            ),
+            "fingerprint": " | ".join(f"{t}:{weights.get(t)}:{i['fingerprint']}" for t, i in parts.items()),
+        }
     inner, ann = dataset, None
     for _ in range(8):  # wrappers (SafeDataset, Subset, ...) hold the dataset as `.dataset`
         ann = getattr(inner, "ann_file", None)
@@ -232,10 +250,13 @@ def data_identity(dataset: Any) -> dict[str, Any]:
     if ann is None or not Path(ann).is_file():
         return {"description": f"{type(dataset).__name__} of {n} samples", "fingerprint": f"samples={n}"}
     digest = hashlib.sha256()
-    with open(ann, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    size = Path(ann).stat().st_size
+    # a VQA dataset reads two files: the questions count as much as the annotations
+    files = [ann, *([q] if (q := getattr(inner, "questions_file", None)) and Path(q) != Path(ann) else [])]
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    size = sum(Path(file).stat().st_size for file in files)
     return {
         "description": f"{ann}, {size} bytes, sha256 {digest.hexdigest()[:12]}, {n} samples",
         "fingerprint": f"sha256={digest.hexdigest()} samples={n}",
@@ -328,7 +349,7 @@ class Trainer:
             self.network = DistributedDataParallel(
                 model,
                 device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=losses_switched_off(model),
+                find_unused_parameters=losses_switched_off(model) or heads_left_out(model, dataset),
             )
         # foreach: one fused update over all tensors (the per-tensor loop is slow on CPU)
         self.optimizer = torch.optim.AdamW(
@@ -533,16 +554,24 @@ class Trainer:
     # --- data -----------------------------------------------------------------------------------
     def batches_per_epoch(self) -> int:
         """Batches of one epoch on each rank (the same on every rank)."""
+        if hasattr(self.dataset, "epoch_batches"):
+            return len(self.epoch_plan(0))
         return len(self.dataset) // (self.config.batch_size * self.world)
+
+    def epoch_plan(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch`: the dataset's own plan (a `TaskMixture`: one task per
+        batch), else one seeded permutation of all samples."""
+        cfg = self.config
+        if hasattr(self.dataset, "epoch_batches"):
+            return self.dataset.epoch_batches(cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
+        return epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
 
     def batches(self) -> Iterator[TrainingBatch | EmptyBatch]:
         """Batches from the saved data position on, epoch after epoch, forever."""
         while True:
             epoch = self.position.epoch
             self.dataset.set_epoch(epoch)
-            plan = epoch_batches(
-                len(self.dataset), self.config.batch_size, self.config.seed, epoch, self.rank, self.world
-            )
+            plan = self.epoch_plan(epoch)
             if not plan:
                 raise ValueError(
                     f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
@@ -576,6 +605,7 @@ class Trainer:
                 batch.attention_mask,
                 batch.image_sizes,
                 targets=batch.targets,
+                heads=batch.heads,
             )
 
     def train_step(self, micro_batches: list[TrainingBatch]) -> dict[str, float] | None:
@@ -587,6 +617,7 @@ class Trainer:
             module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         totals: Counter[str] = Counter()
+        produced: Counter[str] = Counter()  # micro-batches that gave each loss (tasks may differ)
         for index, batch in enumerate(micro_batches):
             # DDP all-reduces the gradients in the last micro-batch's backward only
             last = index == len(micro_batches) - 1
@@ -595,7 +626,8 @@ class Trainer:
                 losses = self._losses(batch.to(self.device))
                 (losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
-                totals[k] += float(v.detach()) / len(micro_batches)
+                totals[k] += float(v.detach())
+                produced[k] += 1
         # a parameter that no active loss reaches keeps grad None: AdamW leaves it alone (no decay)
         trained = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(trained, self.config.clip_grad_norm or float("inf"))
@@ -606,6 +638,8 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+        for k in totals:
+            totals[k] /= produced[k]
         if self.world > 1:
             for k in list(totals):
                 totals[k] = float(distributed.all_reduce_mean(totals[k], self.device))
@@ -762,6 +796,8 @@ class Trainer:
         )
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
+        # per task, the losses of the steps since the last log line (a multi-task run logs their means)
+        window: dict[str, list[dict[str, float]]] = {}
         # unusable batches in a row: `max_empty_epochs` epochs of them stop training (else a wrong
         # image folder would loop forever); counted on the ranks' agreed decisions, so every rank
         # stops together
@@ -819,21 +855,29 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 last = losses
+                tasks = sorted({b.task for b in micro})
+                window.setdefault("+".join(tasks), []).append(losses)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.3f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = time.perf_counter() - window_start
-                    self._log(
-                        {
-                            "step": self.step,
-                            "epoch": self.position.epoch,
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            **losses,
-                            "it_per_s": window_steps / elapsed if elapsed > 0 else None,
-                            "skipped": dict(self.skipped),
+                    record = {
+                        "step": self.step,
+                        "epoch": self.position.epoch,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        **losses,
+                        "it_per_s": window_steps / elapsed if elapsed > 0 else None,
+                        "skipped": dict(self.skipped),
+                    }
+                    if len(window) > 1 or "grounding" not in window:  # several tasks: say which is which
+                        record["task"] = "+".join(tasks)
+                        record["tasks"] = {
+                            task: {"steps": len(steps)}
+                            | {k: sum(s[k] for s in steps) / len(steps) for k in steps[-1]}
+                            for task, steps in sorted(window.items())
                         }
-                    )
-                    window_start, window_steps = time.perf_counter(), 0
+                    self._log(record)
+                    window_start, window_steps, window = time.perf_counter(), 0, {}
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                     self.run_evaluation()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:

@@ -1,4 +1,5 @@
-"""`glipv2 predict`: detection or grounding on image files, written as one JSON document.
+"""`glipv2 predict`: detection, grounding, VQA (`--question`) or captioning (`--describe`) on image
+files, written as one JSON document.
 
 Problems with the call itself (model, prompt, threshold, sizes, an --out or --viz that would
 overwrite an input or is a symlink / FIFO / device / unwritable) stop before any work; a problem
@@ -31,7 +32,7 @@ from ..utils.io import (
     interruptible,
 )
 from .predictor import Predictor, Vocabulary
-from .visualize import draw_detections
+from .visualize import draw_detections, draw_text_banner
 
 EXIT_BAD_INPUT = 2
 
@@ -52,6 +53,10 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--classes", metavar="A,B,C", help="comma-separated class names (detection)")
     task.add_argument("--caption", metavar="TEXT", help="a sentence whose phrases to ground")
+    task.add_argument("--question", metavar="TEXT", help="a question to answer about each image (VQA head)")
+    task.add_argument(
+        "--describe", action="store_true", help="generate a caption for each image (caption head)"
+    )
     p.add_argument(
         "--phrases",
         nargs="+",
@@ -73,6 +78,26 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_true",
         help="keep only the best label of overlapping boxes (NMS across labels; not official), for "
         "class names that share words",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=3, metavar="K", help="--question: answers per image (default 3)"
+    )
+    p.add_argument(
+        "--beam-size", type=int, default=3, metavar="N", help="--describe: beam width, 1 = greedy (default 3)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=30,
+        metavar="N",
+        help="--describe: most tokens generated (default 30)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        metavar="A",
+        help="--describe: beams ranked by log-probability / length^A (default 1.0)",
     )
     p.add_argument("--chunk-size", type=int, metavar="N", help="class names per pass for long vocabularies")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="forward passes batched together")
@@ -101,7 +126,17 @@ def processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"min_size": short, "max_size": long}
 
 
-def _vocabulary(args: argparse.Namespace, predictor: Predictor) -> Vocabulary:
+def _vocabulary(args: argparse.Namespace, predictor: Predictor) -> Vocabulary | None:
+    if args.question is not None or args.describe:
+        if args.phrases:
+            raise BadInput("--phrases goes with --caption")
+        head = "vqa" if args.question is not None else "caption"
+        if head not in predictor.model.heads:
+            what = "VQA head (no answer vocabulary)" if head == "vqa" else "caption head"
+            raise BadInput(f"--model {args.model}: has no {what}")
+        if args.question is not None and not args.question.strip():
+            raise BadInput("--question: empty question")
+        return None
     try:
         if args.classes is not None:
             if args.phrases:
@@ -119,6 +154,9 @@ def _check_call(args: argparse.Namespace) -> None:
         raise BadInput(f"--batch-size {args.batch_size}: must be >= 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise BadInput(f"--chunk-size {args.chunk_size}: must be >= 1")
+    for name in ("top_k", "beam_size", "max_length"):
+        if getattr(args, name) < 1:
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
 
 
 def _viz_names(files: list[str]) -> list[str]:
@@ -194,7 +232,49 @@ def run_predict(args: argparse.Namespace) -> int:
         failed += 1
         tqdm.write(f"glipv2 predict: {problem}", file=sys.stderr)  # keeps the progress bar intact
 
+    def understand(images: list[Image.Image]) -> list[dict[str, Any]]:
+        """The VQA / caption result fields of each image (a batch of `pending`)."""
+        if args.question is not None:
+            ranked = predictor.answer(images, [args.question] * len(images), top_k=args.top_k)
+            return [
+                {"question": args.question, "answers": [{"answer": a, "score": round(s, 4)} for a, s in r]}
+                for r in ranked
+            ]
+        captions = predictor.caption(
+            images, beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty
+        )
+        return [{"generated_caption": c} for c in captions]
+
+    def flush_understanding() -> None:
+        try:
+            results = understand([image for _, _, image in pending])
+        except Exception as err:  # noqa: BLE001
+            for index, _, _ in pending:
+                fail(index, f"{args.images[index]}: prediction failed ({type(err).__name__}: {err})")
+            pending.clear()
+            return
+        for (index, _, image), result in zip(pending, results):
+            entries[index].update(result)
+            if viz_dir is not None:
+                text = (
+                    [
+                        f"Q: {args.question}",
+                        f"A: {result['answers'][0]['answer']} ({result['answers'][0]['score']:.2f})",
+                    ]
+                    if args.question is not None
+                    else [result["generated_caption"]]
+                )
+                try:
+                    with atomic_path(viz_dir / viz_names[index]) as tmp:  # type: ignore[operator]
+                        draw_text_banner(image, text).save(tmp, format="PNG")
+                except (OSError, ValueError) as err:
+                    fail(index, f"{args.images[index]}: cannot write the annotated image ({err})")
+        pending.clear()
+
     def flush() -> None:
+        if vocabulary is None:
+            flush_understanding()
+            return
         try:
             results = predictor.predict_prepared(
                 [p for _, p, _ in pending], [vocabulary] * len(pending), args.threshold
@@ -224,17 +304,21 @@ def run_predict(args: argparse.Namespace) -> int:
             ):
                 entry: dict[str, Any] = {"file": file}
                 entries.append(entry)
+                prompt = {} if vocabulary is None else {"prompt": vocabulary.text}
                 try:
-                    image = load_image(
-                        file
-                    )  # read once: the same pixels feed the model and the annotated PNG
-                    tensor, (height, width) = processor.prepare_image(image)
+                    # read once: the same pixels feed the model and the annotated PNG
+                    image = load_image(file)
+                    if vocabulary is None:  # answers and captions prepare their images themselves
+                        tensor, (width, height) = None, image.size
+                    else:
+                        tensor, (height, width) = processor.prepare_image(image)
                 except ValueError as err:
-                    entry["prompt"] = vocabulary.text
+                    entry.update(prompt)
                     fail(index, str(err))
                     continue
-                entry.update(width=width, height=height, prompt=vocabulary.text)
-                pending.append((index, (tensor, (height, width)), image if viz_dir is not None else None))
+                entry.update(width=width, height=height, **prompt)
+                keep = image if viz_dir is not None or vocabulary is None else None
+                pending.append((index, (tensor, (height, width)), keep))
                 if len(pending) >= args.batch_size:
                     flush()
             if pending:
@@ -242,14 +326,16 @@ def run_predict(args: argparse.Namespace) -> int:
     except (Interrupted, KeyboardInterrupt) as stop:
         stopped = _interrupted(stop)
         # only the finished images: an image read but not yet through the model has no result
-        entries = [e for e in entries if "detections" in e or "error" in e]
+        entries = [e for e in entries if _finished(e)]
 
-    document: dict[str, Any] = {
-        "model": args.model,
-        "threshold": args.threshold,
-        "labels": vocabulary.names,
-        "images": entries,
-    }
+    document: dict[str, Any] = {"model": args.model}
+    if vocabulary is not None:
+        document.update(threshold=args.threshold, labels=vocabulary.names)
+    elif args.question is not None:
+        document.update(task="vqa", question=args.question, top_k=args.top_k)
+    else:
+        document.update(task="caption", beam_size=args.beam_size, max_length=args.max_length)
+    document["images"] = entries
     if stopped is not None:
         document.update(incomplete=True, interrupted_by=stopped.name, images_requested=len(args.images))
     atomic_write_json(out, document, indent=1, end="\n")  # a crash never leaves half a results file
@@ -261,12 +347,20 @@ def run_predict(args: argparse.Namespace) -> int:
         )
         return stopped.exit_code
     done = len(entries) - failed
+    found = (
+        f", {sum(len(e.get('detections', [])) for e in entries)} detection(s)"
+        if vocabulary is not None
+        else ""
+    )
     print(
-        f"{done} image(s) processed, {sum(len(e.get('detections', [])) for e in entries)} detection(s) "
-        f"-> {args.out}" + (f"; {failed} failed" if failed else ""),
+        f"{done} image(s) processed{found} -> {args.out}" + (f"; {failed} failed" if failed else ""),
         file=sys.stderr,
     )
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _finished(entry: dict[str, Any]) -> bool:
+    return any(k in entry for k in ("detections", "answers", "generated_caption", "error"))
 
 
 def predict_main(argv: list[str]) -> int:

@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -90,6 +92,21 @@ class Vocabulary:
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _same_image_batches(images: list[Any], size: int) -> Iterator[list[int]]:
+    """Indices of consecutive entries that are the same image (object, or equal path), `size` at most."""
+    group: list[int] = []
+    for i, image in enumerate(images):
+        same = group and (
+            images[group[0]] is image or (isinstance(image, (str, Path)) and images[group[0]] == image)
+        )
+        if group and (not same or len(group) == size):
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
 
 
 class Predictor:
@@ -169,6 +186,80 @@ class Predictor:
             vocabularies = [self.grounding_vocabulary(c, p) for c, p in zip(caption, per_image)]  # type: ignore[arg-type]
         results = self.predict(image_list, vocabularies, threshold)
         return results[0] if single else results
+
+    def answer(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        questions: str | Sequence[str],
+        top_k: int = 1,
+    ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """Answer questions about images with the VQA head: one question per image, one question for
+        all images, or several questions about one image. Per question the `top_k` (answer, score)
+        pairs, best first; a single image and a single question give that one list.
+
+        Questions are batched (`batch_size`) only with questions about the same image: the fusion's
+        attention reads the padding of a batch (as the official grounding does), so batching
+        different images would make an image's answers depend on its neighbours' sizes."""
+        if "vqa" not in self.model.heads:
+            raise ValueError(f"{self.model.config.name} has no VQA head (no answer vocabulary)")
+        single = is_single_image(images) and isinstance(questions, str)
+        image_list = [images] if is_single_image(images) else list(images)  # type: ignore[list-item]
+        question_list = [questions] if isinstance(questions, str) else list(questions)
+        if not question_list or not image_list:
+            raise ValueError("give at least one image and one question")
+        if any(not isinstance(q, str) or not q.strip() for q in question_list):
+            raise ValueError("every question must be a non-empty string")
+        if len(image_list) == 1 and len(question_list) > 1:
+            image_list = image_list * len(question_list)
+        elif len(question_list) == 1 and len(image_list) > 1:
+            question_list = question_list * len(image_list)
+        elif len(image_list) != len(question_list):
+            raise ValueError(f"{len(question_list)} questions for {len(image_list)} images")
+        results: list[list[tuple[str, float]]] = []
+        for group in _same_image_batches(image_list, self.batch_size):
+            tensor, size = self.processor.prepare_image(image_list[group[0]])
+            batch = self.processor.batch_images([tensor] * len(group), [size] * len(group))
+            text = _stack_text([self.encode(question_list[i]).features for i in group])
+            with torch.no_grad():
+                output = self.model(
+                    batch.pixel_values.to(self.device),
+                    image_sizes=batch.image_sizes,
+                    text_features=text,
+                    heads=["vqa"],
+                )
+            results.extend(self.processor.post_process_answers(output.vqa_logits, top_k))
+        return results[0] if single else results
+
+    def caption(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        beam_size: int = 3,
+        max_length: int = 30,
+        length_penalty: float = 1.0,
+    ) -> str | list[str]:
+        """Describe images with the caption head: beam search (`beam_size` 1 is greedy) up to
+        `max_length` tokens. A single image gives one string."""
+        if "caption" not in self.model.heads:
+            raise ValueError(f"{self.model.config.name} has no caption head")
+        if beam_size < 1 or max_length < 1:
+            raise ValueError(f"beam_size and max_length must be >= 1, got {beam_size} and {max_length}")
+        single = is_single_image(images)
+        image_list = [images] if single else list(images)  # type: ignore[list-item]
+        captions: list[str] = []
+        for image in image_list:  # one image per decoding run: see `answer` on padding
+            prepared = [self.processor.prepare_image(image)]
+            batch = self.processor.batch_images([t for t, _ in prepared], [s for _, s in prepared])
+            ids = self.model.generate_captions(
+                batch.pixel_values.to(self.device),
+                batch.image_sizes,
+                bos_token_id=self.processor.caption_start_id,
+                eos_token_id=self.processor.caption_end_id,
+                max_length=max_length,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+            )
+            captions.extend(self.processor.decode_captions(ids))
+        return captions[0] if single else captions
 
     def detection_vocabulary(self, classes: Sequence[str], chunk_size: int | None = None) -> Vocabulary:
         """The chunked prompts of a class list; kept for the next call with the same list, so a

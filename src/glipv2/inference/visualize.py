@@ -59,3 +59,30 @@ def _tint_masks(canvas: Image.Image, detections: Detections, opacity: float) -> 
         colour = np.array(label_colour(int(detections.labels[i])), dtype=np.float32)
         pixels[masks[i]] = (1 - opacity) * pixels[masks[i]] + opacity * colour
     return Image.fromarray(pixels.round().astype(np.uint8))
+
+
+def draw_text_banner(image: Image.Image, lines: list[str]) -> Image.Image:
+    """A copy of `image` with a white band below it holding `lines` (an answer, a caption), wrapped
+    to the image width."""
+    canvas = image.convert("RGB")
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(canvas)
+    wrapped: list[str] = []
+    for line in lines:
+        words, current = line.split(), ""
+        for word in words:
+            trial = f"{current} {word}".strip()
+            if current and probe.textlength(trial, font=font) > canvas.width - 8:
+                wrapped.append(current)
+                current = word
+            else:
+                current = trial
+        wrapped.append(current)
+    _, top, _, bottom = probe.textbbox((0, 0), "Ag", font=font)
+    line_h = bottom - top + 4
+    out = Image.new("RGB", (canvas.width, canvas.height + line_h * len(wrapped) + 6), (255, 255, 255))
+    out.paste(canvas, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(wrapped):
+        draw.text((4, canvas.height + 4 + i * line_h - top), text, fill=(0, 0, 0), font=font)
+    return out

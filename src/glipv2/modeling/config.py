@@ -143,6 +143,17 @@ class GLIPv2Config(DataclassConfig):
     mask_pooler_resolution: int = 14  # ROI_MASK_HEAD.POOLER_RESOLUTION; masks are predicted at twice this
     mask_pooler_levels: int = 3  # the fused levels P3.. the ROI pooler reads (ROI_MASK_HEAD.POOLER_SCALES)
     mask_sampling_ratio: int = 2  # ROI_MASK_HEAD.POOLER_SAMPLING_RATIO
+    # understanding heads (GLIPv2 §3; no official code): VQA reads the fused [CLS] of P, the
+    # caption head models the next token on a causally masked P
+    vqa_answers: tuple[
+        str, ...
+    ] = ()  # the answer vocabulary, index order (as transformers' id2label); () = no VQA head
+    vqa_hidden_size: int = 0  # the answer classifier's hidden width; 0 = twice the text width (Oscar's MLP)
+    caption_head: bool = False  # next-token head on P, tied to the text encoder's word embeddings
+    understanding_head_layers: int = 0  # BERT layers each of the VQA and caption heads owns on top of P
+    # how much of the VQA / caption gradient reaches the shared core (1 = all): below 1 the heads'
+    # losses shape O and P less, and their own layers learn the task
+    understanding_core_gradient_scale: float = 1.0
 
     # --- pre-processing constants (INPUT.*) --------------------------------------------------
     pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)  # BGR, 0-255
@@ -206,6 +217,18 @@ class GLIPv2Config(DataclassConfig):
             problems.append("mask_head_channels, mask_head_convs and mask_pooler_resolution must be >= 1")
         if not 1 <= self.mask_pooler_levels <= 5:
             problems.append(f"mask_pooler_levels must be 1-5 (of P3-P7), not {self.mask_pooler_levels}")
+        if len(set(self.vqa_answers)) != len(self.vqa_answers) or not all(
+            isinstance(a, str) and a for a in self.vqa_answers
+        ):
+            problems.append("vqa_answers must be distinct, non-empty strings")
+        if self.vqa_hidden_size < 0 or self.understanding_head_layers < 0:
+            problems.append("vqa_hidden_size and understanding_head_layers must be >= 0")
+        if not 0.0 <= self.understanding_core_gradient_scale <= 1.0:
+            problems.append("understanding_core_gradient_scale must lie in [0, 1]")
+        if (self.vqa_answers or self.caption_head) and not self.early_fusion:
+            problems.append(
+                "vqa_answers and caption_head need early_fusion: without it the text never reads the image"
+            )
         for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
             if key not in self.text_encoder:
                 problems.append(f"text_encoder is missing {key!r}")

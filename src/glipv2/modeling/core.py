@@ -42,11 +42,19 @@ class GLIPv2Core(nn.Module):
         )
         self.fusion = FusionTower(config)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    ) -> TextFeatures:
         """P̊ before the prompt offset: the text encoder's features; cacheable across images that
-        share a prompt. input_ids, attention_mask: (B, T)."""
+        share a prompt. input_ids, attention_mask: (B, T); causal: left-to-right (captioning)."""
         check_text(input_ids, attention_mask, self.config.max_query_len)
-        return self.text_encoder(input_ids, attention_mask)
+        return self.text_encoder(input_ids, attention_mask, causal=causal)
+
+    def prompt_offset(self, hidden: torch.Tensor) -> torch.Tensor:
+        """P̊ with the prompt-tuning offset added (unchanged without one)."""
+        if self.prompt_embedding is None:
+            return hidden
+        return hidden + self.prompt_embedding[: hidden.shape[1]].unsqueeze(0)
 
     def encode_images(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """O̊: (B, 3, H, W) normalised images -> FPN levels P3..P7, each (B, C, H_l, W_l)."""
@@ -64,11 +72,9 @@ class GLIPv2Core(nn.Module):
         decoding steps), else computed here."""
         if region_features is None:
             region_features = self.encode_images(pixel_values)
-        hidden, embedded, mask = text_features.hidden, text_features.embedded, text_features.mask
-        if self.prompt_embedding is not None:
-            offset = self.prompt_embedding[: hidden.shape[1]].unsqueeze(0)
-            hidden, embedded = hidden + offset, embedded + offset
-        fused_visual, fused_text = self.fusion(region_features, hidden, mask)
+        hidden, mask = self.prompt_offset(text_features.hidden), text_features.mask
+        embedded = self.prompt_offset(text_features.embedded)
+        fused_visual, fused_text = self.fusion(region_features, hidden, mask, causal=text_features.causal)
         return CoreOutput(
             region_features=region_features,
             token_features=hidden,

@@ -2,6 +2,9 @@
 
     L = L_loc + L_intra (grounding head) + L_inter + L_mlm + L_mask (+ any registered head's)
 
+over the heads that ran: a detection / grounding batch runs the localisation heads, a VQA batch
+the VQA head (L_vqa), a caption batch the caption head (L_caption).
+
 The criterion prepares the targets (checked, on the device, token maps fitted to T slots), runs
 the ATSS assignment once — the grounding head's anchors serve L_loc, L_intra and L_inter — and
 asks each head for its weighted losses. Losses are normalised by the number of positive anchors
@@ -20,6 +23,8 @@ T = the number of token slots of the output):
     mlm_labels:   (T,) long, optional: original ids of the masked tokens, -100 elsewhere
     masks:        (N, h, w) bool / uint8, optional: each box's instance mask in the same frame
                   (for L_mask; images without it add nothing to L_mask)
+
+A VQA target is {"vqa_scores": (A,)}, a caption target {"caption_labels": (T,)} (see those heads).
 
 Maps shorter than T are padded (zeros, -1, -100); longer ones are cut when the extra slots are
 empty. An image may have no boxes (all anchors are background).
@@ -62,6 +67,10 @@ class GLIPv2Criterion(nn.Module):
             raise ValueError("use_mlm needs a model with an MLM head (GLIPv2Config.mlm_head)")
         if config.use_mask and "mask" not in heads:
             raise ValueError("use_mask needs a model with a mask head (GLIPv2Config.mask_head)")
+        if config.use_vqa and "vqa" not in heads:
+            raise ValueError("use_vqa needs a model with an answer vocabulary (GLIPv2Config.vqa_answers)")
+        if config.use_caption and "caption" not in heads:
+            raise ValueError("use_caption needs a model with a caption head (GLIPv2Config.caption_head)")
         # a plain tuple keeps nn.Module from registering the heads' parameters a second time
         self._heads: tuple[dict[str, TaskHead]] = (dict(heads),)
 
@@ -69,7 +78,15 @@ class GLIPv2Criterion(nn.Module):
     def heads(self) -> dict[str, TaskHead]:
         return self._heads[0]
 
-    def forward(self, output: GLIPv2Output, targets: Targets) -> dict[str, torch.Tensor]:
+    def forward(
+        self, output: GLIPv2Output, targets: Targets, ran: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """ran: the heads that ran in this forward (default: all); only their losses are summed. A
+        batch without the grounding head (VQA, captions: `heads=["vqa"]`) has no boxes, no ATSS
+        and no `token_accuracy`."""
+        ran = list(self.heads) if ran is None else list(ran)
+        if "grounding" not in ran:
+            return self._without_grounding(output, targets, ran)
         if output.logits is None:
             raise ValueError("the losses need the grounding head's outputs (it did not run)")
         flat = FlatOutputs.from_output(output)
@@ -84,20 +101,37 @@ class GLIPv2Criterion(nn.Module):
         num_pos = distributed.all_reduce_mean(sum(a.num_positive for a in assignments), device).clamp(min=1.0)
         context = LossContext(self.config, flat, assignments, num_pos)
 
-        losses: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            for key, value in head.loss(output, prepared, context).items():
-                if key in losses:
-                    raise ValueError(f"head {name!r} returns {key!r}, which another head returns too")
-                losses[key] = value * self.config.extra_weights.get(key, 1.0)
-        if not losses:
-            raise ValueError("every loss is switched off in the LossConfig")
-        losses["loss"] = torch.stack(list(losses.values())).sum()
+        losses = self._sum(output, prepared, context, ran)
         # a diagnostic beside the losses, without gradient (logged by the trainer)
         grounding = self.heads["grounding"]
         losses["token_accuracy"] = grounding.token_accuracy(
             flat.logits, output.text_attention_mask, assignments, prepared
         )
+        return losses
+
+    def _without_grounding(
+        self, output: GLIPv2Output, targets: Targets, ran: list[str]
+    ) -> dict[str, torch.Tensor]:
+        prepared = [dict(t) for t in targets]
+        batch = output.fused_token_features.shape[0]
+        if len(prepared) != batch:
+            raise ValueError(f"{len(targets)} targets for a batch of {batch}")
+        return self._sum(output, prepared, LossContext(self.config), ran)
+
+    def _sum(
+        self, output: GLIPv2Output, prepared: Targets, context: LossContext, ran: list[str]
+    ) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        for name, head in self.heads.items():
+            if name not in ran:
+                continue
+            for key, value in head.loss(output, prepared, context).items():
+                if key in losses:
+                    raise ValueError(f"head {name!r} returns {key!r}, which another head returns too")
+                losses[key] = value * self.config.extra_weights.get(key, 1.0)
+        if not losses:
+            raise ValueError(f"every loss of the heads that ran ({', '.join(ran)}) is switched off")
+        losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
 
     def assign(

@@ -43,6 +43,22 @@ class BiMultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
+    def image_side(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image half of the attention, (B, N, Cv) -> queries and values, each (B, h, N, d): all
+        a token update needs from the image, cacheable while the text changes (caption decoding)."""
+        return self._heads(self.v_proj(v) * self.scale), self._heads(self.values_v_proj(v))
+
+    def text_update(self, queries: torch.Tensor, values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """dL (B, T, Cl) from the image side of `image_side` and text tokens t (B, T, Cl): each token
+        attends over all image positions — the same formula as in `forward`."""
+        b, length = t.shape[:2]
+        scores = (queries @ self._heads(self.l_proj(t)).transpose(-1, -2)).clamp(-CLAMP, CLAMP)
+        attn_l = scores.softmax(dim=2)
+        if self.training and self.dropout > 0:
+            attn_l = F.dropout(attn_l, self.dropout)
+        out_l = (attn_l.transpose(-1, -2) @ values).transpose(1, 2).reshape(b, length, -1)
+        return self.out_l_proj(out_l)
+
     def forward(
         self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,15 +104,34 @@ class BiAttentionBlock(nn.Module):
         self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """visual: per-level (B, C, H_l, W_l), flattened and concatenated into one sequence."""
-        shapes = [f.shape for f in visual]
-        v = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)
-        v = self.layer_norm_v(v)
+        v = self.layer_norm_v(_flatten_levels(visual))
         t = self.layer_norm_l(text)
         dv, dt = self.attn(v, t, text_mask)
-        v = (v + self.gamma_v * dv).transpose(1, 2)
-        t = t + self.gamma_l * dt
-        out, start = [], 0
-        for b, c, h, w in shapes:
-            out.append(v[:, :, start : start + h * w].reshape(b, c, h, w))
-            start += h * w
-        return out, t
+        return _split_levels(v + self.gamma_v * dv, visual), t + self.gamma_l * dt
+
+    def image_only(self, visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The causal (caption) mode's image half: the image does not read the text — it would carry
+        later caption tokens to earlier ones — so its update is zero; returns the block's image
+        output and the attention's image side for `text_only` (cached across decoding steps)."""
+        v = self.layer_norm_v(_flatten_levels(visual))
+        return _split_levels(v, visual), self.attn.image_side(v)
+
+    def text_only(self, image_side: tuple[torch.Tensor, ...], text: torch.Tensor) -> torch.Tensor:
+        """The text half: tokens read the image (its `image_only` side) as in `forward`."""
+        t = self.layer_norm_l(text)
+        return t + self.gamma_l * self.attn.text_update(*image_side, t)
+
+
+def _flatten_levels(visual: list[torch.Tensor]) -> torch.Tensor:
+    """Per-level (B, C, H_l, W_l) -> one (B, N, C) sequence, P3 first."""
+    return torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)
+
+
+def _split_levels(v: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(B, N, C) -> per-level (B, C, H_l, W_l) shaped as `like`."""
+    v = v.transpose(1, 2)
+    out, start = [], 0
+    for b, c, h, w in (f.shape for f in like):
+        out.append(v[:, :, start : start + h * w].reshape(b, c, h, w))
+        start += h * w
+    return out

@@ -18,6 +18,11 @@ from transformers.models.bert.modeling_bert import BertLayer
 from .config import GLIPv2Config
 from .dyconv import DyConv
 from .fusion import BiAttentionBlock
+from .text_encoder import causal_attention_mask
+
+# Per block, the image side of its attention (queries, values: each (B, h, N, d)), or None for a
+# block without fusion: all that the text stream of a causal (caption) run needs from the image.
+ImageSides = list[tuple[torch.Tensor, ...] | None]
 
 
 def text_layer_config(config: GLIPv2Config) -> BertConfig:
@@ -38,8 +43,14 @@ class TextLayer(nn.Module):
         super().__init__()
         self.layer = BertLayer(config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.layer(hidden, extended_attention_mask(mask, hidden.dtype))
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """hidden (B, T, D); mask (B, T) 1 = real token; causal: token t attends to tokens <= t."""
+        if causal:
+            allowed = causal_attention_mask(mask)[:, None]  # (B, 1, T, T)
+            additive = (~allowed).to(hidden.dtype) * torch.finfo(hidden.dtype).min
+        else:
+            additive = extended_attention_mask(mask, hidden.dtype)
+        out = self.layer(hidden, additive)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -82,6 +93,25 @@ class VLDyHeadBlock(nn.Module):
             text = self.text_layer(text, text_mask)
         return self.dyconv(visual), text
 
+    def image_only(
+        self, visual: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        """Causal mode, image half: the block's image output, which reads no text, and its side."""
+        side = None
+        if self.fusion is not None:
+            visual, side = self.fusion.image_only(visual)
+        return self.dyconv(visual), side
+
+    def text_only(
+        self, side: tuple[torch.Tensor, ...] | None, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Causal mode, text half: tokens read the image side, then a causally masked BERT layer."""
+        if self.fusion is not None and side is not None:
+            text = self.fusion.text_only(side, text)
+        if self.text_layer is not None:
+            text = self.text_layer(text, text_mask, causal=True)
+        return text
+
 
 class FusionTower(nn.Module):
     """The stack of `VLDyHeadBlock`s: (O̊, P̊) -> (O, P)."""
@@ -92,10 +122,18 @@ class FusionTower(nn.Module):
         self.blocks = nn.ModuleList(VLDyHeadBlock(config, i) for i in range(config.num_head_blocks))
 
     def forward(
-        self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
+        self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor, causal: bool = False
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """visual: O̊, per level (B, C, H, W); text: P̊ (B, T, D); text_mask: (B, T) 1 for real
-        tokens -> (O per level (B, C', H, W), P (B, T, D))."""
+        tokens -> (O per level (B, C', H, W), P (B, T, D)).
+
+        causal (captioning): no information may flow from token t+1 to the outputs at <= t, so the
+        text layers are causally masked and the image stream reads no text at all (image features
+        that saw the whole caption would hand later tokens to earlier ones through the
+        image -> text attention); O is then the image-only stream."""
+        if causal:
+            fused_visual, sides = self.image_stream(visual)
+            return fused_visual, self.text_stream(sides, text, text_mask)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:  # trade compute for activation memory, as official DYHEAD.USE_CHECKPOINT
@@ -103,3 +141,18 @@ class FusionTower(nn.Module):
             else:
                 visual, text = block(visual, text, text_mask)
         return visual, text
+
+    def image_stream(self, visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], ImageSides]:
+        """Causal mode, image half of every block: O (text-independent) and each block's image side,
+        computed once per image and reused by every decoding step."""
+        sides: ImageSides = []
+        for block in self.blocks:
+            visual, side = block.image_only(visual)
+            sides.append(side)
+        return visual, sides
+
+    def text_stream(self, sides: ImageSides, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Causal mode, text half of every block: P̊ (B, T, D) -> P, reading the cached image sides."""
+        for block, side in zip(self.blocks, sides):
+            text = block.text_only(side, text, text_mask)
+        return text

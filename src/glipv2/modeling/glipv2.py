@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..utils.io import MissingPath, atomic_path, looks_like_path
 from .config import GLIPv2Config
 from .core import GLIPv2Core
 from .criterion import GLIPv2Criterion
-from .heads import HeadInputs, LossConfig, build_heads
+from .heads import HeadInputs, LossConfig, beam_search, build_heads, greedy_decode
 from .heads import head_options as registered_head_options
 from .outputs import CoreOutput, GLIPv2Output
 from .text_encoder import TextEncoder, TextFeatures, state_fingerprint
@@ -46,6 +47,8 @@ class GLIPv2(nn.Module):
         self.config = config
         self.core = GLIPv2Core(config, load_text_weights)
         self.heads = nn.ModuleDict(build_heads(config))
+        if "caption" in self.heads:  # next-token logits through the text encoder's input table
+            self.heads["caption"].tie_output(self.core.text_encoder.word_embeddings)
         self.loss_config = LossConfig.for_model(config)
         self.name_or_path: str | None = None  # the folder it was loaded from (the processor lives there too)
 
@@ -79,9 +82,12 @@ class GLIPv2(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        """P̊: the text encoder's features; cacheable across images that share a prompt."""
-        return self.core.encode_text(input_ids, attention_mask)
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    ) -> TextFeatures:
+        """P̊: the text encoder's features; cacheable across images that share a prompt.
+        causal: left to right, for the caption head."""
+        return self.core.encode_text(input_ids, attention_mask, causal)
 
     def run_core(
         self,
@@ -91,15 +97,21 @@ class GLIPv2(nn.Module):
         image_sizes: torch.Tensor | None = None,
         text_features: TextFeatures | None = None,
         region_features: list[torch.Tensor] | None = None,
+        causal: bool = False,
     ) -> CoreOutput:
         """The core alone (no head): O̊, P̊, O, P. Arguments as `forward`; `region_features`: O̊ of
-        an earlier call on the same images, to skip backbone and FPN."""
+        an earlier call on the same images, to skip backbone and FPN; causal: the caption mode
+        (see `FusionTower.forward`; given `text_features` must have been encoded causally too)."""
         _check_images(pixel_values)
         batch = pixel_values.shape[0]
         if text_features is None:
             if input_ids is None or attention_mask is None:
                 raise ValueError("give input_ids and attention_mask, or text_features")
-            text_features = self.encode_text(input_ids, attention_mask)
+            text_features = self.encode_text(input_ids, attention_mask, causal)
+        elif text_features.causal != causal:
+            raise ValueError(
+                f"text_features were encoded with causal={text_features.causal}, the run asks for causal={causal}"
+            )
         text_features = _broadcast_text(text_features, batch)
         if image_sizes is None:
             image_sizes = torch.tensor([list(pixel_values.shape[-2:])] * batch)
@@ -140,12 +152,24 @@ class GLIPv2(nn.Module):
             )
         if head_options.get("mask_boxes") is not None and "mask" not in self.heads:
             raise ValueError(f"{self.config.name} has no mask head (GLIPv2Config.mask_head is False)")
-        core = self.run_core(pixel_values, input_ids, attention_mask, image_sizes, text_features)
         inputs = HeadInputs(self.training, targets, head_options)
+        selected = [
+            name
+            for name, head in self.heads.items()
+            if ((name in heads) if heads is not None else head.wanted(inputs))
+        ]
+        causal = {bool(self.heads[name].causal_text) for name in selected}
+        if len(causal) > 1:
+            raise ValueError(
+                f"heads {', '.join(selected)} cannot run together: the caption head reads a causal text "
+                "stream, the others the bidirectional one"
+            )
+        core = self.run_core(
+            pixel_values, input_ids, attention_mask, image_sizes, text_features, causal=causal == {True}
+        )
         produced: dict[str, Any] = {}
-        for name, head in self.heads.items():
-            if (name in heads) if heads is not None else head.wanted(inputs):
-                produced.update(head(core, inputs))
+        for name in selected:
+            produced.update(self.heads[name](core, inputs))
         known = set(GLIPv2Output.__dataclass_fields__)
         core_fields = {k: v for k, v in vars(core).items() if k in known}
         output = GLIPv2Output(
@@ -154,8 +178,68 @@ class GLIPv2(nn.Module):
             | {"extra": {k: v for k, v in produced.items() if k not in known}}
         )
         if self.training and targets is not None:
-            return self.criterion(output, targets)
+            # the heads that ran, and the loss-only heads that go with them (L_inter with grounding)
+            ran = selected + [
+                name
+                for name, head in self.heads.items()
+                if name not in selected and head.loss_runs_with in selected
+            ]
+            return self.criterion(output, targets, ran=ran)
         return output
+
+    @torch.no_grad()
+    def generate_captions(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        max_length: int = 30,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+    ) -> list[list[int]]:
+        """Caption token ids per image (without [CLS] / [SEP]): greedy for beam_size 1, else beam
+        search. The image side — backbone, FPN, the tower's image stream and each block's image-side
+        projections, queries and values (`FusionTower.image_stream`) — is computed once; every step
+        runs only the text encoder and the tower's text stream on the tokens so far. image_sizes is
+        only checked: the causal image stream reads the whole padded tensor, as in training."""
+        if "caption" not in self.heads:
+            raise ValueError(f"{self.config.name} has no caption head (GLIPv2Config.caption_head is False)")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        _check_images(pixel_values)
+        batch = pixel_values.shape[0]
+        if image_sizes is not None:
+            _check_image_sizes(image_sizes, pixel_values)
+        _, sides = self.core.fusion.image_stream(self.core.encode_images(pixel_values))
+        if beam_size > 1:  # image i's beams are rows i·K … i·K + K − 1
+            sides = [
+                None if side is None else tuple(t.repeat_interleave(beam_size, dim=0) for t in side)
+                for side in sides
+            ]
+        head = self.heads["caption"]
+
+        def next_token(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            text = self.encode_text(ids, mask, causal=True)
+            fused = self.core.fusion.text_stream(sides, self.core.prompt_offset(text.hidden), mask)
+            if len(head.layers.layers):  # the head's own causal layers read the whole prefix
+                return head.logits(fused, mask)[:, -1].float().log_softmax(dim=-1)
+            return head.logits(fused[:, -1:])[:, 0].float().log_softmax(dim=-1)
+
+        limit = min(max_length, self.config.max_query_len - 1)  # [CLS] takes a slot
+        if beam_size == 1:
+            return greedy_decode(next_token, batch, bos_token_id, eos_token_id, limit, pixel_values.device)
+        return beam_search(
+            next_token,
+            batch,
+            bos_token_id,
+            eos_token_id,
+            limit,
+            pixel_values.device,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+        )
 
     def predict_mask_logits(
         self, output: GLIPv2Output, boxes: Sequence[torch.Tensor], token_weights: Sequence[torch.Tensor]
@@ -258,9 +342,27 @@ class GLIPv2(nn.Module):
             state = {
                 k: v for k, v in state.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads
             }
+            add_fresh_heads(model, state, str(directory))
         load_state_dict_strict(model, state, source=str(weights))
         model.name_or_path = str(directory)
         return model.eval()
+
+
+def add_fresh_heads(model: GLIPv2, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Heads that config overrides switched on (e.g. `vqa_answers`, `caption_head` when fine-tuning a
+    GLIP checkpoint on VQA or captions) but that `state` has no weights for keep their fresh
+    initialisation: their tensors are added to `state`, and a warning names them."""
+    present = {k.split(".")[1] for k in state if k.startswith("heads.")}
+    fresh = [name for name in model.heads if name not in present]
+    if fresh:
+        for key, value in model.state_dict().items():
+            if key.startswith("heads.") and key.split(".")[1] in fresh:
+                state[key] = value
+        warnings.warn(
+            f"{source}: added the {', '.join(fresh)} head(s) with fresh weights (not in the checkpoint)",
+            stacklevel=3,
+        )
+    return fresh
 
 
 LEGACY_TEXT_PREFIX = "text_encoder."
@@ -354,7 +456,8 @@ def _broadcast_text(features: TextFeatures, batch: int) -> TextFeatures:
         return features
     if n == 1:
         return TextFeatures(
-            *(t.expand(batch, *t.shape[1:]) for t in (features.hidden, features.embedded, features.mask))
+            *(t.expand(batch, *t.shape[1:]) for t in (features.hidden, features.embedded, features.mask)),
+            causal=features.causal,
         )
     raise ValueError(f"{n} prompts for {batch} images: give one prompt, or one per image")
 

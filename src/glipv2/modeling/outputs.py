@@ -52,6 +52,8 @@ class GLIPv2Output:
     From the other heads, when they ran:
     mlm_logits:        (B, T, vocab) of the MLM head (training, or `return_mlm_logits=True`)
     mask_logits:       per image (N_i, M, M) mask logits of the boxes given to the forward
+    vqa_logits:        (B, A) answer logits of the VQA head (`heads=["vqa"]`)
+    caption_logits:    (B, T, vocab) next-token logits of the caption head (`heads=["caption"]`)
     extra:             outputs of heads registered outside glipv2, by output name
     """
 
@@ -69,4 +71,6 @@ class GLIPv2Output:
     legacy_cls_logits: list[torch.Tensor] | None = None
     mlm_logits: torch.Tensor | None = None
     mask_logits: list[torch.Tensor] | None = None
+    vqa_logits: torch.Tensor | None = None
+    caption_logits: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -57,11 +57,14 @@ class TextFeatures:
     hidden:   (B, T, D) last layer, pads not zeroed — feeds the fusion.
     embedded: (B, T, D) same, pads zeroed — the dot-product text side when there is no fusion.
     mask:     (B, T) 1 for real tokens.
+    causal:   whether token t attended to tokens <= t only (the caption head's left-to-right mode);
+              the fusion tower then keeps the same rule.
     """
 
     hidden: torch.Tensor
     embedded: torch.Tensor
     mask: torch.Tensor
+    causal: bool = False  # each token saw only itself and earlier ones (captioning)
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -111,10 +114,31 @@ class TextEncoder(nn.Module):
                 f"unexpected={unexpected}"
             )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    ) -> TextFeatures:
+        """input_ids, attention_mask: (B, T); causal: token t attends to the real tokens <= t only."""
+        mask: torch.Tensor = attention_mask
+        if causal:
+            mask = causal_attention_mask(attention_mask)[:, None]  # (B, 1, T, T), as transformers' 4-D masks
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return TextFeatures(
             hidden=hidden,
             embedded=hidden * attention_mask.unsqueeze(-1).to(hidden.dtype),
             mask=attention_mask,
+            causal=causal,
         )
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The input token table (the caption head's output projection is tied to it)."""
+        return self.model.embeddings.word_embeddings
+
+
+def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1 = real token -> (B, T, T) bool: query t may attend to key s when s <= t and s is real.
+    A pad query keeps its own slot, so that no row is empty (its output is never read)."""
+    t = attention_mask.shape[1]
+    lower = torch.tril(torch.ones(t, t, dtype=torch.bool, device=attention_mask.device))
+    allowed = lower[None] & attention_mask.bool()[:, None, :]
+    return allowed | torch.eye(t, dtype=torch.bool, device=attention_mask.device)[None]

@@ -198,6 +198,7 @@ class GLIPv2Processor:
         pixel_std: Sequence[float] = GLIPv2Config.pixel_std,
         max_query_len: int = 256,
         pad_to_max_query_len: bool = True,
+        answers: Sequence[str] = (),
         postprocessor: PostProcessor | None = None,
     ) -> None:
         if min_size < 1 or (max_size is not None and max_size < min_size):
@@ -211,6 +212,9 @@ class GLIPv2Processor:
         self.pixel_std = tuple(pixel_std)
         self.max_query_len = max_query_len
         self.pad_to_max_query_len = pad_to_max_query_len
+        # the VQA head's answer vocabulary in its logit order (the model config's `vqa_answers`; not
+        # saved in processor_config.json)
+        self.answers = tuple(answers)
         self.postprocessor = postprocessor or PostProcessor()
 
     @classmethod
@@ -228,6 +232,7 @@ class GLIPv2Processor:
             "pixel_std": config.pixel_std,
             "max_query_len": config.max_query_len,
             "pad_to_max_query_len": config.pad_to_max_query_len,
+            "answers": config.vqa_answers,
             "postprocessor": PostProcessor.from_config(config, **post),
         }
         kwargs.update(overrides)
@@ -239,7 +244,8 @@ class GLIPv2Processor:
         implies."""
         directory = getattr(model, "name_or_path", None)
         if directory and Path(directory).is_dir():
-            return cls.from_pretrained(directory, **overrides)
+            # the loaded model's answers: config overrides at load time may have added a VQA head
+            return cls.from_pretrained(directory, **{"answers": model.config.vqa_answers, **overrides})
         return cls.from_config(model.config, **overrides)
 
     # --- persistence ------------------------------------------------------------------------------
@@ -287,12 +293,14 @@ class GLIPv2Processor:
             raise ValueError(f"{folder / PROCESSOR_NAME}: expected a mapping of processor settings")
         post = dict(saved.pop("postprocessor", {}))
         post.update({k: overrides.pop(k) for k in list(overrides) if k in _POSTPROCESSOR_FIELDS})
+        # the answer vocabulary is the model's (config.json), kept in one place
+        answers = overrides.pop("answers", config.vqa_answers if config is not None else ())
         unknown = sorted((set(saved) | set(overrides)) - _PROCESSOR_FIELDS) + sorted(
             set(post) - set(_POSTPROCESSOR_FIELDS)
         )
         if unknown:
             raise ValueError(f"{folder / PROCESSOR_NAME}: unknown setting(s) {', '.join(unknown)}")
-        return cls(tokenizer, **{**saved, **overrides}, postprocessor=PostProcessor(**post))
+        return cls(tokenizer, **{**saved, **overrides}, answers=answers, postprocessor=PostProcessor(**post))
 
     # --- images ---------------------------------------------------------------------------------
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -360,6 +368,40 @@ class GLIPv2Processor:
         frame (`postprocessor` default: this processor's)."""
         return (postprocessor or self.postprocessor)(output, list(positive_maps))
 
+    def post_process_answers(self, vqa_logits: torch.Tensor, top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """(B, A) VQA logits -> per question the `top_k` answers with their scores, best first (the
+        sigmoid of the logit: the head is trained against independent soft scores)."""
+        if not self.answers:
+            raise ValueError("this processor has no answer vocabulary (the model has no VQA head)")
+        if vqa_logits.shape[-1] != len(self.answers):
+            raise ValueError(f"{vqa_logits.shape[-1]} answer logits for a vocabulary of {len(self.answers)}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        scores, index = vqa_logits.float().sigmoid().topk(min(top_k, len(self.answers)), dim=-1)
+        return [
+            [(self.answers[i], float(s)) for s, i in zip(row_s, row_i)]
+            for row_s, row_i in zip(scores.tolist(), index.tolist())
+        ]
+
+    @property
+    def caption_start_id(self) -> int:
+        """[CLS]: every caption starts with it, decoding too."""
+        return int(self.tokenizer.cls_token_id)
+
+    @property
+    def caption_end_id(self) -> int:
+        """[SEP]: the token that ends a caption."""
+        return int(self.tokenizer.sep_token_id)
+
+    def decode_captions(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids (without [CLS] / [SEP]) -> text, word pieces joined."""
+        return [
+            self.tokenizer.decode(
+                list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True
+            ).strip()
+            for ids in token_ids
+        ]
+
 
 def paste_masks(
     masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.5
@@ -377,5 +419,6 @@ _PROCESSOR_FIELDS = set(inspect.signature(GLIPv2Processor.__init__).parameters) 
     "self",
     "tokenizer",
     "postprocessor",
+    "answers",  # the model's `vqa_answers`, read from config.json
 }
 _POSTPROCESSOR_FIELDS = tuple(inspect.signature(PostProcessor.__init__).parameters)[1:]

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from .atss import ATSSTargets, atss_assign, centerness_targets
 from .base import FlatOutputs, HeadInputs, LossConfig, LossContext, TaskHead
+from .caption import CaptionHead, beam_search, greedy_decode, next_token_labels
 from .grounding import GroundingHead, generalized_iou_loss
 from .inter import RegionWordContrastiveHead
 from .mask import LanguageAwareMaskHead
 from .mlm import IGNORE_INDEX, MLMHead
+from .vqa import VQAHead
 
 if TYPE_CHECKING:
     from ..config import GLIPv2Config
@@ -66,10 +68,13 @@ register_head("grounding", GroundingHead, lambda c: True)
 register_head("mlm", MLMHead, lambda c: c.mlm_head)
 register_head("inter", RegionWordContrastiveHead, lambda c: c.region_word_contrastive_dim > 0)
 register_head("mask", LanguageAwareMaskHead, lambda c: c.mask_head)
+register_head("vqa", VQAHead, lambda c: bool(c.vqa_answers))
+register_head("caption", CaptionHead, lambda c: c.caption_head)
 
 __all__ = [
     "IGNORE_INDEX",
     "ATSSTargets",
+    "CaptionHead",
     "FlatOutputs",
     "GroundingHead",
     "HeadInputs",
@@ -80,11 +85,15 @@ __all__ = [
     "MLMHead",
     "RegionWordContrastiveHead",
     "TaskHead",
+    "VQAHead",
     "atss_assign",
+    "beam_search",
     "build_heads",
     "centerness_targets",
     "generalized_iou_loss",
+    "greedy_decode",
     "head_options",
+    "next_token_labels",
     "register_head",
     "registered_heads",
     "unregister_head",

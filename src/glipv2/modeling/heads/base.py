@@ -49,6 +49,12 @@ class LossConfig:
     # L_mask (language-aware mask head)
     use_mask: bool = False  # MASK_ON
     mask_weight: float = 1.0  # (official: unweighted `loss_mask`)
+    # L_vqa (binary cross-entropy on soft answer scores) and L_caption (next-token cross-entropy)
+    use_vqa: bool = False
+    vqa_weight: float = 1.0
+    use_caption: bool = False
+    caption_weight: float = 1.0
+    caption_label_smoothing: float = 0.1  # Oscar's captioning recipe (reference §2)
     # ATSS
     atss_topk: int = ATSS_TOPK  # ATSS.TOPK (× anchors per location, 1 here)
     # weights of losses of heads registered outside this package, by loss name (default 1)
@@ -63,6 +69,8 @@ class LossConfig:
         problems += [f"extra_weights[{k!r}] must be >= 0" for k, v in self.extra_weights.items() if v < 0]
         if self.atss_topk < 1:
             problems.append("atss_topk must be >= 1")
+        if not 0.0 <= self.caption_label_smoothing < 1.0:
+            problems.append("caption_label_smoothing must lie in [0, 1)")
         if self.inter_max_regions < 1:
             problems.append("inter_max_regions must be >= 1")
         if problems:
@@ -71,11 +79,13 @@ class LossConfig:
     @classmethod
     def for_model(cls, model_config: GLIPv2Config, **overrides: Any) -> LossConfig:
         """The official defaults, with L_inter on when the `GLIPv2Config` has a region–word
-        contrastive projection, L_mlm on when it has an MLM head and L_mask when it has a mask head."""
+        contrastive projection, L_mlm, L_mask, L_vqa and L_caption when it has those heads."""
         switches = {
             "use_inter": bool(getattr(model_config, "region_word_contrastive_dim", 0)),
             "use_mlm": bool(getattr(model_config, "mlm_head", False)),
             "use_mask": bool(getattr(model_config, "mask_head", False)),
+            "use_vqa": bool(getattr(model_config, "vqa_answers", ())),
+            "use_caption": bool(getattr(model_config, "caption_head", False)),
         }
         return cls(**{**switches, **overrides})
 
@@ -121,12 +131,13 @@ class LossContext:
     """What several heads' losses share in one batch, computed once by the criterion.
 
     flat: the grounding head's dense outputs, flattened; assignments: ATSS per image;
-    num_pos: 0-d, positive anchors per rank averaged over ranks (>= 1), the official normaliser."""
+    num_pos: 0-d, positive anchors per rank averaged over ranks (>= 1), the official normaliser.
+    All three are None in a batch where the grounding head did not run (VQA, captions)."""
 
     config: LossConfig
-    flat: FlatOutputs
-    assignments: list[ATSSTargets]
-    num_pos: torch.Tensor
+    flat: FlatOutputs | None = None
+    assignments: list[ATSSTargets] | None = None
+    num_pos: torch.Tensor | None = None
 
 
 class TaskHead(nn.Module):
@@ -148,6 +159,11 @@ class TaskHead(nn.Module):
     name: ClassVar[str] = ""
     # the keyword arguments of `GLIPv2.forward` this head reads (see `HeadInputs.options`)
     options: ClassVar[tuple[str, ...]] = ()
+    # the head reads a left-to-right text stream: the core runs causally when it is asked for
+    causal_text: ClassVar[bool] = False
+    # a loss-only head (nothing to predict, `wanted` False) whose loss is computed whenever this other
+    # head runs, e.g. L_inter with the grounding head (it reads O̊, P̊ and the ATSS assignment)
+    loss_runs_with: ClassVar[str | None] = None
 
     def wanted(self, inputs: HeadInputs) -> bool:
         return True
@@ -211,3 +227,29 @@ def fit_slots(values: torch.Tensor, num_tokens: int, fill: Any, name: str) -> to
             )
         return values[..., :num_tokens]
     return values
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward; `scale` × its gradient in the backward (a head's share of shaping the core)."""
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)
+
+
+class HeadTextLayers(nn.Module):
+    """The BERT layers an understanding head owns on top of the fused P (`understanding_head_layers`):
+    bidirectional for VQA, causal for captions (the same layer as the fusion tower's text side)."""
+
+    def __init__(self, config: GLIPv2Config, causal: bool) -> None:
+        super().__init__()
+        from ..fusion_tower import TextLayer, text_layer_config
+
+        self.causal = causal
+        self.layers = nn.ModuleList(
+            TextLayer(text_layer_config(config)) for _ in range(config.understanding_head_layers)
+        )
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = layer(tokens, mask, causal=self.causal)
+        return tokens

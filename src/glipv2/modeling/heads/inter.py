@@ -49,6 +49,8 @@ class RegionWordContrastiveHead(TaskHead):
         self.token = nn.Linear(config.text_hidden_size, dim)
         self.log_scale = nn.Parameter(torch.full((1,), float(config.region_word_contrastive_log_scale_init)))
 
+    loss_runs_with = "grounding"
+
     def wanted(self, inputs: HeadInputs) -> bool:
         return False  # nothing to predict; the loss reads O̊ and P̊ from the output
 
