@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from ..data.collate import EmptyBatch, GroundingCollator, SafeDataset, TrainingBatch
 from ..modeling.glipv2 import GLIPv2
-from ..modeling.heads import LossConfig
+from ..modeling.heads import HeadInputs, LossConfig
 from ..processing.processor import GLIPv2Processor
 from ..utils import distributed
 from ..utils.io import (
@@ -171,9 +171,14 @@ FREEZE_TARGETS: dict[str, tuple[str, ...]] = {
 
 def heads_left_out(model: GLIPv2, dataset: Any) -> bool:
     """Whether some step leaves a head without gradient: a multi-task run (a batch of one task skips
-    the others' heads, and a caption batch the fusion's text -> image half), or a model with an
-    understanding head that the localisation batches of a single-task run never ask for."""
-    return hasattr(dataset, "epoch_batches") or any(name in model.heads for name in ("vqa", "caption"))
+    the others' heads, and a caption batch the fusion's text -> image half), or a model with a head
+    that the localisation batches of a single-task run never ask for."""
+    asked_only = [  # heads that run only when a batch names them (VQA, captions)
+        name
+        for name, head in model.heads.items()
+        if head.loss_runs_with is None and not head.wanted(HeadInputs(training=True, targets=[]))
+    ]
+    return hasattr(dataset, "epoch_batches") or bool(asked_only)
 
 
 def freeze(model: GLIPv2, config: TrainConfig) -> list[nn.Module]:

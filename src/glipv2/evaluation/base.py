@@ -208,6 +208,32 @@ def check_known_ids(
         raise ValueError(f"predictions with category ids not in the annotations: {categories[:10]}")
 
 
+def check_keyed_results(
+    results: Any, where: str, id_key: str, text_key: str, what: str, item: str
+) -> list[dict[str, Any]]:
+    """Official text results (`[{id_key: int, text_key: str}]`: VQA answers, captions): raise
+    ValueError naming the first entry of another shape, or the first repeated id; returns `results`.
+    what: the results' name ("VQA", "caption"); item: what an id names ("question", "image")."""
+    if not isinstance(results, list):
+        raise ValueError(
+            f"{where}{what} predictions must be a JSON list of {{'{id_key}', '{text_key}'}} entries"
+        )
+    seen: set[int] = set()
+    for i, entry in enumerate(results):
+        if (
+            not isinstance(entry, dict)
+            or not is_int(entry.get(id_key))
+            or not isinstance(entry.get(text_key), str)
+        ):
+            raise ValueError(
+                f"{where}prediction {i}: needs an integer {id_key} and a string {text_key}, got {entry!r:.200}"
+            )
+        if entry[id_key] in seen:
+            raise ValueError(f"{where}prediction {i}: a second {text_key} for {item} {entry[id_key]}")
+        seen.add(entry[id_key])
+    return results
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

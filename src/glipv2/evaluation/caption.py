@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from ..utils.io import read_json
-from .base import is_int
+from .base import check_keyed_results, is_int
 
 Source = str | os.PathLike[str]
 K = TypeVar("K", bound=Hashable)
@@ -154,24 +154,7 @@ def load_caption_references(
 def check_caption_results(results: Any, where: str = "") -> list[dict[str, Any]]:
     """Raise ValueError naming the first entry that is not `{"image_id": int, "caption": str}` or
     the first repeated image id; returns `results`."""
-    if not isinstance(results, list):
-        raise ValueError(
-            f"{where}caption predictions must be a JSON list of {{'image_id', 'caption'}} entries"
-        )
-    seen: set[int] = set()
-    for i, entry in enumerate(results):
-        if (
-            not isinstance(entry, dict)
-            or not is_int(entry.get("image_id"))
-            or not isinstance(entry.get("caption"), str)
-        ):
-            raise ValueError(
-                f"{where}prediction {i}: needs an integer image_id and a string caption, got {entry!r:.200}"
-            )
-        if entry["image_id"] in seen:
-            raise ValueError(f"{where}prediction {i}: a second caption for image {entry['image_id']}")
-        seen.add(entry["image_id"])
-    return results
+    return check_keyed_results(results, where, "image_id", "caption", "caption", "image")
 
 
 def read_caption_results(path: Source) -> list[dict[str, Any]]:

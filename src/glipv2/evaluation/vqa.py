@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..processing.vqa_answers import normalize_answer, process_punctuation
 from ..utils.io import read_json
-from .base import is_int
+from .base import check_keyed_results, is_int
 
 Source = str | os.PathLike[str]
 
@@ -155,22 +155,7 @@ def vqa_image_paths(questions: Mapping[str, Any], image_dir: Source) -> dict[int
 def check_vqa_results(results: Any, where: str = "") -> list[dict[str, Any]]:
     """Raise ValueError naming the first entry that is not `{"question_id": int, "answer": str}` or
     the first repeated question id; returns `results`."""
-    if not isinstance(results, list):
-        raise ValueError(f"{where}VQA predictions must be a JSON list of {{'question_id', 'answer'}} entries")
-    seen: set[int] = set()
-    for i, entry in enumerate(results):
-        if (
-            not isinstance(entry, dict)
-            or not is_int(entry.get("question_id"))
-            or not isinstance(entry.get("answer"), str)
-        ):
-            raise ValueError(
-                f"{where}prediction {i}: needs an integer question_id and a string answer, got {entry!r:.200}"
-            )
-        if entry["question_id"] in seen:
-            raise ValueError(f"{where}prediction {i}: a second answer for question {entry['question_id']}")
-        seen.add(entry["question_id"])
-    return results
+    return check_keyed_results(results, where, "question_id", "answer", "VQA", "question")
 
 
 def read_vqa_results(path: Source) -> list[dict[str, Any]]:

@@ -220,12 +220,16 @@ class Predictor:
             tensor, size = self.processor.prepare_image(image_list[group[0]])
             batch = self.processor.batch_images([tensor] * len(group), [size] * len(group))
             text = _stack_text([self.encode(question_list[i]).features for i in group])
+            pixels = batch.pixel_values.to(self.device)
             with torch.no_grad():
+                # one image: backbone and FPN once, O̊ shared by its questions
+                regions = self.model.core.encode_images(pixels[:1])
                 output = self.model(
-                    batch.pixel_values.to(self.device),
+                    pixels,
                     image_sizes=batch.image_sizes,
                     text_features=text,
                     heads=["vqa"],
+                    region_features=[r.expand(len(group), *r.shape[1:]) for r in regions],
                 )
             results.extend(self.processor.post_process_answers(output.vqa_logits, top_k))
         return results[0] if single else results

@@ -127,6 +127,7 @@ class GLIPv2(nn.Module):
         text_features: TextFeatures | None = None,
         targets: Sequence[dict[str, torch.Tensor]] | None = None,
         heads: Sequence[str] | None = None,
+        region_features: list[torch.Tensor] | None = None,
         **head_options: Any,
     ) -> GLIPv2Output | dict[str, torch.Tensor]:
         """pixel_values: (B, 3, H, W) normalised BGR images (any H, W; padding at bottom/right);
@@ -135,6 +136,8 @@ class GLIPv2(nn.Module):
         targets: one dict per image (see `glipv2.modeling.criterion`): in train mode the return
         value is the loss dict;
         heads: the heads to run (default: each head that wants to, see `TaskHead.wanted`);
+        region_features: O̊ of these images from an earlier `core.encode_images` (skips backbone and
+        FPN, e.g. for several questions about one image);
         head_options: per-head keyword arguments — `return_legacy_logits` (grounding),
         `return_mlm_logits` (mlm; default: in train mode), `mask_boxes` and `mask_token_weights`
         (mask: per image (N_i, 4) boxes in input pixels and (N_i, T) the tokens of each box's
@@ -165,7 +168,13 @@ class GLIPv2(nn.Module):
                 "stream, the others the bidirectional one"
             )
         core = self.run_core(
-            pixel_values, input_ids, attention_mask, image_sizes, text_features, causal=causal == {True}
+            pixel_values,
+            input_ids,
+            attention_mask,
+            image_sizes,
+            text_features,
+            region_features=region_features,
+            causal=causal == {True},
         )
         produced: dict[str, Any] = {}
         for name in selected:
