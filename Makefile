@@ -4,12 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install browser bench serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,8 +23,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	cd src && ../$(VENV)/bin/lint-imports ../pyproject.toml
 
-test: lint
+# the browser test (tests/serve/test_serve_browser.py) needs Debian's chromium; installed here when root
+browser:
+	@bash scripts/ensure_chromium.sh
+
+test: lint browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/glipv2 serve
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/latency.py

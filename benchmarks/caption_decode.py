@@ -5,7 +5,9 @@ Greedy decoding of the same images both ways gives the same tokens (checked here
 tests/modeling/test_understanding_heads.py); what differs is what a step runs. Calls are
 interleaved (cached, full, cached, full, ...) in one process, since this CPU's speed drifts.
 
-    python benchmarks/caption_decode.py [--model weights/glipv2_tiny_shapes] [--images 4] [--rounds 3]
+    python benchmarks/caption_decode.py [--model DIR] [--images 4] [--rounds 3]
+
+DIR defaults to the shipped model folder, src/glipv2/weights/glipv2_tiny_shapes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import glipv2
 from glipv2 import GLIPv2Processor
 from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.modeling.heads import greedy_decode
+from glipv2.utils.shipped import DEFAULT_SHIPPED_MODEL, SHIPPED_WEIGHTS_DIR
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="weights/glipv2_tiny_shapes")
+    parser.add_argument("--model", default=str(SHIPPED_WEIGHTS_DIR / DEFAULT_SHIPPED_MODEL))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=30)

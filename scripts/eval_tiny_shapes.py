@@ -1,8 +1,10 @@
 """Score the multi-task tiny model (and, optionally, its detection-only twin) on fresh ShapesWorld
 `val` (seed 101) and `heldout` (seed 102) splits: everything the README's ShapesWorld table reports.
 
-    .venv/bin/python scripts/eval_tiny_shapes.py [--model weights/glipv2_tiny_shapes]
+    .venv/bin/python scripts/eval_tiny_shapes.py [--model DIR]
         [--baseline runs/glipv2_tiny_shapes/detection/model] [--train-captions FILE] [--out DIR]
+
+DIR defaults to the shipped model folder, src/glipv2/weights/glipv2_tiny_shapes.
 
 Per split: box AP / AP50 (official protocol and `--one-label-per-box`), mask AP, referring-expression
 P@1; on `val` also VQA accuracy per question type beside a question-only baseline (the same model
@@ -26,6 +28,7 @@ from PIL import Image
 
 from glipv2.cli import main as glipv2
 from glipv2.data.shapes_world import COLOURS, SHAPES, generate_shapes_world, plural
+from glipv2.utils.shipped import DEFAULT_SHIPPED_MODEL, SHIPPED_WEIGHTS_DIR
 
 SPLITS = {"val": 101, "heldout": 102}
 NUM_IMAGES = 200
@@ -135,7 +138,7 @@ def best_constant_caption(train_captions: Path, val_captions: Path, candidates: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="weights/glipv2_tiny_shapes")
+    parser.add_argument("--model", default=str(SHIPPED_WEIGHTS_DIR / DEFAULT_SHIPPED_MODEL))
     parser.add_argument("--baseline", help="a detection-only model folder to compare box AP50 with")
     parser.add_argument("--train-captions", help="the training split's captions.json (best constant caption)")
     parser.add_argument("--constant-candidates", type=int, default=300)

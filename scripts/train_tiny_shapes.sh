@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the multi-task glipv2_tiny (detection, grounding, masks, VQA, captions) on a freshly generated
-# ShapesWorld on this machine's CPU and install it as weights/glipv2_tiny_shapes.
+# ShapesWorld on this machine's CPU and install it as the shipped model folder,
+# src/glipv2/weights/glipv2_tiny_shapes (inside the package, so that wheels carry it; SHIPPED= elsewhere).
 #   scripts/train_tiny_shapes.sh                 (RUN=runs/glipv2_tiny_shapes, IMAGES=2000, 2 threads)
 # With BASELINE=1 a detection-only twin (configs/glipv2_tiny_shapes_detection.yaml) trains at the same
 # time, one core each (THREADS=1), for the "one model" comparison; DET_STEPS sets its length.
@@ -38,7 +39,9 @@ if [ "$BASELINE" = 1 ]; then
   wait "$det"
 fi
 
-rm -rf weights/glipv2_tiny_shapes
-mkdir -p weights
-cp -r "$RUN/multitask/model" weights/glipv2_tiny_shapes
-du -sh weights/glipv2_tiny_shapes
+# glipv2.utils.shipped finds the shipped models here, by name
+SHIPPED=${SHIPPED:-src/glipv2/weights/glipv2_tiny_shapes}
+rm -rf "$SHIPPED"
+mkdir -p "$(dirname "$SHIPPED")"
+cp -r "$RUN/multitask/model" "$SHIPPED"
+du -sh "$SHIPPED"

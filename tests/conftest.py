@@ -80,23 +80,26 @@ def build_fixture_config(fixture_dir: Path) -> GLIPv2Config:
     )
 
 
+# the glip_t preset's overrides that make the tiny test config (also usable as `build_model("glip_t",
+# **TINY_OVERRIDES)` or `from_pretrained("glip_t", **TINY_OVERRIDES)`)
+TINY_OVERRIDES: dict[str, Any] = dict(
+    swin_embed_dim=16,
+    swin_depths=(2, 2, 2, 2),
+    swin_num_heads=(1, 1, 2, 2),
+    fpn_channels=32,
+    head_channels=32,
+    num_head_blocks=2,
+    fusion_embed_dim=64,
+    fusion_num_heads=4,
+    text_encoder=dict(TINY_BERT),
+)
+
+
 def make_tiny_config(**overrides: Any) -> GLIPv2Config:
     """A very small random GLIP-T-shaped config (~1.8 M parameters, of which 1 M is the word
     embedding): Swin 16 wide with 2 blocks per stage (so shifted windows are exercised), 32-channel
     FPN/head, 2 head blocks, 4-head 64-dim fusion and a 32-wide, 2-layer BERT."""
-    base: dict[str, Any] = dict(
-        swin_embed_dim=16,
-        swin_depths=(2, 2, 2, 2),
-        swin_num_heads=(1, 1, 2, 2),
-        fpn_channels=32,
-        head_channels=32,
-        num_head_blocks=2,
-        fusion_embed_dim=64,
-        fusion_num_heads=4,
-        text_encoder=dict(TINY_BERT),
-    )
-    base.update(overrides)
-    return glipv2.get_config("glip_t", **base)
+    return glipv2.get_config("glip_t", **{**TINY_OVERRIDES, **overrides})
 
 
 def skip_or_fail(reason: str) -> None:

@@ -1,6 +1,7 @@
-"""The shipped weights (`weights/glipv2_tiny_shapes`, written by `scripts/train_tiny_shapes.sh`): they
-come from the committed recipe, fit the size limit, are one multi-task model, detect, answer and
-describe fresh ShapesWorld images, and give the outputs recorded when they were trained."""
+"""The shipped weights (`src/glipv2/weights/glipv2_tiny_shapes`, inside the package so that wheels carry
+them; written by `scripts/train_tiny_shapes.sh`): they lie where `glipv2.utils.shipped` looks, come
+from the committed recipe, fit the size limit, are one multi-task model, detect, answer and describe
+fresh ShapesWorld images, and give the outputs recorded when they were trained."""
 
 from __future__ import annotations
 
@@ -16,14 +17,21 @@ from glipv2.data.shapes_world import generate_shapes_world
 from glipv2.evaluation.coco import evaluate_detection
 from glipv2.inference.predictor import Predictor
 from glipv2.loading import load_model
+from glipv2.utils.shipped import DEFAULT_SHIPPED_MODEL, SHIPPED_WEIGHTS_DIR, list_shipped_models
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "weights" / "glipv2_tiny_shapes"
+SHIPPED = SHIPPED_WEIGHTS_DIR / DEFAULT_SHIPPED_MODEL
 RECIPE = REPO / "configs" / "glipv2_tiny_shapes.yaml"
 
 pytestmark = pytest.mark.skipif(
     not (SHIPPED / "config.json").is_file(), reason="no shipped weights in this checkout"
 )
+
+
+def test_shipped_weights_lie_inside_the_package_where_they_are_looked_up() -> None:
+    # inside src/glipv2 (the wheel's package data), not at the repository root any more
+    assert SHIPPED.is_relative_to(REPO / "src" / "glipv2")
+    assert DEFAULT_SHIPPED_MODEL in list_shipped_models()
 
 
 def test_shipped_weights_follow_the_committed_recipe() -> None:

@@ -1,5 +1,5 @@
-"""`load_model(name_or_path)`: one entry point for presets, model folders, hub ids and official
-GLIP `.pth` checkpoints (converted once by `glipv2.convert`)."""
+"""`load_model(name_or_path)`: one entry point for presets, model folders, the shipped models, hub
+ids and official GLIP `.pth` checkpoints (converted once by `glipv2.convert`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from .modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, GLIPv2
-from .modeling.registry import build_model, list_models
+from .modeling.registry import build_model, list_models, random_weights_warning
 from .processing.processor import PROCESSOR_NAME
 from .utils.io import MissingPath, looks_like_path
+from .utils.shipped import list_shipped_models, shipped_model_dir
 
 
 def model_problem(name_or_path: str, err: BaseException) -> str:
@@ -22,9 +23,9 @@ def model_problem(name_or_path: str, err: BaseException) -> str:
 
 def local_model_files(name_or_path: str) -> list[Path]:
     """The local files a model name reads (for output checks: no command may write over them): a
-    `.pth` file itself; for a model folder its config, weights, processor config and tokenizer
-    files; nothing for a preset or a hub id."""
-    path = Path(name_or_path)
+    `.pth` file itself; for a model folder — a shipped model's too — its config, weights, processor
+    config and tokenizer files; nothing for a preset or a hub id."""
+    path = shipped_model_dir(name_or_path) or Path(name_or_path)
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -48,7 +49,8 @@ def load_model(
     allow_pickle: bool = False,
     **config_overrides: Any,
 ) -> GLIPv2:
-    """A model folder written by `save_pretrained`, a Hugging Face hub id, a preset name, or an
+    """A model folder written by `save_pretrained`, a model shipped with the package by name
+    (`glipv2_tiny_shapes`, see `glipv2.utils.shipped`), a Hugging Face hub id, a preset name, or an
     official GLIP checkpoint (a local `.pth`, or a hub id with `filename="<name>.pth"`; `arch`,
     `official_config`, `text_config` and `allow_pickle` as `glipv2.convert.from_official`).
 
@@ -68,21 +70,18 @@ def load_model(
         )
     if Path(name_or_path).is_dir():
         return GLIPv2.from_pretrained(name_or_path, **config_overrides)
+    if (shipped := shipped_model_dir(str(name_or_path))) is not None:
+        return GLIPv2.from_pretrained(shipped, **config_overrides)
     if looks_like_path(str(name_or_path)) and not Path(name_or_path).exists():
         # `./my_modle`, `runs/x/model`: a mistyped path, not a hub id to look up
         raise MissingPath(f"{name_or_path}: no such model folder")
     if name_or_path in list_models():
         if warn:
-            print(
-                f"WARNING: {name_or_path!r} is a preset name, not trained weights: the model is built with RANDOM "
-                "weights and its detections mean nothing. Pass a model folder (glipv2 convert / save_pretrained) "
-                "or a hub id.",
-                file=sys.stderr,
-            )
-        return build_model(name_or_path, **config_overrides).eval()
+            print(random_weights_warning(name_or_path), file=sys.stderr)
+        return build_model(name_or_path, **config_overrides)
     if name_or_path.count("/") == 1 and not Path(name_or_path).exists():
         return GLIPv2.from_pretrained(name_or_path, revision=revision, **config_overrides)
     raise ValueError(
-        f"{name_or_path!r} is not a model folder, a hub id 'owner/name', a .pth checkpoint, or a "
-        f"preset ({', '.join(list_models())})"
+        f"{name_or_path!r} is not a model folder, a hub id 'owner/name', a .pth checkpoint, a shipped "
+        f"model ({', '.join(list_shipped_models()) or 'none installed'}) or a preset ({', '.join(list_models())})"
     )

@@ -324,5 +324,9 @@ def test_two_process_gloo_step_equals_one_process(
     one, two = torch.load(tmp_path / "result1.pt"), torch.load(tmp_path / "result2.pt")
     for key in one["losses"]:
         assert two["losses"][key] == pytest.approx(one["losses"][key], rel=1e-5, abs=1e-6), key
+    # atol 5e-5, not 1e-5: AdamW divides each element's gradient by its own running size, so an
+    # element whose gradient is near zero moves by up to the learning rate either way, and the
+    # all-reduce's different float rounding decides which; after the second step one bias element
+    # of 96 differed by 1.4e-5 (seen 2026-12-02, transformers 5.24), every other tensor within 1e-5
     for key, value in one["state"].items():
-        torch.testing.assert_close(two["state"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(two["state"][key], value, atol=5e-5, rtol=1e-4, msg=key)

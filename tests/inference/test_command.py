@@ -221,3 +221,85 @@ def test_corrupt_weights_and_an_unwritable_out_are_one_line(
     assert predict(*args, "--model", str(fixture_model_dir), "--out", str(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err
+
+
+# --- the stdout table and the model's own threshold ------------------------------------------------
+@pytest.fixture(scope="module")
+def lenient_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model whose saved processor keeps every candidate (box_threshold 0, inference
+    threshold 0): many detections per image, and no --threshold needed to see them."""
+    from conftest import make_tiny_config
+
+    from glipv2 import GLIPv2, GLIPv2Processor
+
+    torch.manual_seed(0)
+    config = make_tiny_config(
+        pad_to_max_query_len=False, inference_threshold=0.0, test_min_size=64, test_max_size=96
+    )
+    folder = tmp_path_factory.mktemp("lenient_model")
+    GLIPv2(config).save_pretrained(folder)
+    GLIPv2Processor.from_config(config, box_threshold=0.0).save_pretrained(folder)
+    return folder
+
+
+def noise_png(path: Path, seed: int) -> str:
+    pixels = torch.randint(
+        0, 255, (60, 80, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
+    Image.fromarray(pixels.numpy()).save(path)
+    return str(path)
+
+
+def test_predict_prints_a_short_table_and_uses_the_models_threshold(
+    lenient_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = [noise_png(tmp_path / "a.png", 0), noise_png(tmp_path / "b.png", 1), str(tmp_path / "gone.png")]
+    out = tmp_path / "results.json"
+    assert predict(*images, "--model", str(lenient_model_dir), "--classes", "cat,dog", "--out", str(out)) == 2
+    document = json.loads(out.read_text())
+    assert document["threshold"] == 0.0  # the saved box_threshold, not 0.5
+    captured = capsys.readouterr()
+    assert "2 image(s) processed" in captured.err and "1 failed" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["image", "label", "score", "box"]
+    for entry in document["images"][:2]:
+        rows = [line for line in lines if line.startswith(entry["file"])]
+        assert len(rows) == 1  # the name once, on the first row of its block
+        block = lines[lines.index(rows[0]) : lines.index(rows[0]) + 6]
+        first = entry["detections"][0]
+        assert block[0].split()[1:] == [
+            *first["label"].split(),
+            f"{first['score']:.2f}",
+            ",".join(str(round(v)) for v in first["box_xyxy"]),
+        ]
+        assert len(entry["detections"]) > 5
+        assert block[5].strip() == f"… {len(entry['detections']) - 5} more (all in the JSON)"
+    # the columns line up: every score ends where the header's "score" does
+    score_end = lines[0].index("score") + len("score")
+    assert all(line[score_end - 4 : score_end].replace(".", "").isdigit() for line in lines[1:3])
+    assert lines[-1].startswith(images[2]) and "error:" in lines[-1]
+
+    assert (
+        predict(*images[:1], "--model", str(lenient_model_dir), "--classes", "cat", "--out", str(out), "-q")
+        == 0
+    )
+    assert capsys.readouterr().out == ""
+
+
+def test_results_table_for_answers_captions_and_nothing_found() -> None:
+    from glipv2.inference.command import results_table
+
+    answers = results_table(
+        [{"file": "x.png", "answers": [{"answer": "yes", "score": 0.91}, {"answer": "no", "score": 0.08}]}]
+    ).splitlines()
+    assert [line.split() for line in answers] == [
+        ["image", "answer", "score"],
+        ["x.png", "yes", "0.91"],
+        ["no", "0.08"],
+    ]
+    captions = results_table(
+        [{"file": "x.png", "generated_caption": "a red circle"}, {"file": "y.png", "error": "bad"}]
+    )
+    assert captions.splitlines() == ["image  caption", "x.png  a red circle", "y.png  error: bad"]
+    empty = results_table([{"file": "x.png", "detections": []}])
+    assert empty.splitlines()[1] == "x.png  (nothing above the threshold)"

@@ -7,6 +7,12 @@ with one image (missing, unreadable, corrupt) is reported on stderr and in that 
 and the other images are still processed. Either way the exit code is 2 and there is no traceback.
 Ctrl-C or SIGTERM writes the images finished so far, marked `"incomplete": true`, and exits with
 128 + the signal number (130, 143).
+
+Besides the JSON, stdout gets a short aligned table of the results (`results_table`; `--quiet`
+leaves it out), stderr the one-line summary.
+
+torch, PIL and tqdm are imported by `run_predict`, not here: building the `glipv2` parser (and
+`glipv2 predict --help`) must not pay for them.
 """
 
 from __future__ import annotations
@@ -15,13 +21,8 @@ import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-from ..processing.processor import GLIPv2Processor, load_image
 from ..utils.io import (
     DestinationError,
     Interrupted,
@@ -31,24 +32,32 @@ from ..utils.io import (
     check_not_special,
     interruptible,
 )
-from .predictor import Predictor, Vocabulary
-from .visualize import draw_detections, draw_text_banner
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .predictor import Predictor, Vocabulary
 
 EXIT_BAD_INPUT = 2
+# rows of the stdout table per image; the rest is counted ("… 12 more"), the JSON has them all
+TABLE_ROWS_PER_IMAGE = 5
 
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
-        help="detect classes or ground a caption's phrases in images",
-        description="Open-vocabulary detection (--classes) or phrase grounding (--caption) on image files.",
+        help="detect classes, ground a caption's phrases, answer a question or describe images",
+        description="Open-vocabulary detection (--classes), phrase grounding (--caption), visual question "
+        "answering (--question) or captioning (--describe) on image files: the results go to --out as "
+        "JSON, and a short table of them to stdout.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument(
         "--model",
         required=True,
         metavar="NAME_OR_DIR",
-        help="a model folder (save_pretrained / glipv2 convert), a hub id, or a preset (random weights)",
+        help="a model folder (save_pretrained / glipv2 convert), a shipped model (glipv2_tiny_shapes), "
+        "a hub id, or a preset (random weights)",
     )
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--classes", metavar="A,B,C", help="comma-separated class names (detection)")
@@ -64,7 +73,11 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="phrases of the caption to ground (default: its pieces between punctuation)",
     )
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="keep detections scoring above this (default: the model's own, box_threshold in its "
+        "processor_config.json; 0.5 when it has none)",
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
@@ -104,6 +117,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the results JSON")
     p.add_argument("--viz", metavar="DIR", help="also write an annotated PNG per image here")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no results table on stdout (the JSON and stderr only)"
+    )
     p.set_defaults(func=run_predict)
     return p
 
@@ -148,7 +164,7 @@ def _vocabulary(args: argparse.Namespace, predictor: Predictor) -> Vocabulary | 
 
 
 def _check_call(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise BadInput(f"--threshold {args.threshold}: must lie in [0, 1]")
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size}: must be >= 1")
@@ -195,7 +211,13 @@ def _interrupted(stop: BaseException) -> Interrupted:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
     from ..loading import load_model, model_problem
+    from ..processing.processor import GLIPv2Processor, load_image
+    from .predictor import Predictor
+    from .visualize import draw_detections, draw_text_banner
 
     try:
         _check_call(args)
@@ -215,6 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
         processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
         predictor = Predictor(model, processor, batch_size=args.batch_size)
         vocabulary = _vocabulary(args, predictor)
+        threshold = predictor.resolve_threshold(args.threshold)  # the model's own when not given
     except BadInput as err:
         print(f"glipv2 predict: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -277,7 +300,7 @@ def run_predict(args: argparse.Namespace) -> int:
             return
         try:
             results = predictor.predict_prepared(
-                [p for _, p, _ in pending], [vocabulary] * len(pending), args.threshold
+                [p for _, p, _ in pending], [vocabulary] * len(pending), threshold
             )
         # e.g. out of memory on a huge image: the other batches still run
         except Exception as err:  # noqa: BLE001
@@ -330,7 +353,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     document: dict[str, Any] = {"model": args.model}
     if vocabulary is not None:
-        document.update(threshold=args.threshold, labels=vocabulary.names)
+        document.update(threshold=threshold, labels=vocabulary.names)
     elif args.question is not None:
         document.update(task="vqa", question=args.question, top_k=args.top_k)
     else:
@@ -339,6 +362,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if stopped is not None:
         document.update(incomplete=True, interrupted_by=stopped.name, images_requested=len(args.images))
     atomic_write_json(out, document, indent=1, end="\n")  # a crash never leaves half a results file
+    if not args.quiet and entries:
+        _print_table(results_table(entries))
     if stopped is not None:
         print(
             f"glipv2 predict: interrupted by {stopped.name} after {len(entries)} of {len(args.images)} "
@@ -357,6 +382,71 @@ def run_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_BAD_INPUT if failed else 0
+
+
+def results_table(entries: list[dict[str, Any]], rows_per_image: int = TABLE_ROWS_PER_IMAGE) -> str:
+    """The `images` entries of a results document as a plain-text table with aligned columns:
+    image, label, score, box (x1,y1,x2,y2 in whole pixels) for detections; image, answer, score for
+    answers; image, caption for captions. At most `rows_per_image` rows per image, then "… N more"."""
+    captions = any("generated_caption" in e for e in entries)
+    answers = any("answers" in e for e in entries)
+    header = (
+        ["image", "caption"]
+        if captions
+        else ["image", "answer", "score"]
+        if answers
+        else ["image", "label", "score", "box"]
+    )
+    rows: list[list[str]] = []
+    for entry in entries:
+        name = str(entry.get("file", ""))
+        if "error" in entry:
+            rows.append([name, f"error: {entry['error']}"])
+            continue
+        if captions:
+            rows.append([name, entry.get("generated_caption", "")])
+            continue
+        if answers:
+            found = [[a["answer"], f"{a['score']:.2f}"] for a in entry.get("answers", [])]
+        else:
+            found = [
+                [d["label"], f"{d['score']:.2f}", ",".join(str(round(v)) for v in d["box_xyxy"])]
+                for d in entry.get("detections", [])
+            ]
+        if not found:
+            rows.append([name, "(nothing above the threshold)" if not answers else "(no answer)"])
+        for i, row in enumerate(found[:rows_per_image]):
+            rows.append([name if i == 0 else "", *row])
+        if len(found) > rows_per_image:
+            rows.append(["", f"… {len(found) - rows_per_image} more (all in the JSON)"])
+    return _aligned([header, *rows], right={2} if not captions else set())
+
+
+def _print_table(table: str) -> None:
+    """The table on stdout; a reader that went away (`glipv2 predict ... | head -3`) is no error:
+    the JSON is written already."""
+    try:
+        print(table, flush=True)
+    except BrokenPipeError:
+        # as the Python docs advise: later writes (the interpreter's final flush) go nowhere
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _aligned(rows: list[list[str]], right: set[int]) -> str:
+    """Columns padded to their widest cell (`right`: right-aligned columns, the scores); a row with
+    fewer cells (a note, an error) runs on across the columns it lacks."""
+    full = [r for r in rows if len(r) == len(rows[0])]
+    widths = [max(len(r[c]) for r in full) for c in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[c]) if c in right and len(row) == len(widths) else cell.ljust(widths[c])
+            for c, cell in enumerate(row[:-1])
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
 
 
 def _finished(entry: dict[str, Any]) -> bool:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..utils.boxes import xyxy_to_xywh
+from ..utils.io import atomic_path, check_destination
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -17,7 +23,11 @@ class Detections:
     names: the prompt's label names; image_size: original (height, width); prompt: the text
     (for a chunked vocabulary, the full vocabulary joined as one prompt would be); masks:
     (N, height, width) bool instance masks in original image pixels, from models with a mask head
-    (instance segmentation for class prompts, referring segmentation for grounded phrases)."""
+    (instance segmentation for class prompts, referring segmentation for grounded phrases).
+
+    image: the RGB image the detections were computed on, when the `Predictor` read or was given
+    it (for `plot` / `save`; not part of `to_dict` or any JSON); image_path: the file it was read
+    from, which `save` refuses to overwrite."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
@@ -26,6 +36,8 @@ class Detections:
     image_size: tuple[int, int]
     prompt: str = ""
     masks: torch.Tensor | None = None
+    image: Image.Image | None = field(default=None, kw_only=True, repr=False, compare=False)
+    image_path: Path | None = field(default=None, kw_only=True, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -46,6 +58,8 @@ class Detections:
             self.image_size,
             self.prompt,
             None if self.masks is None else self.masks[index],
+            image=self.image,
+            image_path=self.image_path,
         )
 
     def above(self, threshold: float) -> Detections:
@@ -54,14 +68,15 @@ class Detections:
 
     def to_coco(
         self,
-        image_id: int | str,
+        image_id: int | str = 0,
         category_ids: list[int] | dict[int, int] | None = None,
         legacy_box_size: bool = True,
     ) -> list[dict[str, Any]]:
         """COCO results entries `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`, with
         `"segmentation"` (compressed RLE) when the detections have masks.
 
-        category_ids maps a label index to a category id (default label + 1). legacy_box_size
+        image_id: the image's id in the annotations; 0 when omitted (one image, nothing to match it
+        with). category_ids maps a label index to a category id (default label + 1). legacy_box_size
         writes w = x2 - x1 + 1 as the official evaluation does (maskrcnn-benchmark's xywh
         conversion), so AP matches the official numbers."""
         segmentations = self.mask_rles()
@@ -108,6 +123,58 @@ class Detections:
             out.append(entry)
         return out
 
+    def to_transformers(self) -> list[dict[str, Any]]:
+        """The result of a transformers `pipeline("zero-shot-object-detection")` for one image:
+        `[{"score": float, "label": str, "box": {"xmin": int, "ymin": int, "xmax": int, "ymax": int}}]`,
+        best first. The box corners are truncated to whole pixels as the pipeline does
+        (`box.int()`), so code written for OWL-ViT / Grounding DINO pipelines reads these as is."""
+        return [
+            {"score": score, "label": self.names[label], "box": dict(zip(_PIPELINE_BOX_KEYS, box))}
+            for score, label, box in zip(
+                self.scores.tolist(), self.labels.tolist(), self.boxes.detach().cpu().int().tolist()
+            )
+        ]
+
+    def plot(
+        self, image: Image.Image | None = None, *, line_width: int | None = None, mask_opacity: float = 0.45
+    ) -> Image.Image:
+        """The annotated image as a new PIL image: masks tinted, boxes, and "name 0.87" tags, one
+        colour per label (`glipv2.draw_detections`). image: what to draw on (default: the image the
+        detections were computed on, kept by the `Predictor`); it must be the image's original size."""
+        from .visualize import draw_detections
+
+        image = image if image is not None else self.image
+        if image is None:
+            raise ValueError(
+                "these detections hold no image (made with predict_prepared, sliced from raw tensors, or "
+                "built by hand): pass one, dets.plot(image)"
+            )
+        height, width = self.image_size
+        if image.size != (width, height):
+            raise ValueError(
+                f"the image is {image.size[0]}x{image.size[1]}, the detections are for {width}x{height}"
+            )
+        return draw_detections(image, self, line_width=line_width, mask_opacity=mask_opacity)
+
+    def save(
+        self, path: str | os.PathLike[str], image: Image.Image | None = None, **plot_options: Any
+    ) -> Path:
+        """Write `plot(image)` to `path` (the format from its suffix: .png, .jpg, ...), atomically:
+        an interruption never leaves half a file. Refuses (`ValueError`) to write over the image
+        file the detections were computed on, and over a folder, symlink or device. Returns `path`."""
+        from PIL import Image as PILImage
+
+        path = Path(path)
+        image_format = PILImage.registered_extensions().get(path.suffix.lower())
+        if image_format is None:
+            raise ValueError(f"{path}: unknown image type {path.suffix!r}; use e.g. .png or .jpg")
+        # a `DestinationError`, which is a ValueError
+        check_destination(path, [self.image_path] if self.image_path is not None else [])
+        picture = self.plot(image, **plot_options)
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format=image_format)
+        return path
+
     def to_supervision(self) -> Any:
         """A `supervision.Detections` (needs the optional `supervision` package)."""
         try:
@@ -130,3 +197,7 @@ class Detections:
         shown = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.label_names[:5], self.scores.tolist()[:5]))
         more = f", … {len(self) - 5} more" if len(self) > 5 else ""
         return f"Detections({len(self)} on {self.image_size[1]}x{self.image_size[0]}: {shown}{more})"
+
+
+# the key order of transformers' `ZeroShotObjectDetectionPipeline._get_bounding_box`
+_PIPELINE_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")

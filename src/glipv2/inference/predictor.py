@@ -14,6 +14,7 @@ call's post-processing settings are arguments, never swapped into shared state.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ import torch
 from ..modeling.glipv2 import GLIPv2
 from ..modeling.text_encoder import TextFeatures
 from ..processing.postprocess import PostProcessor, RawDetections, fit_token_slots
-from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image, paste_masks
+from ..processing.processor import GLIPv2Processor, ImageInput, is_single_image, load_image, paste_masks
 from ..processing.prompts import DETECTION_SEPARATOR, Prompt, PromptChunk, Span, grounding_prompt
 from .detections import Detections
 
@@ -113,8 +114,9 @@ class Predictor:
     """Open-vocabulary detection and phrase grounding with a GLIP/GLIPv2 model.
 
     >>> predictor = Predictor(GLIPv2.from_pretrained("my_model"))
-    >>> dets = predictor.detect("street.jpg", ["person", "bicycle", "car"], threshold=0.5)
+    >>> dets = predictor.detect("street.jpg", ["person", "bicycle", "car"])  # the model's threshold
     >>> dets.boxes, dets.scores, dets.label_names
+    >>> dets.save("street_detections.png")  # or dets.plot(): the annotated PIL image
     """
 
     def __init__(
@@ -144,11 +146,13 @@ class Predictor:
         self,
         images: ImageInput | Sequence[ImageInput],
         classes: Sequence[str] | Sequence[Sequence[str]],
-        threshold: float = 0.5,
+        threshold: float | None = None,
         chunk_size: int | None = None,
     ) -> Detections | list[Detections]:
         """Detect `classes` (one list for all images, or one list per image). Vocabularies longer
-        than the model's token slots run in chunks (`chunk_size` names each, or packed)."""
+        than the model's token slots run in chunks (`chunk_size` names each, or packed).
+        threshold: keep scores above it; None = the model's own (`processor.box_threshold`, saved
+        with the weights; 0.5 unless they say otherwise)."""
         single = is_single_image(images)
         image_list = [images] if single else list(images)  # type: ignore[list-item]
         if len(classes) > 0 and not isinstance(classes[0], str):
@@ -166,11 +170,12 @@ class Predictor:
         caption: str | Sequence[str],
         phrases: Sequence[str] | Sequence[Sequence[str]] | None = None,
         spans: Sequence[Span | Sequence[Span]] | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
     ) -> Detections | list[Detections]:
         """Ground the phrases of a caption (one caption for all images, or one per image);
         phrases are found in the caption (whole words), given as spans, or — if neither — are
-        the caption's pieces between punctuation marks. Labels index the phrases."""
+        the caption's pieces between punctuation marks. Labels index the phrases. threshold: as
+        `detect`."""
         single = is_single_image(images)
         image_list = [images] if single else list(images)  # type: ignore[list-item]
         if isinstance(caption, str):
@@ -309,29 +314,47 @@ class Predictor:
         self,
         images: Sequence[ImageInput],
         vocabularies: Sequence[Vocabulary],
-        threshold: float = 0.5,
+        threshold: float | None = None,
         postprocessor: PostProcessor | None = None,
     ) -> list[Detections]:
-        """One `Vocabulary` per image -> one `Detections` per image, scores > threshold;
-        `postprocessor`: this call's post-processing (default: the predictor's)."""
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        """One `Vocabulary` per image -> one `Detections` per image, scores > threshold (None: the
+        model's `processor.box_threshold`); `postprocessor`: this call's post-processing (default:
+        the predictor's). Each result keeps the image it was computed on (`Detections.image`, for
+        `plot` / `save`), and the path when the image was given as one."""
+        threshold = self.resolve_threshold(threshold)
         if len(images) != len(vocabularies):
             raise ValueError(f"{len(vocabularies)} prompts for {len(images)} images")
         results = []
         for group in _batches(list(zip(images, vocabularies)), self.batch_size):
-            prepared = [self.processor.prepare_image(image) for image, _ in group]
-            results.extend(self.predict_prepared(prepared, [v for _, v in group], threshold, postprocessor))
+            # read once: the same RGB pixels feed the model and the drawings of the result
+            pictures = [load_image(image) for image, _ in group]
+            prepared = [self.processor.prepare_image(picture) for picture in pictures]
+            found = self.predict_prepared(prepared, [v for _, v in group], threshold, postprocessor)
+            for detections, picture, (image, _) in zip(found, pictures, group):
+                detections.image = picture
+                if isinstance(image, (str, os.PathLike)):
+                    detections.image_path = Path(image)
+            results.extend(found)
         return results
+
+    def resolve_threshold(self, threshold: float | None) -> float:
+        """`threshold`, or the model's own default when None; checked to lie in [0, 1]."""
+        if threshold is None:
+            threshold = self.processor.box_threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        return float(threshold)
 
     def predict_prepared(
         self,
         prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
         vocabularies: Sequence[Vocabulary],
-        threshold: float = 0.5,
+        threshold: float | None = None,
         postprocessor: PostProcessor | None = None,
     ) -> list[Detections]:
-        """Like `predict`, for images already through `processor.prepare_image`."""
+        """Like `predict`, for images already through `processor.prepare_image` (the results hold
+        no image: set `Detections.image` to draw them with `plot()` without an argument)."""
+        threshold = self.resolve_threshold(threshold)
         jobs = [(i, chunk) for i, vocabulary in enumerate(vocabularies) for chunk in vocabulary.chunks]
         found: list[list[RawDetections]] = [[] for _ in prepared]
         for batch in _batches(jobs, self.batch_size):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..utils.io import MissingPath, atomic_path, looks_like_path
+from ..utils.shipped import shipped_model_dir
 from .config import GLIPv2Config
 from .core import GLIPv2Core
 from .criterion import GLIPv2Criterion
@@ -305,19 +307,33 @@ class GLIPv2(nn.Module):
         name_or_path: str | os.PathLike[str],
         revision: str | None = None,
         map_location: str | torch.device = "cpu",
+        *,
+        warn: bool = True,
         **config_overrides: Any,
     ) -> GLIPv2:
-        """Load a folder written by `save_pretrained`, or download one from the Hugging Face hub.
-        Folders of the layout before the core/heads split load too (their keys are renamed).
+        """Load a folder written by `save_pretrained`, a model shipped with the package by name
+        (`glipv2_tiny_shapes`; `glipv2 models` lists them), or download one from the Hugging Face
+        hub; or build a preset by name (`glipv2_tiny`, ...) with random weights — as
+        `glipv2.load_model` and every `--model` option accept, with the same loud warning on stderr
+        unless `warn=False`. A local folder wins over a name. Folders of the layout before the
+        core/heads split load too (their keys are renamed). The model is in eval mode.
 
         Official GLIP `.pth` checkpoints are converted by `glipv2.convert` (`glipv2.load_model(path)`
         or `glipv2.convert.from_official(...)` converts once and loads)."""
-        if str(name_or_path).endswith(".pth"):
+        from .registry import build_model, list_models, random_weights_warning
+
+        name = str(name_or_path)
+        if name.endswith(".pth"):
             raise ValueError(
                 f"{name_or_path}: an official GLIP checkpoint; load it with glipv2.load_model(path) "
                 "(or glipv2.convert.from_official), which converts it once"
             )
-        directory = _resolve_model_dir(str(name_or_path), revision)
+        shipped = shipped_model_dir(name)
+        if shipped is None and name in list_models() and not Path(name).exists():
+            if warn:
+                print(random_weights_warning(name), file=sys.stderr)
+            return build_model(name, **config_overrides)
+        directory = shipped if shipped is not None else _resolve_model_dir(name, revision)
         config = GLIPv2Config.load(directory / CONFIG_NAME)
         if config_overrides:
             config = config.replace(**config_overrides)

@@ -1,4 +1,7 @@
-"""Named model variants (timm-style registry): `list_models()`, `build_model(name, **overrides)`."""
+"""Named model variants (timm-style registry): `list_models()`, `build_model(name, **overrides)`.
+
+Names, descriptions and configs are read without torch (the network modules are imported only by
+`build_model`), so that `glipv2 models` and `--help` answer at once."""
 
 from __future__ import annotations
 
@@ -121,7 +124,20 @@ def get_config(name: str, **overrides: Any) -> GLIPv2Config:
 
 
 def build_model(name: str, **overrides: Any) -> GLIPv2:
-    """Build a registered variant with random (or, for the tiny preset, pretrained-text) weights."""
+    """Build a registered variant with random (or, for the tiny preset, pretrained-text) weights,
+    in eval mode — as `GLIPv2.from_pretrained` and `glipv2.load_model` return models — so that
+    inference on it is deterministic (no dropout / drop-path). Training calls `.train()` itself
+    (the `Trainer` does, at every step)."""
     from .glipv2 import GLIPv2
 
-    return GLIPv2(get_config(name, **overrides))
+    return GLIPv2(get_config(name, **overrides)).eval()
+
+
+def random_weights_warning(name: str) -> str:
+    """The loud line `load_model` / `GLIPv2.from_pretrained` print when a preset name builds a model
+    with random weights where trained ones were probably meant."""
+    return (
+        f"WARNING: {name!r} is a preset name, not trained weights: the model is built with RANDOM "
+        "weights and its detections mean nothing. Pass a model folder (glipv2 convert / save_pretrained), "
+        "a hub id, or a shipped model (glipv2 models)."
+    )

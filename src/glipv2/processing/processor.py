@@ -32,12 +32,16 @@ from ..modeling.config import GLIPv2Config
 from ..modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR
 from ..modeling.outputs import GLIPv2Output
 from ..utils.io import atomic_write_text, read_json
+from ..utils.shipped import shipped_model_dir
 from .image import image_to_tensor, pad_batch
 from .postprocess import PostProcessor, RawDetections
 from .prompts import Prompt, PromptChunk, check_prompt_tokens, chunk_class_names
 from .text import TokenizedPrompts, load_tokenizer, tokenize_prompts
 
 PROCESSOR_NAME = "processor_config.json"
+# `GLIPv2Processor.box_threshold` of a model whose processor config does not say: 0.5, the usual
+# display threshold of GLIP demos; trained weights may save their own (the shipped tiny ones do)
+DEFAULT_BOX_THRESHOLD = 0.5
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -200,9 +204,12 @@ class GLIPv2Processor:
         pad_to_max_query_len: bool = True,
         answers: Sequence[str] = (),
         postprocessor: PostProcessor | None = None,
+        box_threshold: float = DEFAULT_BOX_THRESHOLD,
     ) -> None:
         if min_size < 1 or (max_size is not None and max_size < min_size):
             raise ValueError(f"invalid resize sizes: shorter side {min_size}, longer side at most {max_size}")
+        if not 0.0 <= box_threshold <= 1.0:
+            raise ValueError(f"box_threshold must lie in [0, 1], got {box_threshold}")
         self.tokenizer = tokenizer
         self.min_size = min_size
         self.max_size = max_size
@@ -216,6 +223,11 @@ class GLIPv2Processor:
         # saved in processor_config.json)
         self.answers = tuple(answers)
         self.postprocessor = postprocessor or PostProcessor()
+        # the score a detection must exceed to be returned when a call gives no threshold
+        # (`Predictor.detect(threshold=None)`, `glipv2 predict` without --threshold): a property of
+        # the trained weights — how confident they are — so it is saved with them. The post-processing's
+        # `inference_threshold` (0.05, official) is a different, lower cut that feeds NMS and AP.
+        self.box_threshold = float(box_threshold)
 
     @classmethod
     def from_config(
@@ -260,6 +272,7 @@ class GLIPv2Processor:
             "pixel_std": list(self.pixel_std),
             "max_query_len": self.max_query_len,
             "pad_to_max_query_len": self.pad_to_max_query_len,
+            "box_threshold": self.box_threshold,
             "postprocessor": {k: getattr(post, k) for k in _POSTPROCESSOR_FIELDS},
         }
 
@@ -273,9 +286,10 @@ class GLIPv2Processor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], **overrides: Any) -> GLIPv2Processor:
-        """From a model folder: `processor_config.json` (or, in folders written before it existed,
-        the settings of `config.json`) and `tokenizer/` (or the config's tokenizer)."""
-        folder = Path(directory)
+        """From a model folder (or a shipped model's name, as `GLIPv2.from_pretrained`):
+        `processor_config.json` (or, in folders written before it existed, the settings of
+        `config.json`) and `tokenizer/` (or the config's tokenizer)."""
+        folder = shipped_model_dir(str(directory)) or Path(directory)
         config = GLIPv2Config.load(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else None
         tokenizer_dir = folder / TOKENIZER_DIR
         if tokenizer_dir.is_dir():
