@@ -28,7 +28,7 @@ browser:
 	@bash scripts/ensure_chromium.sh
 
 test: lint browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=12
 
 serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/glipv2 serve

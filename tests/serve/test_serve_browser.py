@@ -10,6 +10,7 @@ screenshot of each mode there as JPEG (the README's pictures: `docs/serve/`).
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -140,12 +141,16 @@ def _run(page: object, button: str) -> str:
     message = page.locator("#message p").first  # type: ignore[attr-defined]
     previous = message.inner_text() if message.count() else None
     page.locator(f"#{button}").click()  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "([previous]) => { const p = document.querySelector('#message p');"
-        " return p && p.innerText.trim() && p.innerText !== previous; }",
-        arg=[previous],
-        timeout=RESULT_TIMEOUT_MS,
-    )
+    try:
+        page.wait_for_function(  # type: ignore[attr-defined]
+            "([previous]) => { const p = document.querySelector('#message p');"
+            " return p && p.innerText.trim() && p.innerText !== previous; }",
+            arg=[previous],
+            timeout=RESULT_TIMEOUT_MS,
+        )
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError: say what the page shows instead
+        shown = message.inner_text() if message.count() else "(no message)"
+        pytest.fail(f"{button}: no new result within {RESULT_TIMEOUT_MS // 1000} s; the page shows {shown!r}")
     return message.inner_text()
 
 
@@ -157,7 +162,25 @@ def _result_image(page: object) -> np.ndarray:
 
 
 def _fill(page: object, element_id: str, text: str) -> None:
-    page.locator(f"#{element_id} textarea, #{element_id} input").first.fill(text)  # type: ignore[attr-defined]
+    """Type `text` into a textbox and leave it, as a user does: the blur commits the value to the
+    page's state (a click right after a bare `fill` was seen, under load, to send the old value)."""
+    box = page.locator(f"#{element_id} textarea, #{element_id} input").first  # type: ignore[attr-defined]
+    box.fill(text)
+    box.blur()
+    try:
+        page.wait_for_function(  # type: ignore[attr-defined]
+            "([selector, text]) => document.querySelector(selector).value === text",
+            arg=[f"#{element_id} textarea, #{element_id} input", text],
+            timeout=RESULT_TIMEOUT_MS,
+        )
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError
+        pytest.fail(f"#{element_id}: the box shows {box.input_value()!r} after typing {text!r}")
+
+
+def _download(page: object) -> dict:
+    """The JSON download of the last request: what the server computed, and for which prompt."""
+    href = page.locator("#download a").first.get_attribute("href")  # type: ignore[attr-defined]
+    return json.loads(page.request.get(href).body())  # type: ignore[attr-defined]
 
 
 def _table(page: object) -> list[list[str]]:
@@ -216,6 +239,7 @@ def test_every_mode_in_a_browser(browser: object, server: str, reference: tuple[
     page.get_by_role("tab", name="VQA").click()
     _fill(page, "question", example.question)
     message = _run(page, "run-vqa")
+    assert _download(page)["question"] == example.question  # the server was asked what we typed
     best = service.predictor.answer(example.image, example.question, top_k=1)[0][0]
     assert message.startswith(f"Answer: {best} (score")
     assert _table(page)[0][0] == best
