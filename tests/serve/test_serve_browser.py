@@ -87,7 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--port",
                 str(port),
                 "--examples",
-                "2",
+                "3",  # the reference's three images: the page knows their prompts
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -234,6 +234,19 @@ def test_every_mode_in_a_browser(browser: object, server: str, reference: tuple[
     assert message == expected.message.replace("**", "")
     assert (_result_image(page) == np.asarray(expected.image)).all()
     _shot(page, "segmentation")
+
+    # referring segmentation: the kind switch suggests the example's own expression; one region
+    page.get_by_role("radio", name="referring (an expression)").check()
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "([text]) => document.querySelector('#seg-prompt textarea').value === text",
+        arg=[example.expression],
+        timeout=RESULT_TIMEOUT_MS,
+    )
+    message = _run(page, "run-segmentation")
+    expected = service.segment(example.image, "referring", example.expression, service.default_threshold)
+    assert message == expected.message.replace("**", "")
+    assert len(_download(page)["detections"]) <= 1
+    _shot(page, "referring")
 
     # VQA: the answer this process gives
     page.get_by_role("tab", name="VQA").click()

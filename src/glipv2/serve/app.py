@@ -115,7 +115,7 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
     with gr.Blocks(title="glipv2 demo", analytics_enabled=False) as app:
         gr.Markdown(
             f"## glipv2 — one model, six tasks\nModel: `{service.model_name}`. Upload an image or pick an "
-            "example, choose a mode, and press its **Run** button."
+            "example, choose a mode and press its button."
         )
         with gr.Row():
             with gr.Column():
@@ -205,13 +205,15 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
         )
         vqa_run.click(respond("vqa", service.answer), [image, question, top_k], outputs)
         cap_run.click(respond("captioning", service.describe), [image, beam_size, max_length], outputs)
-        # switching to referring segmentation suggests an expression that fits the example
-        expressions = {e.image: e.expression for e in examples}
+        # switching the segmentation kind suggests a prompt of that kind for an example image (found
+        # by file name: Gradio hands the handler its own copy of an example)
+        by_name = {Path(e.image).name: e for e in examples}
 
         def suggest(kind_value: str, image_value: str | None, current: str) -> str:
-            if kind_value == "referring":
-                return expressions.get(image_value or "", current if "," not in current else "")
-            return first.classes if not current or "," not in current else current
+            example = by_name.get(Path(image_value).name) if image_value else None
+            if example is None:
+                return current
+            return example.expression if kind_value == "referring" else example.classes
 
         kind.change(suggest, [kind, image, seg_prompt], seg_prompt)
     return app
