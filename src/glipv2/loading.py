@@ -85,3 +85,21 @@ def load_model(
         f"{name_or_path!r} is not a model folder, a hub id 'owner/name', a .pth checkpoint, a shipped "
         f"model ({', '.join(list_shipped_models()) or 'none installed'}) or a preset ({', '.join(list_models())})"
     )
+
+
+def load_model_option(name_or_path: str, device: str | None = None) -> GLIPv2:
+    """What a command's `--model NAME [--device D]` gives: the model (on `device`), or a `ValueError`
+    of one line, "--model NAME: <the problem>" or "--device D: <the problem>", for the command to print."""
+    import torch
+
+    try:
+        model = load_model(name_or_path)
+    # a corrupt weights file raises the safetensors library's own error type
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"--model {name_or_path}: {model_problem(name_or_path, err)}") from None
+    if device:
+        try:
+            model = model.to(torch.device(device))
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"--device {device}: {err}") from None
+    return model

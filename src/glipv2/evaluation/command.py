@@ -193,7 +193,7 @@ def _load_predictor(args: argparse.Namespace) -> Any:
     from ..inference.command import BadInput as PredictBadInput
     from ..inference.command import processor_overrides
     from ..inference.predictor import Predictor
-    from ..loading import load_model, model_problem
+    from ..loading import load_model_option
     from ..processing.processor import GLIPv2Processor
     from ..utils import distributed
 
@@ -207,10 +207,9 @@ def _load_predictor(args: argparse.Namespace) -> Any:
         raise BadInput(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
     distributed.init_from_env(device)
     try:
-        model = load_model(args.model)
-    # a corrupt weights file raises the safetensors library's own error type
-    except Exception as err:  # noqa: BLE001
-        raise BadInput(f"--model {args.model}: {model_problem(args.model, err)}") from None
+        model = load_model_option(args.model)  # placed on `device` by the Predictor
+    except ValueError as err:
+        raise BadInput(str(err)) from None
     processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
     return Predictor(model, processor, device=device, batch_size=args.batch_size)
 

@@ -211,10 +211,9 @@ def _interrupted(stop: BaseException) -> Interrupted:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
-    from ..loading import load_model, model_problem
+    from ..loading import load_model_option
     from ..processing.processor import GLIPv2Processor, load_image
     from .predictor import Predictor
     from .visualize import draw_detections, draw_text_banner
@@ -225,15 +224,9 @@ def run_predict(args: argparse.Namespace) -> int:
         out = Path(args.out)
         check_outputs(args)
         try:
-            model = load_model(args.model)
-        # a corrupt weights file raises the safetensors library's own error type
-        except Exception as err:  # noqa: BLE001
-            raise BadInput(f"--model {args.model}: {model_problem(args.model, err)}") from None
-        if args.device:
-            try:
-                model = model.to(torch.device(args.device))
-            except (RuntimeError, ValueError) as err:
-                raise BadInput(f"--device {args.device}: {err}") from None
+            model = load_model_option(args.model, args.device)
+        except ValueError as err:
+            raise BadInput(str(err)) from None
         processor = GLIPv2Processor.for_model(model, **overrides, one_label_per_box=args.one_label_per_box)
         predictor = Predictor(model, processor, batch_size=args.batch_size)
         vocabulary = _vocabulary(args, predictor)

@@ -118,21 +118,11 @@ def _check_call(args: argparse.Namespace) -> None:
 
 def _load_service(args: argparse.Namespace) -> DemoService:
     """The model, loaded once; imports torch (kept out of `glipv2 --help`)."""
-    import torch
-
     from ..inference.predictor import Predictor
-    from ..loading import load_model, model_problem
+    from ..loading import load_model_option
     from .service import DemoService
 
-    try:
-        model = load_model(args.model)
-    except Exception as err:  # noqa: BLE001 - a corrupt file raises its library's own error type
-        raise ValueError(f"--model {args.model}: {model_problem(args.model, err)}") from None
-    if args.device:
-        try:
-            model = model.to(torch.device(args.device))
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"--device {args.device}: {err}") from None
+    model = load_model_option(args.model, args.device)  # a ValueError of one line
     predictor = Predictor(model)
     threshold = args.threshold if args.threshold is not None else default_threshold(predictor)
     # a folder is shown by its name (the page need not show where the server keeps its files)
