@@ -35,6 +35,11 @@ def imported_in_a_fresh_interpreter(code: str) -> tuple[list[str], str]:
         "import glipv2.cli as c; c.build_parser()",
         "import glipv2.cli as c; c.build_parser().format_help()",
         "import glipv2.modeling as m, glipv2.modeling.registry as r; r.describe_model(m.list_models()[0])",
+    ]
+    # every sub-command's --help: its module is imported and its arguments added, still without torch
+    + [
+        f"import glipv2.cli as c; c.build_parser()._subparsers._group_actions[0].choices[{name!r}].format_help()"
+        for name in ("predict", "convert", "data", "train", "eval", "serve", "demo", "models")
     ],
 )
 def test_light_paths_import_no_heavy_library(code: str) -> None:
@@ -85,7 +90,18 @@ def test_a_command_is_filled_in_when_parsed(capsys: pytest.CaptureFixture[str]) 
     assert stop.value.code == 2
 
 
-@pytest.mark.parametrize("package", ["glipv2", "glipv2.modeling", "glipv2.inference", "glipv2.engine"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "glipv2",
+        "glipv2.modeling",
+        "glipv2.inference",
+        "glipv2.engine",
+        "glipv2.evaluation",
+        "glipv2.convert",
+        "glipv2.data",
+    ],
+)
 def test_every_lazy_name_is_exported_and_resolves(package: str) -> None:
     module = importlib.import_module(package)
     lazy = module._LAZY  # type: ignore[attr-defined]

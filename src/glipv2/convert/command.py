@@ -16,10 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..modeling.registry import list_models
-from .checkpoint import check_output_folder, convert_checkpoint
-from .hub import official_checkpoint_config
-from .official import ConversionError
+from ..modeling.registry import list_models  # torch-free: the parser lists the presets
 
 EXIT_PROBLEM = 2
 
@@ -71,6 +68,11 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of `glipv2 convert`: 0 on success, 2 with one line per problem on stderr."""
+    # here, not at the top: `glipv2 convert --help` must not wait for torch
+    from .checkpoint import check_output_folder, convert_checkpoint
+    from .hub import official_checkpoint_config
+    from .official import ConversionError
+
     try:
         # before reading anything: OUT_DIR must not hold (or be) one of the inputs
         inputs = [Path(p) for p in (args.src, args.official_config, args.text_config) if p]

@@ -23,9 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ..utils.io import (
     DestinationError,
@@ -35,7 +33,9 @@ from ..utils.io import (
     interruptible,
     read_json,
 )
-from .base import Benchmark, check_results_layout, read_results, run_benchmark
+
+if TYPE_CHECKING:
+    from .base import Benchmark
 
 EXIT_BAD_INPUT = 2
 TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "vqa", "caption")
@@ -215,6 +215,8 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 
 
 def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) -> dict[str, Any]:
+    from .base import read_results
+
     try:
         loaded = (
             read_results(args.predictions) if args.task != "odinw" else _read_odinw_results(args.predictions)
@@ -239,6 +241,8 @@ def _score_predictions(args: argparse.Namespace, benchmarks: list[Benchmark]) ->
 
 
 def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
+    from .base import check_results_layout
+
     data = read_json(path, "predictions")
     if not isinstance(data, dict):
         raise ValueError(
@@ -253,7 +257,9 @@ def _read_odinw_results(path: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # the heavy imports live in the functions that run: `glipv2 eval --help` must not wait for torch
     from ..utils import distributed
+    from .base import run_benchmark
 
     if args.task in LANGUAGE_TASKS:
         return run_language_eval(args)
@@ -327,6 +333,8 @@ def _write_interrupted(
     """After Ctrl-C / SIGTERM: the predictions of every image finished (this process's share under
     torchrun) and a metrics file marked incomplete holding the benchmarks scored before the stop.
     Returns the exit code, 128 + the signal number."""
+    from tqdm import tqdm
+
     from ..utils import distributed
 
     stopped = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
@@ -582,6 +590,8 @@ def _write_language_interrupted(
 ) -> int:
     """After Ctrl-C / SIGTERM: the predictions so far and a metrics file marked incomplete (no
     scores: a subset's accuracy or CIDEr is not the benchmark's). Returns 128 + the signal number."""
+    from tqdm import tqdm
+
     stopped = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
     unit = "questions" if args.task == "vqa" else "images"
     metrics = {
