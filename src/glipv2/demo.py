@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .modeling import GLIPv2, build_model
 from .processing import GLIPv2Processor, grounding_prompt, image_to_tensor, pad_batch
 from .processing.postprocess import PostProcessor
+from .utils.boxes import xywh_to_xyxy
 from .utils.io import DestinationError, atomic_path, check_destination, read_json
 from .utils.shipped import DEFAULT_SHIPPED_MODEL, SHIPPED_WEIGHTS_DIR
 
@@ -338,19 +339,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        trial = f"{current} {word}".strip()
-        if current and font.getlength(trial) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = trial
-    return [*lines, current] if current else lines
-
-
 def _fit(size: tuple[int, int]) -> float:
     """The scale that fits an image of `size` (width, height) into a square panel."""
     return min(OVERVIEW_PANEL / size[0], OVERVIEW_PANEL / size[1])
@@ -415,11 +403,10 @@ def _best_per_label(found: Detections) -> Detections:
 
 
 def _box_iou(box: list[float], xywh: list[float]) -> float:
-    x, y, w, h = xywh
-    ix = max(0.0, min(box[2], x + w) - max(box[0], x))
-    iy = max(0.0, min(box[3], y + h) - max(box[1], y))
-    union = (box[2] - box[0]) * (box[3] - box[1]) + w * h - ix * iy
-    return ix * iy / union if union > 0 else 0.0
+    """IoU of an xyxy box with a COCO xywh annotation box."""
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([box]), xywh_to_xyxy(torch.tensor([xywh], dtype=torch.float32)))[0, 0])
 
 
 def _quoted(text: str) -> str:
@@ -536,6 +523,8 @@ def _write_overview(
 def _grid(panels: list[tuple[str, list[str], Image.Image, list[str]]], heading: str) -> Image.Image:
     """The panels (title, lines above the image, image, lines below) in OVERVIEW_COLUMNS columns,
     images of a row top-aligned, under `heading`."""
+    from .inference.visualize import wrap_text
+
     title_font, text_font = _font(TITLE_PX), _font(TEXT_PX)
     line = TEXT_PX + 5
     inner = OVERVIEW_PANEL
@@ -543,7 +532,7 @@ def _grid(panels: list[tuple[str, list[str], Image.Image, list[str]]], heading: 
     rows = [panels[i : i + OVERVIEW_COLUMNS] for i in range(0, len(panels), OVERVIEW_COLUMNS)]
 
     def wrap(texts: list[str]) -> list[str]:
-        return [piece for text in texts for piece in _wrap(text, text_font, inner)]
+        return [piece for text in texts for piece in wrap_text(text, text_font, inner)]
 
     wrapped = [[(wrap(above), wrap(below)) for _, above, _, below in row] for row in rows]
     heading_h = TITLE_PX + 2 * OVERVIEW_MARGIN

@@ -67,17 +67,8 @@ def draw_text_banner(image: Image.Image, lines: list[str]) -> Image.Image:
     canvas = image.convert("RGB")
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(canvas)
-    wrapped: list[str] = []
-    for line in lines:
-        words, current = line.split(), ""
-        for word in words:
-            trial = f"{current} {word}".strip()
-            if current and probe.textlength(trial, font=font) > canvas.width - 8:
-                wrapped.append(current)
-                current = word
-            else:
-                current = trial
-        wrapped.append(current)
+    # an empty line stays, as a blank line of the band
+    wrapped = [piece for line in lines for piece in (wrap_text(line, font, canvas.width - 8) or [""])]
     _, top, _, bottom = probe.textbbox((0, 0), "Ag", font=font)
     line_h = bottom - top + 4
     out = Image.new("RGB", (canvas.width, canvas.height + line_h * len(wrapped) + 6), (255, 255, 255))
@@ -86,3 +77,18 @@ def draw_text_banner(image: Image.Image, lines: list[str]) -> Image.Image:
     for i, text in enumerate(wrapped):
         draw.text((4, canvas.height + 4 + i * line_h - top), text, fill=(0, 0, 0), font=font)
     return out
+
+
+def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` pixels in `font` (a word longer
+    than that stands alone on its line); [] for blank text."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}".strip()
+        if current and font.getlength(trial) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return [*lines, current] if current else lines

@@ -130,7 +130,9 @@ def _viewer_rgb(image: Image.Image, exif_orientation: bool) -> Image.Image:
         image = _apply_exif_orientation(image)
     if image.mode in _WIDE_MODES:
         image = to_8bit(image)
-    return image.convert("RGB")
+    # an upright RGB image is returned as it is: `Predictor.predict` reads an image once and hands
+    # the result to `prepare_image`, which reads it again; a copy there would be work for nothing
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # EXIF Orientation tag (0x0112): 1 is upright; 2-8 are the flips and rotations a viewer undoes.

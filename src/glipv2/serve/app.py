@@ -109,8 +109,10 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
     """The page: the image (upload or an example) on the left, the result on the right, the modes
     as tabs below, each with its prompt, settings and a Run button."""
     downloads = Downloads()
-    threshold = service.default_threshold
     first = examples[0] if examples else Example("", "", "", "", "", "")
+
+    def threshold_slider() -> gr.Slider:
+        return gr.Slider(0.0, 1.0, value=service.default_threshold, step=0.01, label="Score threshold")
 
     with gr.Blocks(title="glipv2 demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -125,9 +127,7 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
                         classes = gr.Textbox(
                             label="Class names (comma-separated)", value=first.classes, elem_id="classes"
                         )
-                        det_threshold = gr.Slider(
-                            0.0, 1.0, value=threshold, step=0.01, label="Score threshold"
-                        )
+                        det_threshold = threshold_slider()
                         one_label = gr.Checkbox(
                             label="One label per box (names that share words, e.g. 'red circle' and 'red square')",
                             value=True,
@@ -140,9 +140,7 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
                             value=first.phrases,
                             elem_id="phrases",
                         )
-                        ground_threshold = gr.Slider(
-                            0.0, 1.0, value=threshold, step=0.01, label="Score threshold"
-                        )
+                        ground_threshold = threshold_slider()
                         ground_run = gr.Button("Run grounding", variant="primary", elem_id="run-grounding")
                     with gr.Tab("Segmentation", id="segmentation"):
                         kind = gr.Radio(
@@ -158,9 +156,7 @@ def build_app(service: DemoService, examples: list[Example]) -> gr.Blocks:
                             value=first.classes,
                             elem_id="seg-prompt",
                         )
-                        seg_threshold = gr.Slider(
-                            0.0, 1.0, value=threshold, step=0.01, label="Score threshold"
-                        )
+                        seg_threshold = threshold_slider()
                         seg_run = gr.Button("Run segmentation", variant="primary", elem_id="run-segmentation")
                     with gr.Tab("VQA", id="vqa"):
                         question = gr.Textbox(label="Question", value=first.question, elem_id="question")

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from ..utils.shipped import DEFAULT_SHIPPED_MODEL
 
 if TYPE_CHECKING:
-    from ..inference.predictor import Predictor
     from .service import DemoService
 
 EXIT_BAD_INPUT = 2
@@ -124,15 +123,11 @@ def _load_service(args: argparse.Namespace) -> DemoService:
 
     model = load_model_option(args.model, args.device)  # a ValueError of one line
     predictor = Predictor(model)
-    threshold = args.threshold if args.threshold is not None else default_threshold(predictor)
+    # the sliders start at --threshold, or at the model's own (`GLIPv2Processor.box_threshold`)
+    threshold = predictor.resolve_threshold(args.threshold)
     # a folder is shown by its name (the page need not show where the server keeps its files)
     name = Path(args.model).name if Path(args.model).is_dir() else args.model
     return DemoService(predictor, name, threshold)
-
-
-def default_threshold(predictor: Predictor) -> float:
-    """The sliders' start: the threshold saved with the model (`GLIPv2Processor.box_threshold`)."""
-    return float(predictor.processor.box_threshold)
 
 
 def _free_port(host: str) -> int:

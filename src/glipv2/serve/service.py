@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -210,9 +211,7 @@ class DemoService:
         }
         found = len(detections)
         if found:
-            counts: dict[str, int] = {}
-            for name in detections.label_names:
-                counts[name] = counts.get(name, 0) + 1
+            counts = Counter(detections.label_names)
             listed = ", ".join(f"{n} × {c}" if c > 1 else n for n, c in counts.items())
             message = f"**{task.capitalize()}: {found} found** — {listed}"
         else:
