@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from glipv2.cli import main
+from glipv2.modeling.config import COMPUTE_PATHS
 
 # about three times the largest difference measured on this CPU (boxes 3.1e-5, scores 2.4e-7) plus the
 # JSON's rounding (boxes to 4 decimals, scores to 6); FIXTURE.md allows 1e-3 and 1e-5
@@ -19,9 +21,12 @@ CAPTION = "red circle. blue square. green triangle."
 PHRASES = ["red circle", "blue square", "green triangle"]
 
 
+@pytest.mark.parametrize("compute_path", ["fast", "reference"])
 def test_convert_then_predict_gives_the_official_detections(
-    fixture_dir: Path, tmp_path: Path, fixture_outputs: dict[str, Any]
+    fixture_dir: Path, tmp_path: Path, fixture_outputs: dict[str, Any], compute_path: str
 ) -> None:
+    """On either compute path (the converter writes the fast one; the reference one is set in the
+    saved config.json, as a user would)."""
     model_dir = tmp_path / "glip_tiny"
     # the YAML names bert-base-uncased; the fixture's BERT is a tiny one, given beside it
     assert (
@@ -38,6 +43,10 @@ def test_convert_then_predict_gives_the_official_detections(
         )
         == 0
     )
+    config_file = model_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    assert {k: config[k] for k in COMPUTE_PATHS["fast"]} == COMPUTE_PATHS["fast"]
+    config_file.write_text(json.dumps(config | COMPUTE_PATHS[compute_path]))
     results = tmp_path / "results.json"
     assert (
         main(

@@ -36,6 +36,24 @@ def assert_same_detections(
     torch.testing.assert_close(ours.boxes, boxes, atol=box_atol, rtol=0)
 
 
+def assert_same_detections_up_to_ties(ours: Detections, theirs: Detections) -> None:
+    """As `assert_same_detections`, but two candidates whose scores differ by float rounding (1e-8:
+    a random model scores similar names alike) may come in either order: both sides are compared
+    sorted by label, then score."""
+
+    def canonical(dets: Detections) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        by_score = torch.sort(dets.scores, descending=True, stable=True).indices
+        order = by_score[torch.sort(dets.labels[by_score], stable=True).indices]
+        return dets.boxes[order], dets.scores[order], dets.labels[order]
+
+    assert len(ours) == len(theirs)
+    boxes, scores, labels = canonical(theirs)
+    mine_boxes, mine_scores, mine_labels = canonical(ours)
+    assert mine_labels.tolist() == labels.tolist()
+    torch.testing.assert_close(mine_scores, scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mine_boxes, boxes, atol=1e-3, rtol=0)
+
+
 # --- parity ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["phrases", "spans"])
 def test_fixture_detections_through_the_python_api(
@@ -132,6 +150,56 @@ def test_each_chunk_equals_a_separate_run_on_its_prompt(
         part = merged[in_chunk]
         assert len(part) == min(100, len(alone)) and len(alone) > 0
         assert_same_detections(part, alone.boxes, alone.scores, alone.labels + chunk.label_offset)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_backbone_runs_once_per_image_for_all_its_chunks(
+    tiny_config: Callable[..., Any],
+    make_predictor: Callable[..., Predictor],
+    random_image: Callable[..., Image.Image],
+    batch_size: int,
+) -> None:
+    """Two images, 3 chunk prompts each: backbone and FPN run twice (batch 1: once per image;
+    batch 2: a batch holds two chunks of one image, since jobs are grouped by image), and the
+    detections are those of one image alone."""
+    torch.manual_seed(1)
+    model = GLIPv2(tiny_config(max_query_len=24, pad_to_max_query_len=False)).eval()
+    predictor = make_predictor(model, batch_size=batch_size)
+    names = [f"object number {i}" for i in range(12)]
+    images = [random_image(4), random_image(5)]
+    vocabulary = predictor.detection_vocabulary(names)
+    assert len(vocabulary.chunks) == 3
+    calls = []
+    hook = model.core.backbone.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    try:
+        together = predictor.predict(images, [vocabulary] * 2, threshold=0.0)
+    finally:
+        hook.remove()
+    assert calls == [1, 1] if batch_size == 1 else sum(calls) == 2
+    for image, found in zip(images, together):
+        alone = make_predictor(model).predict([image], [vocabulary], threshold=0.0)[0]
+        assert_same_detections_up_to_ties(found, alone)
+
+
+def test_batches_group_images_of_one_size_and_keep_the_input_order(
+    make_predictor: Callable[..., Predictor], random_image: Callable[..., Image.Image]
+) -> None:
+    """Sizes A, B, A, B with batch 2: the two A images batch together (and so do the B ones), so each
+    result is the one its image gets alone — a mixed batch would pad A to B's size and change the
+    fusion's input — and the results come back in the input order."""
+    predictor = make_predictor(batch_size=2)
+    images = [
+        random_image(1, (80, 60)),
+        random_image(2, (60, 80)),
+        random_image(3, (80, 60)),
+        random_image(4, (60, 80)),
+    ]
+    vocabulary = predictor.detection_vocabulary(["red circle", "blue square"])
+    batched = predictor.predict(images, [vocabulary] * 4, threshold=0.0)
+    for image, found in zip(images, batched):
+        assert found.image_size == (image.height, image.width)
+        alone = make_predictor().predict([image], [vocabulary], threshold=0.0)[0]
+        assert_same_detections_up_to_ties(found, alone)
 
 
 def test_lvis_vocabulary_runs_and_its_text_is_encoded_once(

@@ -5,6 +5,10 @@ every intermediate of one eval forward on CPU. We convert its checkpoint, run th
 compare each recorded tensor at about three times the largest difference measured on this CPU
 (6.7e-6, FPN P3; FIXTURE.md allows atol = rtol = 1e-4). A failure here
 pinpoints the first stage that diverges: text encoder, FPN, tower, or prediction layers.
+
+Every comparison runs on both compute paths (`GLIPv2Config`'s COMPUTE_PATHS): "reference", the
+official arithmetic, matches all 256 token slots; "fast" (gather DCN, folded fusion attention, real
+tokens only) matches every real slot, and its pad slots of P̊ and P are zero by design.
 """
 
 from __future__ import annotations
@@ -29,32 +33,54 @@ MAX_QUERY_LEN = 256
 class ParityRun:
     """Our forward on the fixture input (official call: padded to 256 tokens)."""
 
+    path: str
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     text: TextFeatures
     output: GLIPv2Output
 
+    @property
+    def compared_slots(self) -> int:
+        """Token slots to compare: all 256 on the reference path, the real ones on the fast path."""
+        return MAX_QUERY_LEN if self.path == "reference" else int(self.attention_mask.sum())
 
-@pytest.fixture(scope="module")
-def parity_run(fixture_model: GLIPv2, fixture_outputs: dict[str, Any]) -> ParityRun:
+
+@pytest.fixture(scope="module", params=["reference", "fast"])
+def parity_run(
+    request: pytest.FixtureRequest, fixture_model: GLIPv2, fixture_outputs: dict[str, Any]
+) -> ParityRun:
     tokenizer = load_tokenizer(fixture_model.config.tokenizer)
     tokens = tokenizer(
         fixture_outputs["caption"], padding="max_length", max_length=MAX_QUERY_LEN, return_tensors="pt"
     )
-    with torch.no_grad():
-        text = fixture_model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        output = fixture_model(
-            fixture_outputs["image_tensor"],
-            tokens["input_ids"],
-            tokens["attention_mask"],
-            return_legacy_logits=True,
-        )
-    return ParityRun(tokens["input_ids"], tokens["attention_mask"], text, output)
+    fixture_model.set_compute_path(request.param)
+    try:
+        with torch.no_grad():
+            text = fixture_model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+            output = fixture_model(
+                fixture_outputs["image_tensor"],
+                tokens["input_ids"],
+                tokens["attention_mask"],
+                return_legacy_logits=True,
+            )
+    finally:
+        fixture_model.set_compute_path("fast")  # the default, which the other tests expect
+    return ParityRun(request.param, tokens["input_ids"], tokens["attention_mask"], text, output)
 
 
 def assert_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert ours.shape == theirs.shape, f"shape {tuple(ours.shape)} != official {tuple(theirs.shape)}"
     torch.testing.assert_close(ours.float(), theirs.float(), atol=ATOL, rtol=RTOL)
+
+
+def assert_tokens_close(run: ParityRun, ours: torch.Tensor, theirs: torch.Tensor, pads_zero: bool) -> None:
+    """(B, ..., T) tensors with the token slots last: the compared slots match; on the fast path
+    the rest are zero when `pads_zero` (P̊ and P; the logits of pad slots are not defined there)."""
+    assert ours.shape == theirs.shape, f"shape {tuple(ours.shape)} != official {tuple(theirs.shape)}"
+    n = run.compared_slots
+    assert_close(ours[..., :n], theirs[..., :n])
+    if pads_zero and n < ours.shape[-1]:
+        assert bool((ours[..., n:] == 0).all())
 
 
 # --- checkpoint conversion ----------------------------------------------------------------------
@@ -97,8 +123,9 @@ def test_tokenization_matches_fixture(
 
 def test_lang_hidden(parity_run: ParityRun, fixture_outputs: dict[str, Any]) -> None:
     """BERT's last layer over all 256 slots (pads included) = our `token_features`."""
-    assert_close(parity_run.output.token_features, fixture_outputs["lang_hidden"])
-    assert_close(parity_run.text.hidden, fixture_outputs["lang_hidden"])
+    official = fixture_outputs["lang_hidden"].transpose(1, 2)  # token slots last
+    for ours in (parity_run.output.token_features, parity_run.text.hidden):
+        assert_tokens_close(parity_run, ours.transpose(1, 2), official, pads_zero=True)
 
 
 def test_lang_embedded(parity_run: ParityRun, fixture_outputs: dict[str, Any]) -> None:
@@ -110,7 +137,12 @@ def test_lang_embedded(parity_run: ParityRun, fixture_outputs: dict[str, Any]) -
 
 def test_tower_lang_hidden(parity_run: ParityRun, fixture_outputs: dict[str, Any]) -> None:
     """Text features after the fusion tower (the dot product's text side) = `fused_token_features`."""
-    assert_close(parity_run.output.fused_token_features, fixture_outputs["tower_lang_hidden"])
+    assert_tokens_close(
+        parity_run,
+        parity_run.output.fused_token_features.transpose(1, 2),
+        fixture_outputs["tower_lang_hidden"].transpose(1, 2),
+        pads_zero=True,
+    )
 
 
 # --- per-level outputs ---------------------------------------------------------------------------
@@ -139,7 +171,12 @@ def test_per_level_parity(
 ) -> None:
     """FPN P3..P7, tower output, region-token logits (all 256 slots), box deltas after the
     per-level Scale, centerness, anchors and the unused classic classifier, level by level."""
-    assert_close(getattr(parity_run.output, ours)[level], fixture_outputs[official][level])
+    if ours == "logits":
+        assert_tokens_close(
+            parity_run, parity_run.output.logits[level], fixture_outputs[official][level], pads_zero=False
+        )
+    else:
+        assert_close(getattr(parity_run.output, ours)[level], fixture_outputs[official][level])
 
 
 def test_fpn_level_sizes(parity_run: ParityRun) -> None:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..utils.threads import add_threads_option, apply_threads
+
 EXIT_BAD_INPUT = 2
 DEFAULT_OUT = "runs/glipv2_tiny_shapes"
 
@@ -72,6 +74,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)"
     )
+    add_threads_option(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -171,6 +174,7 @@ def _understanding_data(sources: dict[str, tuple[Any, ...]], config: Any) -> dic
 def run_train(args: argparse.Namespace) -> int:
     """`glipv2 train`; Ctrl-C outside the steps (loading, data generation, the final evaluation)
     ends with one line too (inside them, the trainer saves a checkpoint first)."""
+    apply_threads(args.threads)
     try:
         return _run_train(args)
     except KeyboardInterrupt:

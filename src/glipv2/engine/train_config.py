@@ -49,7 +49,7 @@ class TrainConfig(DataclassConfig):
     # training stops instead of looping forever
     max_empty_epochs: int = 2
     # GLIPv2Config fields changed when the model is built or loaded (e.g. {"mlm_head": false,
-    # "deformable_conv_impl": "grid_sample"}) and LossConfig fields (e.g. {"use_inter": false}):
+    # "fusion_dropout": 0.0}) and LossConfig fields (e.g. {"use_inter": false}):
     # so that one file describes a whole recipe
     model_overrides: dict[str, Any] = field(default_factory=dict)
     losses: dict[str, Any] = field(default_factory=dict)

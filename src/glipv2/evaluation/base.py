@@ -309,9 +309,11 @@ def run_benchmark(
         disable=not progress or (sharded and dist.get_rank() != 0),
     )
     unreadable = 0
-    for start in range(0, len(samples), batch_size):
+    # a window of several batches per call, so that the predictor can batch images of one size
+    window = getattr(predictor, "read_ahead", batch_size)
+    for start in range(0, len(samples), window):
         batch, images = [], []
-        for sample in samples[start : start + batch_size]:
+        for sample in samples[start : start + window]:
             try:
                 images.append(load_image(sample.image))
                 batch.append(sample)
@@ -324,7 +326,7 @@ def run_benchmark(
             vocabularies = [vocabulary_of(predictor, s, benchmark.chunk_size) for s in batch]
             detections = predictor.predict(images, vocabularies, threshold=0.0, postprocessor=postprocessor)
             benchmark.evaluator.process(batch, detections)
-        bar.update(len(samples[start : start + batch_size]))
+        bar.update(len(samples[start : start + window]))
     bar.close()
     metrics = benchmark.evaluator.evaluate()
     if unreadable:

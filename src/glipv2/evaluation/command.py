@@ -33,6 +33,7 @@ from ..utils.io import (
     interruptible,
     read_json,
 )
+from ..utils.threads import add_threads_option, apply_threads
 
 if TYPE_CHECKING:
     from .base import Benchmark
@@ -110,6 +111,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument(
         "--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)"
     )
+    add_threads_option(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the metrics json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
@@ -261,6 +263,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..utils import distributed
     from .base import run_benchmark
 
+    apply_threads(args.threads)
     if args.task in LANGUAGE_TASKS:
         return run_language_eval(args)
     try:

@@ -32,6 +32,7 @@ from ..utils.io import (
     check_not_special,
     interruptible,
 )
+from ..utils.threads import add_threads_option, apply_threads
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -115,6 +116,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--chunk-size", type=int, metavar="N", help="class names per pass for long vocabularies")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="forward passes batched together")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_threads_option(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the results JSON")
     p.add_argument("--viz", metavar="DIR", help="also write an annotated PNG per image here")
     p.add_argument(
@@ -217,6 +219,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..processing.processor import GLIPv2Processor, load_image
     from .predictor import Predictor
     from .visualize import draw_detections, draw_text_banner
+
+    apply_threads(args.threads)
 
     try:
         _check_call(args)
@@ -335,7 +339,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 entry.update(width=width, height=height, **prompt)
                 keep = image if viz_dir is not None or vocabulary is None else None
                 pending.append((index, (tensor, (height, width)), keep))
-                if len(pending) >= args.batch_size:
+                if len(pending) >= predictor.read_ahead:  # several batches, grouped by size
                     flush()
             if pending:
                 flush()

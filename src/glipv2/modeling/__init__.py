@@ -13,6 +13,7 @@ from ..utils.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _LAZY: dict[str, str] = {
+    "COMPUTE_PATHS": ".config",
     "GLIPv2Config": ".config",
     "GLIPv2Core": ".core",
     "GLIPv2Criterion": ".criterion",
@@ -29,6 +30,7 @@ _LAZY: dict[str, str] = {
 
 # the names of `_LAZY` (tests/test_lazy_imports.py checks they agree)
 __all__ = [
+    "COMPUTE_PATHS",
     "CoreOutput",
     "GLIPv2",
     "GLIPv2Config",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .config import GLIPv2Config
+    from .config import COMPUTE_PATHS, GLIPv2Config
     from .core import GLIPv2Core
     from .criterion import GLIPv2Criterion
     from .glipv2 import GLIPv2

@@ -57,6 +57,21 @@ def read_mapping(path: str | Path, fmt: str, expected: str) -> dict[str, Any]:
     return data
 
 
+DEFORMABLE_CONV_IMPLEMENTATIONS = ("auto", "torchvision", "grid_sample", "gather")
+FUSION_ATTENTION_IMPLEMENTATIONS = ("auto", "folded", "projected")
+# Named sets of the compute fields: "fast" (the default) and "reference", the official arithmetic
+# (torchvision's DCN, the fusion's 2048-wide projections, all 256 padded token slots) that the
+# benchmarks compare against. Both agree to float rounding on every real output.
+COMPUTE_PATHS: dict[str, dict[str, Any]] = {
+    "fast": {"deformable_conv_impl": "auto", "fusion_attention": "auto", "trim_text_padding": True},
+    "reference": {
+        "deformable_conv_impl": "torchvision",
+        "fusion_attention": "projected",
+        "trim_text_padding": False,
+    },
+}
+
+
 class DataclassConfig:
     """JSON round trip for config dataclasses: unknown fields are an error, lists become tuples."""
 
@@ -116,7 +131,11 @@ class GLIPv2Config(DataclassConfig):
     fusion_embed_dim: int = 2048  # hard-coded in the official VLFuse
     fusion_dropout: float = 0.1
     use_deformable_conv: bool = True  # DYHEAD.USE_DFCONV
-    deformable_conv_impl: str = "torchvision"  # or "grid_sample": same op from stock torch ops, faster on CPU
+    # how the tower computes (not hyper-parameters: every choice gives the same numbers to float
+    # rounding; `COMPUTE_PATHS` names the two sets, "reference" being the official arithmetic)
+    deformable_conv_impl: str = "auto"  # "auto" | "torchvision" | "grid_sample" | "gather" (deform_conv.py)
+    fusion_attention: str = "auto"  # "auto" | "folded" | "projected" (fusion.py)
+    trim_text_padding: bool = True  # run text encoder and tower on the real tokens only (core.py)
     use_dyrelu: bool = True  # DYHEAD.USE_DYRELU
     use_scale_attention: bool = True  # DYHEAD.USE_DYFUSE
     group_norm_groups: int = 16  # GROUP_NORM.NUM_GROUPS
@@ -206,11 +225,12 @@ class GLIPv2Config(DataclassConfig):
             problems.append(
                 "pre_nms_top_n, detections_per_image, test_min_size and test_max_size must be >= 1"
             )
-        if self.deformable_conv_impl not in ("torchvision", "grid_sample"):
-            problems.append(
-                f"deformable_conv_impl must be 'torchvision' or 'grid_sample', not "
-                f"{self.deformable_conv_impl!r}"
-            )
+        for name, allowed in (
+            ("deformable_conv_impl", DEFORMABLE_CONV_IMPLEMENTATIONS),
+            ("fusion_attention", FUSION_ATTENTION_IMPLEMENTATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.num_head_blocks < 1:
             problems.append("num_head_blocks must be >= 1")
         if min(self.mask_head_channels, self.mask_head_convs, self.mask_pooler_resolution) < 1:
@@ -234,6 +254,10 @@ class GLIPv2Config(DataclassConfig):
                 problems.append(f"text_encoder is missing {key!r}")
         if problems:
             raise ValueError("invalid GLIPv2Config: " + "; ".join(problems))
+
+    def validate_fields(self, fields: dict[str, Any]) -> None:
+        """Check a change of some fields before it is made (raises as `validate`)."""
+        self.replace(**fields)  # the copy's __post_init__ validates it
 
     # --- serialisation ------------------------------------------------------------------------
     def to_json(self) -> str:

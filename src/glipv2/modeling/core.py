@@ -7,6 +7,7 @@ words, so a head that needs only the fused features (a caption decoding step) ru
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbone import build_backbone
@@ -41,14 +42,30 @@ class GLIPv2Core(nn.Module):
             else None
         )
         self.fusion = FusionTower(config)
+        # padded token slots never reach a real output (every attention masks them as keys, and
+        # a token's own update reads only itself and the image), so the text encoder and the tower
+        # can skip the trailing pads and hand back zeros in their slots
+        self.trim_text_padding = config.trim_text_padding
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
     ) -> TextFeatures:
         """P̊ before the prompt offset: the text encoder's features; cacheable across images that
-        share a prompt. input_ids, attention_mask: (B, T); causal: left-to-right (captioning)."""
+        share a prompt. input_ids, attention_mask: (B, T); causal: left-to-right (captioning).
+        With `trim_text_padding` the trailing pad slots (pads in every prompt of the batch) are
+        not computed: their features are zero."""
         check_text(input_ids, attention_mask, self.config.max_query_len)
-        return self.text_encoder(input_ids, attention_mask, causal=causal)
+        slots = input_ids.shape[1]
+        length = real_length(attention_mask) if self.trim_text_padding else slots
+        features = self.text_encoder(input_ids[:, :length], attention_mask[:, :length], causal=causal)
+        if length == slots:
+            return features
+        return TextFeatures(
+            hidden=pad_tokens(features.hidden, slots),
+            embedded=pad_tokens(features.embedded, slots),
+            mask=attention_mask,
+            causal=causal,
+        )
 
     def prompt_offset(self, hidden: torch.Tensor) -> torch.Tensor:
         """P̊ with the prompt-tuning offset added (unchanged without one)."""
@@ -74,7 +91,12 @@ class GLIPv2Core(nn.Module):
             region_features = self.encode_images(pixel_values)
         hidden, mask = self.prompt_offset(text_features.hidden), text_features.mask
         embedded = self.prompt_offset(text_features.embedded)
-        fused_visual, fused_text = self.fusion(region_features, hidden, mask, causal=text_features.causal)
+        slots = hidden.shape[1]
+        length = real_length(mask) if self.trim_text_padding else slots
+        fused_visual, fused_text = self.fusion(
+            region_features, hidden[:, :length], mask[:, :length], causal=text_features.causal
+        )
+        fused_text = pad_tokens(fused_text, slots)
         return CoreOutput(
             region_features=region_features,
             token_features=hidden,
@@ -84,6 +106,18 @@ class GLIPv2Core(nn.Module):
             text_attention_mask=mask,
             image_sizes=image_sizes,
         )
+
+
+def real_length(attention_mask: torch.Tensor) -> int:
+    """(B, T) 0/1 -> the number of leading slots that hold a real token of some prompt."""
+    used = attention_mask.bool().any(dim=0).nonzero()
+    return int(used[-1]) + 1 if used.numel() else attention_mask.shape[1]
+
+
+def pad_tokens(features: torch.Tensor, slots: int) -> torch.Tensor:
+    """(B, T', D) -> (B, slots, D) with zeros in the added (pad) slots; unchanged when T' = slots."""
+    missing = slots - features.shape[1]
+    return features if missing == 0 else F.pad(features, (0, 0, 0, missing))
 
 
 def check_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> None:

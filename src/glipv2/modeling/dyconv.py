@@ -35,7 +35,7 @@ class Conv3x3GN(nn.Module):
         stride: int,
         groups: int,
         deformable: bool,
-        deformable_impl: str = "torchvision",
+        deformable_impl: str = "auto",
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -103,7 +103,7 @@ class DyConv(nn.Module):
         deformable: bool,
         dyrelu: bool,
         scale_attention: bool,
-        deformable_impl: str = "torchvision",
+        deformable_impl: str = "auto",
     ) -> None:
         super().__init__()
         self.DyConv = nn.ModuleList(

@@ -3,6 +3,20 @@
 One score matrix S = (W_q O)(W_k P)ᵀ per head serves both directions: softmax over tokens
 (pads masked) updates the image features, softmax of Sᵀ over *all* image positions of all
 levels (padded pixels included, as official) updates the token features.
+
+Two ways to compute the same attention (`GLIPv2Config.fusion_attention`):
+
+* "projected" (official order): the N image positions are projected to the 2048-wide queries and
+  values, attend, and are projected back — three N × C_v × 2048 products per block on top of the
+  three N × T × 2048 attention products.
+* "folded": the image-side projections are folded into the text side, which has T ≤ 256 rows
+  instead of N ≈ 22,000. Per head h (head width d, image width C_v):
+    S_h   = (O W_qhᵀ + b_qh)·s K_hᵀ     = O (s W_qhᵀ K_hᵀ) + s b_qh K_hᵀ
+    dO    = Σ_h A_h V_lh W_ohᵀ + b_o     = [A_1 … A_H] [V_l1 W_o1ᵀ; …] + b_o
+    dP_h  = A'_hᵀ (O W_vhᵀ + b_vh)      = (A'_hᵀ O) W_vhᵀ + (A'_hᵀ 1) b_vhᵀ
+  so each block costs three N × (H·T) × C_v products and nothing N × 2048 wide. With the official
+  C_v · H = 2048 that removes the projections' half of the FLOPs and all N × 2048 buffers.
+  "auto" picks whichever has fewer multiply-adds for the call's T (folded for every preset).
 """
 
 from __future__ import annotations
@@ -16,8 +30,17 @@ CLAMP = 50000.0
 
 
 class BiMultiHeadAttention(nn.Module):
-    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float,
+        attention: str = "auto",
+    ) -> None:
         super().__init__()
+        self.attention_impl = attention  # "auto" | "folded" | "projected", see the module docstring
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -59,12 +82,70 @@ class BiMultiHeadAttention(nn.Module):
         out_l = (attn_l.transpose(-1, -2) @ values).transpose(1, 2).reshape(b, length, -1)
         return self.out_l_proj(out_l)
 
+    def uses_folded(self, num_tokens: int) -> bool:
+        """Whether this call runs folded: multiply-adds per image position, folded H·T·C_v per
+        product against projected (C_v + T)·E (`E` = the embed width)."""
+        if self.attention_impl != "auto":
+            return self.attention_impl == "folded"
+        v_dim = self.v_proj.in_features
+        return self.num_heads * num_tokens * v_dim <= (v_dim + num_tokens) * self.v_proj.out_features
+
     def forward(
         self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """v: (B, N, Cv) image tokens; t: (B, T, Cl) text tokens; text_mask: (B, T) 1 = real token.
 
         Returns the updates (dV (B, N, Cv), dL (B, T, Cl))."""
+        if self.uses_folded(t.shape[1]):
+            return self.forward_folded(v, t, text_mask)
+        return self.forward_projected(v, t, text_mask)
+
+    def forward_folded(
+        self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with the image-side projections folded into the text side (module docstring)."""
+        b, n, v_dim = v.shape
+        length, heads, d = t.shape[1], self.num_heads, self.head_dim
+        keys = self.l_proj(t).view(b, length, heads, d)
+        values_l = self.values_l_proj(t).view(b, length, heads, d)
+        # S = O·M + c, M (B, Cv, H·T): the queries' projection and scale folded into the keys
+        w_q = self.v_proj.weight.view(heads, d, v_dim)
+        folded_keys = torch.einsum("hdc,bthd->bcht", w_q, keys * self.scale).reshape(b, v_dim, heads * length)
+        key_bias = torch.einsum("hd,bthd->bht", self.v_proj.bias.view(heads, d), keys * self.scale)
+        scores = torch.baddbmm(key_bias.reshape(b, 1, heads * length), v, folded_keys)  # (B, N, H·T)
+        pads = (text_mask == 0)[:, None, None, :] if bool((text_mask == 0).any()) else None
+        if scores.requires_grad:
+            per_head = scores.clamp(-CLAMP, CLAMP).view(b, n, heads, length)
+            attn_l = per_head.softmax(dim=1)  # image -> text: each token over all image positions
+            if pads is not None:
+                per_head = per_head.masked_fill(pads, float("-inf"))
+            attn_v = per_head.softmax(dim=-1)  # text -> image: each position over the real tokens
+        else:  # the same softmaxes with one buffer fewer: the scores become attn_v in place
+            per_head = scores.clamp_(-CLAMP, CLAMP).view(b, n, heads, length)
+            attn_l = _softmax_(per_head - per_head.amax(dim=1, keepdim=True), dim=1)
+            if pads is not None:
+                per_head.masked_fill_(pads, float("-inf"))
+            attn_v = _softmax_(per_head.sub_(per_head.amax(dim=-1, keepdim=True)), dim=-1)
+        if self.training and self.dropout > 0:
+            attn_v = F.dropout(attn_v, self.dropout)
+            attn_l = F.dropout(attn_l, self.dropout)
+        # dO = [A_1 … A_H] · [V_l,h W_o,hᵀ]_h + b_o
+        w_o = self.out_v_proj.weight.view(v_dim, heads, d)
+        folded_values = torch.einsum("bthd,chd->bhtc", values_l, w_o).reshape(b, heads * length, v_dim)
+        dv = torch.baddbmm(self.out_v_proj.bias.view(1, 1, v_dim), attn_v.reshape(b, n, -1), folded_values)
+        # dP_h = (A'_hᵀ O) W_v,hᵀ + (A'_hᵀ 1) b_v,h  (the column sums are 1 unless dropout ran)
+        attn_l = attn_l.reshape(b, n, heads * length)
+        pooled = (attn_l.transpose(1, 2) @ v).view(b, heads, length, v_dim)
+        w_v = self.values_v_proj.weight.view(heads, d, v_dim)
+        out_l = torch.einsum("bhtc,hdc->bthd", pooled, w_v) + torch.einsum(
+            "bht,hd->bthd", attn_l.sum(dim=1).view(b, heads, length), self.values_v_proj.bias.view(heads, d)
+        )
+        return dv, self.out_l_proj(out_l.reshape(b, length, heads * d))
+
+    def forward_projected(
+        self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` in the official order: project, split heads, attend, merge, project back."""
         b, n, _ = v.shape
         q = self._heads(self.v_proj(v) * self.scale)
         k = self._heads(self.l_proj(t))
@@ -91,12 +172,19 @@ class BiAttentionBlock(nn.Module):
     added to the *normalised* features (O' = LN(O) + γ_v·dO), not to the raw input."""
 
     def __init__(
-        self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, dropout: float, init_values: float
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float,
+        init_values: float,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         self.layer_norm_v = nn.LayerNorm(v_dim)
         self.layer_norm_l = nn.LayerNorm(l_dim)
-        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads, dropout)
+        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads, dropout, attention)
         self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
 
@@ -120,6 +208,12 @@ class BiAttentionBlock(nn.Module):
         """The text half: tokens read the image (its `image_only` side) as in `forward`."""
         t = self.layer_norm_l(text)
         return t + self.gamma_l * self.attn.text_update(*image_side, t)
+
+
+def _softmax_(shifted: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax of scores already shifted by their maximum along `dim`, computed in place."""
+    shifted.exp_()
+    return shifted.div_(shifted.sum(dim=dim, keepdim=True))
 
 
 def _flatten_levels(visual: list[torch.Tensor]) -> torch.Tensor:

@@ -70,6 +70,7 @@ class VLDyHeadBlock(nn.Module):
                 config.fusion_num_heads,
                 config.fusion_dropout,
                 init_values=1.0 / config.num_head_blocks,
+                attention=config.fusion_attention,
             )
             last = index == config.num_head_blocks - 1
             if not last or config.fused_dot_product:

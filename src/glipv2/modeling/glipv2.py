@@ -18,7 +18,7 @@ from torch import nn
 
 from ..utils.io import MissingPath, atomic_path, looks_like_path
 from ..utils.shipped import shipped_model_dir
-from .config import GLIPv2Config
+from .config import COMPUTE_PATHS, GLIPv2Config
 from .core import GLIPv2Core
 from .criterion import GLIPv2Criterion
 from .heads import HeadInputs, LossConfig, beam_search, build_heads, greedy_decode
@@ -80,6 +80,31 @@ class GLIPv2(nn.Module):
     @property
     def mask_head(self) -> nn.Module | None:
         return self.heads["mask"] if "mask" in self.heads else None  # noqa: SIM401 (ModuleDict has no .get)
+
+    def set_compute_path(self, path: str) -> None:
+        """Switch every compute field at once: "fast" (the default) or "reference", the official
+        arithmetic (torchvision's DCN, the fusion's wide projections, all padded token slots);
+        see `COMPUTE_PATHS`. The weights and the real outputs stay the same."""
+        if path not in COMPUTE_PATHS:
+            raise ValueError(f"unknown compute path {path!r}; choose from {', '.join(COMPUTE_PATHS)}")
+        self.set_compute(**COMPUTE_PATHS[path])
+
+    def set_compute(self, **fields: Any) -> None:
+        """Set compute fields (`deformable_conv_impl`, `fusion_attention`, `trim_text_padding`) on
+        the config and on the modules that read them."""
+        unknown = sorted(set(fields) - set(COMPUTE_PATHS["fast"]))
+        if unknown:
+            raise ValueError(f"not compute fields: {', '.join(unknown)}")
+        self.config.validate_fields(fields)
+        for name, value in fields.items():
+            setattr(self.config, name, value)  # the core shares this config object
+        for module in self.modules():
+            if "deformable_conv_impl" in fields and hasattr(module, "deformable_impl"):
+                module.deformable_impl = fields["deformable_conv_impl"]
+            if "fusion_attention" in fields and hasattr(module, "attention_impl"):
+                module.attention_impl = fields["fusion_attention"]
+            if "trim_text_padding" in fields and hasattr(module, "trim_text_padding"):
+                module.trim_text_padding = fields["trim_text_padding"]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -30,6 +30,15 @@ def image_to_tensor(
     return (bgr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+def padded_size(height: int, width: int, size_divisibility: int = 32) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `size_divisibility` (the batch tensor's size)."""
+    if size_divisibility <= 1:
+        return height, width
+    return -(-height // size_divisibility) * size_divisibility, -(
+        -width // size_divisibility
+    ) * size_divisibility
+
+
 def pad_batch(
     images: Sequence[torch.Tensor], size_divisibility: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,11 +48,9 @@ def pad_batch(
     for i, image in enumerate(images):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image {i} must be a (3, H, W) tensor, got {tuple(image.shape)}")
-    h = max(int(im.shape[1]) for im in images)
-    w = max(int(im.shape[2]) for im in images)
-    if size_divisibility > 1:
-        h = -(-h // size_divisibility) * size_divisibility
-        w = -(-w // size_divisibility) * size_divisibility
+    h, w = padded_size(
+        max(int(im.shape[1]) for im in images), max(int(im.shape[2]) for im in images), size_divisibility
+    )
     batch = images[0].new_zeros(len(images), 3, h, w)
     for i, image in enumerate(images):
         batch[i, :, : image.shape[1], : image.shape[2]] = image

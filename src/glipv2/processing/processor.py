@@ -33,7 +33,7 @@ from ..modeling.glipv2 import CONFIG_NAME, TOKENIZER_DIR
 from ..modeling.outputs import GLIPv2Output
 from ..utils.io import atomic_write_text, read_json
 from ..utils.shipped import shipped_model_dir
-from .image import image_to_tensor, pad_batch
+from .image import image_to_tensor, pad_batch, padded_size
 from .postprocess import PostProcessor, RawDetections
 from .prompts import Prompt, PromptChunk, check_prompt_tokens, chunk_class_names
 from .text import TokenizedPrompts, load_tokenizer, tokenize_prompts
@@ -333,6 +333,10 @@ class GLIPv2Processor:
         if (h, w) != (height, width):
             pil = pil.resize((w, h), Image.BILINEAR)  # what torchvision's F.resize does on PIL images
         return image_to_tensor(pil, self.pixel_mean, self.pixel_std), (height, width)
+
+    def padded_size(self, tensor: torch.Tensor) -> tuple[int, int]:
+        """The (H, W) a prepared (3, h, w) image takes in a batch of its own."""
+        return padded_size(int(tensor.shape[1]), int(tensor.shape[2]), self.size_divisibility)
 
     def batch_images(
         self, tensors: Sequence[torch.Tensor], original_sizes: Sequence[tuple[int, int]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..utils.shipped import DEFAULT_SHIPPED_MODEL
+from ..utils.threads import add_threads_option, apply_threads
 
 if TYPE_CHECKING:
     from .service import DemoService
@@ -34,6 +35,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free port)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_threads_option(p)
     p.add_argument(
         "--threshold", type=float, default=None, help="the sliders' start value (default: the model's)"
     )
@@ -52,6 +54,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     # before gradio is imported: it would otherwise report usage to, and fetch from, the internet
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    apply_threads(args.threads)
     try:
         _check_call(args)
         import gradio  # noqa: F401  (the optional extra: before the model takes seconds to load)
