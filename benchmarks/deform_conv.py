@@ -33,6 +33,7 @@ from glipv2.engine.train_config import TrainConfig
 from glipv2.engine.trainer import Trainer
 from glipv2.modeling.config import COMPUTE_PATHS
 from glipv2.modeling.deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample
+from glipv2.utils.allocator import reuse_freed_memory
 
 
 def op_times(
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    reuse_freed_memory()  # as `glipv2 train` does
     for shape, runs, backward in (((4, 64, 44, 44), 5, True), ((1, 256, 100, 167), 2, False)):
         ops = op_times(shape, runs, backward)
         print(f"op on {'x'.join(map(str, shape))}:")

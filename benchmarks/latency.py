@@ -48,6 +48,7 @@ from glipv2 import GLIPv2Processor, Predictor
 from glipv2.modeling import deform_conv as deform_conv_module  # its deform_conv2d is torchvision's
 from glipv2.modeling import dyconv as dyconv_module  # the module whose modulated_deform_conv DyConv calls
 from glipv2.processing.text import load_tokenizer
+from glipv2.utils.allocator import reuse_freed_memory
 
 LVIS_NAMES = Path(__file__).resolve().parents[1] / "tests" / "data" / "lvis_v1_category_names.txt"
 
@@ -311,15 +312,16 @@ def count_flops(run: Callable[[], Any]) -> float:
 
 
 def fresh_process_peak_rss(height: int, width: int) -> float:
-    """GiB: ru_maxrss of a new interpreter that builds glip_t and predicts once on the fast path
-    with the 80 names (nothing else loaded)."""
+    """GiB: the high-water RSS (VmHWM) of a new interpreter that builds glip_t and predicts once on
+    the fast path with the 80 names (nothing else loaded). Not ru_maxrss: Linux carries that over
+    from the parent through fork + exec, so it would report this process's own peak."""
     code = (
-        f"import sys, resource, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); import latency; "
-        f"torch.set_num_threads(2); latency.single_run({height}, {width}); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); import latency; "
+        f"torch.set_num_threads(2); latency.reuse_freed_memory(); latency.single_run({height}, {width}); "
+        "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 2**30
+    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 2**30  # VmHWM is in kB
 
 
 def make_predictor() -> Predictor:
@@ -386,6 +388,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    reuse_freed_memory()  # as the commands do; one process, so Grounding DINO runs with it too
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.height}x{args.width}")
 

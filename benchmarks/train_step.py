@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import yaml
 
+from glipv2.utils.allocator import reuse_freed_memory
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "glipv2_tiny_shapes.yaml"
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as `glipv2 train` does (for both packages: one process)
     import_baseline(args.baseline_src)
     from glipv2.data.shapes_world import generate_shapes_world
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..utils.allocator import reuse_freed_memory
 from ..utils.threads import add_threads_option, apply_threads
 
 EXIT_BAD_INPUT = 2
@@ -175,6 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
     """`glipv2 train`; Ctrl-C outside the steps (loading, data generation, the final evaluation)
     ends with one line too (inside them, the trainer saves a checkpoint first)."""
     apply_threads(args.threads)
+    reuse_freed_memory()
     try:
         return _run_train(args)
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.allocator import reuse_freed_memory
 from ..utils.io import (
     DestinationError,
     Interrupted,
@@ -264,6 +265,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .base import run_benchmark
 
     apply_threads(args.threads)
+    reuse_freed_memory()
     if args.task in LANGUAGE_TASKS:
         return run_language_eval(args)
     try:

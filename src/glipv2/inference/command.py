@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.allocator import reuse_freed_memory
 from ..utils.io import (
     DestinationError,
     Interrupted,
@@ -221,6 +222,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .visualize import draw_detections, draw_text_banner
 
     apply_threads(args.threads)
+    reuse_freed_memory()
 
     try:
         _check_call(args)

@@ -121,10 +121,13 @@ def deform_conv2d_gather(
     in_place = not torch.is_grad_enabled() or not (
         x.requires_grad or offset.requires_grad or mask.requires_grad or weight.requires_grad
     )
+    # the output is written in (B, Cout, Ho·Wo) order: each tile's GEMM W·colsᵀ lands in its column
+    # range (a strided destination BLAS takes as is), so no channels-last -> NCHW copy follows
+    bias_column = None if bias is None else bias.view(-1, 1)
+    out = x.new_empty(b, c_out, ho * wo) if in_place else None
     images = []
     for i in range(b):
         source = torch.cat([x[i].reshape(c, h * w).t(), x.new_zeros(1, c)])  # (H·W + 1, C)
-        out = x.new_empty(ho, wo, c_out) if in_place else None
         tiles = []
         for start in range(0, ho, rows_per_tile):
             stop = min(ho, start + rows_per_tile)
@@ -141,13 +144,19 @@ def deform_conv2d_gather(
             assert columns is not None
             columns = columns.view(-1, k * c)  # one im2col row per output position
             if out is not None:
-                torch.mm(columns, weight_matrix.t(), out=out[start:stop].view(-1, c_out))
+                destination = out[i, :, start * wo : stop * wo]
+                if bias_column is None:
+                    torch.mm(weight_matrix, columns.t(), out=destination)
+                else:
+                    torch.addmm(bias_column, weight_matrix, columns.t(), out=destination)
             else:
-                tiles.append(columns @ weight_matrix.t())
-        images.append(out if out is not None else torch.cat(tiles).view(ho, wo, c_out))
-    # (B, Cout, Ho, Wo), made contiguous: GroupNorm and the rest of DyConv run faster on it
-    result = torch.stack(images).permute(0, 3, 1, 2).contiguous()
-    return result if bias is None else result + bias.view(1, -1, 1, 1)
+                tiles.append(weight_matrix @ columns.t())
+        if out is None:
+            images.append(torch.cat(tiles, dim=1))
+    if out is not None:
+        return out.view(b, c_out, ho, wo)
+    result = torch.stack(images).view(b, c_out, ho, wo)
+    return result if bias_column is None else result + bias_column.view(1, -1, 1, 1)
 
 
 def resolve_implementation(implementation: str, x: torch.Tensor, output_positions: int) -> str:

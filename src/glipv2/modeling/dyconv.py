@@ -141,9 +141,16 @@ class DyConv(nn.Module):
             if level < len(features) - 1:
                 coarse = self.DyConv[0](features[level + 1], **conv_args)
                 terms.append(F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=True))
-            stacked = torch.stack(terms)
-            if self.AttnConv is not None:
-                weights = hard_sigmoid(torch.stack([self.AttnConv(t) for t in terms]))
-                stacked = stacked * weights
-            out.append(self.relu(stacked.mean(dim=0)))
+            weights = [hard_sigmoid(self.AttnConv(t)) for t in terms] if self.AttnConv is not None else None
+            out.append(self.relu(_weighted_mean(terms, weights)))
         return out
+
+
+def _weighted_mean(terms: list[torch.Tensor], weights: list[torch.Tensor] | None) -> torch.Tensor:
+    """mean_i(w_i · t_i) over a level's 2–3 (B, C, H, W) terms, weights (B, 1, 1, 1) each or None:
+    the official stack-multiply-mean as a running sum, without the (k, B, C, H, W) stack and its
+    weighted copy (two full-size buffers per level)."""
+    total = terms[0] if weights is None else terms[0] * weights[0]
+    for i, term in enumerate(terms[1:], start=1):
+        total = total + term if weights is None else torch.addcmul(total, term, weights[i])
+    return total / len(terms)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..utils.allocator import reuse_freed_memory
 from ..utils.shipped import DEFAULT_SHIPPED_MODEL
 from ..utils.threads import add_threads_option, apply_threads
 
@@ -55,6 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # before gradio is imported: it would otherwise report usage to, and fetch from, the internet
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     apply_threads(args.threads)
+    reuse_freed_memory()
     try:
         _check_call(args)
         import gradio  # noqa: F401  (the optional extra: before the model takes seconds to load)
