@@ -14,6 +14,7 @@ random weights (its forward on the same prompt), and an fp32 matmul measuring th
 each round.
 
     python benchmarks/latency.py [--rounds 3] [--height 800 --width 1333] [--no-gdino] [--lvis]
+                                  [--allocator reuse|default]
 
 Prints medians and per-round ratios, FLOPs per forward (FlopCounterMode; torchvision's deformable
 op, which it does not see, added by formula), achieved GFLOP/s against the measured peak, peak RSS
@@ -311,13 +312,14 @@ def count_flops(run: Callable[[], Any]) -> float:
     return counter.get_total_flops() + deform[0]
 
 
-def fresh_process_peak_rss(height: int, width: int) -> float:
+def fresh_process_peak_rss(height: int, width: int, allocator: str) -> float:
     """GiB: the high-water RSS (VmHWM) of a new interpreter that builds glip_t and predicts once on
     the fast path with the 80 names (nothing else loaded). Not ru_maxrss: Linux carries that over
     from the parent through fork + exec, so it would report this process's own peak."""
     code = (
         f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); import latency; "
-        f"torch.set_num_threads(2); latency.reuse_freed_memory(); latency.single_run({height}, {width}); "
+        f"torch.set_num_threads(2); {'latency.reuse_freed_memory(); ' if allocator == 'reuse' else ''}"
+        f"latency.single_run({height}, {width}); "
         "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -386,11 +388,22 @@ def main() -> int:
     parser.add_argument("--no-gdino", action="store_true", help="time glip_t alone")
     parser.add_argument("--lvis", action="store_true", help="also the 1,203 LVIS names (fast path)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--allocator",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="reuse: glibc keeps freed memory, as the glipv2 commands set it (utils/allocator.py); "
+        "default: glibc's own settings. Process-wide: both models run under the same one",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
-    reuse_freed_memory()  # as the commands do; one process, so Grounding DINO runs with it too
+    if args.allocator == "reuse":
+        reuse_freed_memory()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.height}x{args.width}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.height}x{args.width}, "
+        f"allocator: {args.allocator}"
+    )
 
     predictor = make_predictor()
     image = noise_image(args.height, args.width)
@@ -472,7 +485,7 @@ def main() -> int:
         for name, seconds in breakdown.items():
             print(f"  {name:34s} {seconds:6.2f} s  {seconds / total:5.1%}")
 
-    rss = fresh_process_peak_rss(args.height, args.width)
+    rss = fresh_process_peak_rss(args.height, args.width, args.allocator)
     figures["fresh_process_peak_rss_gib"] = rss
     print(f"\npeak RSS of a fresh process predicting once on the fast path (80 names): {rss:.2f} GiB")
     if args.lvis:

@@ -362,7 +362,7 @@ def test_chunked_labels_map_back_to_category_ids(tmp_path: Path, make_predictor:
     assert [c.prompt.num_labels for c in vocabulary.chunks] == [40, 40, 15]
 
     def fake_run(
-        tensors: list[torch.Tensor], prompts: list[Any], postprocessor: Any = None
+        tensors: list[torch.Tensor], prompts: list[Any], postprocessor: Any = None, **_features: Any
     ) -> list[RawDetections]:
         # per prompt one detection per local label i, its box encoding (chunk, i)
         chunk = next(k for k, c in enumerate(vocabulary.chunks) if c.prompt is prompts[0])
