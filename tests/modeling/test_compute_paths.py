@@ -175,3 +175,17 @@ def test_set_compute_path_switches_every_module(tiny_config: Callable[..., GLIPv
         model.set_compute(fusion_attention="sideways")
     with pytest.raises(ValueError, match="not compute fields"):
         model.set_compute(head_channels=3)
+
+
+def test_folded_attention_with_only_a_query_bias_trainable() -> None:
+    """A gradient through the key bias alone (v_proj.bias) takes the autograd path, not the blocks."""
+    projected, folded = attention_pair(16, 12, 32, 2)
+    for module in (projected, folded):
+        for p in module.parameters():
+            p.requires_grad_(False)
+        module.v_proj.bias.requires_grad_(True)
+    torch.manual_seed(4)
+    v, t = torch.randn(1, 11, 16, dtype=torch.float64), torch.randn(1, 4, 12, dtype=torch.float64)
+    mask = torch.ones(1, 4, dtype=torch.long)
+    grads = [torch.autograd.grad(m(v, t, mask)[1].sum(), m.v_proj.bias)[0] for m in (projected, folded)]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-10)

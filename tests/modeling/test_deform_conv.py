@@ -71,7 +71,8 @@ def test_auto_picks_per_device_and_size() -> None:
     cpu = torch.zeros(1)
     assert resolve_implementation("auto", cpu, GATHER_MIN_POSITIONS) == "gather"
     assert resolve_implementation("auto", cpu, GATHER_MIN_POSITIONS - 1) == "grid_sample"
-    assert resolve_implementation("auto", torch.zeros(1, device="meta"), 10**6) == "torchvision"
+    # torchvision's op only on CUDA; other devices take the CPU rule
+    assert resolve_implementation("auto", torch.zeros(1, device="meta"), 10**6) == "gather"
     assert resolve_implementation("grid_sample", cpu, 10**6) == "grid_sample"
 
 
@@ -108,3 +109,13 @@ def test_fixture_logits_with_each_implementation(
         fixture_model.set_compute_path("fast")
     for ours, theirs in zip(output.logits, fixture_outputs["dot_product_logits"]):
         torch.testing.assert_close(ours[..., :n_real], theirs[..., :n_real], atol=1e-4, rtol=1e-4)
+
+
+def test_gather_with_only_the_bias_trainable() -> None:
+    """A bias that needs a gradient keeps the gather on its autograd path (no out= GEMMs)."""
+    torch.manual_seed(5)
+    x, offset, mask = torch.randn(1, 3, 6, 7), torch.randn(1, 18, 6, 7), torch.rand(1, 9, 6, 7)
+    weight, bias = torch.randn(4, 3, 3, 3), torch.zeros(4, requires_grad=True)
+    out = deform_conv2d_gather(x, offset, weight, bias, 1, 1, mask)
+    (grad,) = torch.autograd.grad(out.sum(), bias)
+    torch.testing.assert_close(grad, torch.full((4,), 42.0))

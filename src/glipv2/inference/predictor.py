@@ -369,7 +369,8 @@ class Predictor:
         if self.batch_size > 1:
             # bucketing: a batch is padded to its largest image, and the fusion attends over padded
             # pixels too (official), so images of one padded size batch together — less compute,
-            # and each result is the one the image gets alone (stable sort: input order otherwise)
+            # and a batch of one size gives each image its result alone (only a batch at the
+            # boundary between two sizes mixes them); stable sort: input order otherwise
             jobs.sort(key=lambda job: self.processor.padded_size(prepared[job[0]][0]))
         found: list[list[RawDetections]] = [[] for _ in prepared]
         image_features = _ImageFeatureCache()

@@ -10,7 +10,7 @@
   row tiles so that a tile's columns stay in the CPU cache. Its corner coordinates are computed in
   pixels, so it is closer to torchvision in float32 than grid_sample (whose normalised coordinates
   round).
-* `"auto"` (the default): torchvision on CUDA; on CPU `gather` for maps of at least
+* `"auto"` (the default): torchvision on CUDA; elsewhere (CPU) `gather` for maps of at least
   `GATHER_MIN_POSITIONS` output positions and `grid_sample` below, where grid_sample's kernel is
   faster (`benchmarks/deform_conv.py`, `benchmarks/README.md`).
 
@@ -119,7 +119,11 @@ def deform_conv2d_gather(
     weight_matrix = weight.permute(0, 2, 3, 1).reshape(c_out, k * c)  # columns: tap-major, then channel
     rows_per_tile = max(1, tile_elements // (c * k * wo))
     in_place = not torch.is_grad_enabled() or not (
-        x.requires_grad or offset.requires_grad or mask.requires_grad or weight.requires_grad
+        x.requires_grad
+        or offset.requires_grad
+        or mask.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
     )
     # the output is written in (B, Cout, Ho·Wo) order: each tile's GEMM W·colsᵀ lands in its column
     # range (a strided destination BLAS takes as is), so no channels-last -> NCHW copy follows
@@ -163,7 +167,7 @@ def resolve_implementation(implementation: str, x: torch.Tensor, output_position
     """ "auto" -> the implementation used for this call (see the module docstring)."""
     if implementation != "auto":
         return implementation
-    if x.device.type != "cpu":
+    if x.device.type == "cuda":
         return "torchvision"
     return "gather" if output_positions >= GATHER_MIN_POSITIONS else "grid_sample"
 

@@ -124,7 +124,8 @@ class BiMultiHeadAttention(nn.Module):
         key_bias = key_bias.reshape(b, 1, heads * length)
         pads = (text_mask == 0)[:, None, None, :] if bool((text_mask == 0).any()) else None
         dropout = self.training and self.dropout > 0
-        if not (dropout or v.requires_grad or folded_keys.requires_grad or folded_values.requires_grad):
+        needs_grad = v.requires_grad or folded_keys.requires_grad or folded_values.requires_grad
+        if not (dropout or needs_grad or key_bias.requires_grad):
             dv, pooled = self._attend_in_row_blocks(v, folded_keys, key_bias, folded_values, pads, length)
             bias_v = self.values_v_proj.bias.view(1, 1, heads, d)  # A'_h's columns sum to 1
             out_l = torch.einsum("bhtc,hdc->bthd", pooled.view(b, heads, length, v_dim), w_v) + bias_v

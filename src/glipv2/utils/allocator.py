@@ -21,6 +21,7 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 30  # blocks above this still come from (and go back to) the kernel
+OLD_GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # mallopt takes an int: the largest it accepts
 
 _applied = False
@@ -40,7 +41,10 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):  # no libc to load, or one without mallopt (musl)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    # glibc before 2.35 refuses thresholds above 32 MiB (half its heap size): take that then
+    threshold = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) or bool(
+        mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_THRESHOLD_MAX)
     )
+    trim = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _applied = threshold and trim
     return _applied
